@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set everything up (cached venv, cached Kafka jars) and run the whole test suite.
+# The suite starts its own Apache Kafka broker on 127.0.0.1 (tests/conftest.py).
+# Extra arguments go to pytest, e.g. `scripts/test.sh -k kafka -x`.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+for tool in java mvn; do
+  command -v "$tool" >/dev/null || { echo "test: '$tool' not found: install Java 17 (openjdk-17-jdk-headless) and Maven (maven)" >&2; exit 2; }
+done
+venv="$(scripts/bootstrap.sh)"
+# Resolve Kafka's jars before pytest starts, so a first run shows Maven's progress, not a silent wait.
+"$venv/bin/python" -c "from stream.kafka_broker import resolve_kafka_classpath as r; print('kafka jars:', r())"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+set +e
+"$venv/bin/python" -m pytest -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "test: pytest collected no tests; that is a failure" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,191 @@
+"""Messages on the wire, as versioned pydantic models.
+
+Input: :class:`Document` (JSON object in a Kafka value or a JSONL line). Output:
+:class:`Assignment` (one per valid document) and :class:`TopicSnapshot` (one per model version).
+Every output carries ``schema_version`` so consumers can evolve with us.
+
+Parsing never raises anything but :class:`InvalidRecord`, whose ``reason`` is a short
+machine-readable code (``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``invalid_field``,
+``empty_text``, ``too_large``, ``tombstone``) that the dead-letter queue puts in its headers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "MAX_TEXT_CHARS",
+    "Assignment",
+    "Document",
+    "InvalidRecord",
+    "SnapshotTopic",
+    "TopicSnapshot",
+    "TopicWords",
+    "parse_document",
+]
+
+SCHEMA_VERSION = 1
+MAX_TEXT_CHARS = 100_000
+MAX_RECORD_BYTES = 1_000_000
+MAX_JSON_DEPTH = 32
+
+
+class InvalidRecord(ValueError):
+    """A record that cannot become a :class:`Document`; ``reason`` is a stable code for the DLQ."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Document(BaseModel):
+    """One input document. Only ``id`` and ``text`` are required."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=False)
+
+    id: str = Field(min_length=1, max_length=512)
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+    lang: str | None = Field(default=None, max_length=16,
+                             description="ISO 639-1 code; detected from the text when missing")
+    timestamp: datetime | None = None
+    source: str | None = Field(default=None, max_length=256)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("text")
+    @classmethod
+    def _text_has_content(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("text is empty or whitespace only")
+        if "\x00" in v:
+            v = v.replace("\x00", " ")
+        return v
+
+    @field_validator("lang")
+    @classmethod
+    def _lang_code(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        code = v.strip().lower().replace("_", "-").split("-")[0]
+        if not code.isascii() or not code.isalpha() or not 2 <= len(code) <= 3:
+            raise ValueError(f"lang {v!r} is not an ISO 639 code")
+        return {"cn": "zh", "jp": "ja"}.get(code, code)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            v = v.replace(tzinfo=timezone.utc)
+        return v
+
+
+def _depth(obj: Any, limit: int) -> int:
+    """Nesting depth of parsed JSON, stopping early past ``limit``."""
+    stack, deepest = [(obj, 1)], 1
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        if isinstance(node, dict):
+            stack.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, d + 1) for v in node)
+    return deepest
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name} is not JSON")
+
+
+def parse_document(raw: bytes | None, *, max_bytes: int = MAX_RECORD_BYTES) -> Document:
+    """Bytes of a Kafka value or JSONL line -> :class:`Document`, or :class:`InvalidRecord`."""
+    if raw is None:
+        raise InvalidRecord("tombstone", "record has a null value")
+    if len(raw) > max_bytes:
+        raise InvalidRecord("too_large", f"{len(raw)} bytes > limit {max_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRecord("invalid_utf8", str(exc)) from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRecord("invalid_json", str(exc)[:200]) from None
+    if not isinstance(obj, dict):
+        raise InvalidRecord("not_an_object", f"top-level JSON is {type(obj).__name__}")
+    if _depth(obj, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise InvalidRecord("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH}")
+    try:
+        return Document.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "document"
+        reason = "empty_text" if field == "text" and "empty" in first["msg"] else "invalid_field"
+        if first["type"] == "string_too_long":
+            reason = "too_large"
+        raise InvalidRecord(reason, f"{field}: {first['msg']}") from None
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    schema_version: int = SCHEMA_VERSION
+
+
+class Assignment(_Out):
+    """What the service decided for one document: its cluster and topic mixture."""
+
+    document_id: str
+    lang: str
+    cluster: int
+    topics: list[tuple[int, float]] = Field(description="top topics as (topic id, weight)")
+    model_version: int
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    event_time: datetime | None = None
+    processed_at: datetime
+
+
+class TopicWords(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    words: list[str]
+    weights: list[float]
+
+
+class SnapshotTopic(BaseModel):
+    """One topic inside a snapshot."""
+
+    model_config = ConfigDict(frozen=True)
+    topic_id: int
+    words: dict[str, TopicWords] = Field(description="top words per language")
+    prevalence: float = Field(description="share of recent documents whose top topic this is")
+    size: float = Field(description="(decayed) documents in the topic's cluster")
+    embedding: list[float] | None = Field(default=None, description="cluster centroid (unit norm)")
+    drift: dict[str, float] = Field(default_factory=dict,
+                                    description="JS divergence of each language's word distribution vs the previous snapshot")
+
+
+class TopicSnapshot(_Out):
+    """The model's topics at one version: what Grafana, the API and replays read."""
+
+    model_version: int
+    created_at: datetime
+    documents_seen: int
+    offsets: dict[str, int] = Field(default_factory=dict, description="'topic:partition' -> next offset covered")
+    languages: list[str]
+    topics: list[SnapshotTopic]
+
+    def to_json_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+def finite(x: float) -> float:
+    """JSON has no NaN/inf: map them to 0 so outputs always serialise."""
+    return x if math.isfinite(x) else 0.0
