@@ -1,4 +1,116 @@
+"""The ``xtream`` command line (typer). Only this module configures logging."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
-app = typer.Typer()
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="xtream: streaming cross-lingual topic modelling (XTRA) over Kafka.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: easy to ship to Loki/Elastic, still readable."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+               "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def _configure_logging(level: str, json_logs: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if json_logs else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    for noisy in ("kafka", "sentence_transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _print_topics(snapshot, top: int = 6, limit: int = 20) -> None:
+    table = Table(title=f"topics at model version {snapshot.model_version} "
+                        f"({snapshot.documents_seen} documents)", show_lines=True)
+    table.add_column("topic", justify="right")
+    table.add_column("prevalence", justify="right")
+    for lang in snapshot.languages:
+        table.add_column(lang)
+    for t in sorted(snapshot.topics, key=lambda t: -t.prevalence)[:limit]:
+        table.add_row(str(t.topic_id), f"{t.prevalence:.3f}",
+                      *[" ".join(t.words[lang].words[:top]) if lang in t.words else "" for lang in snapshot.languages])
+    console.print(table)
+
+
 @app.command()
-def run(): pass
+def run(
+    config: Annotated[Optional[Path], typer.Option(help="TOML/JSON settings file")] = None,
+    input: Annotated[Optional[Path], typer.Option(help="JSONL documents instead of Kafka")] = None,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers; none = embedded default")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="checkpoints, snapshot store, outputs")] = None,
+    topics: Annotated[Optional[int], typer.Option(help="number of topics K")] = None,
+    json_logs: Annotated[bool, typer.Option(help="structured JSON log lines")] = False,
+) -> None:
+    """Run the service. With no Kafka and no --input, runs the bundled en/zh/ja demo stream."""
+    from consumers.config import Settings
+    from consumers.wiring import build_service
+
+    overrides: dict = {}
+    demo = False
+    settings = Settings.load(config)
+    if bootstrap:
+        overrides["kafka"] = settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})
+    if input:
+        overrides["input_file"] = input
+    if data_dir:
+        overrides["data_dir"] = data_dir
+    if not (bootstrap or settings.kafka.bootstrap_servers or input or settings.input_file):
+        demo = True   # the embedded default: 360 documents, so a small model that warms up quickly
+        overrides["data_dir"] = (data_dir or settings.data_dir) / "demo"
+        overrides["model"] = settings.model.model_copy(update=dict(
+            num_topics=topics or 8, warmup_docs=120, warmup_steps=150, batch_size=64, vocab_min_df=2,
+            vocab_refresh_every=60, train_every_docs=30, train_steps=20))
+        overrides["snapshots"] = settings.snapshots.model_copy(update=dict(every_docs=60))
+        overrides["batch"] = settings.batch.model_copy(update=dict(max_records=30))
+    elif topics:
+        overrides["model"] = settings.model.model_copy(update={"num_topics": topics})
+    settings = settings.model_copy(update=overrides)
+    _configure_logging(settings.log_level, json_logs)
+    if demo:
+        shutil.rmtree(settings.data_dir, ignore_errors=True)
+        console.print(f"[bold]xtream demo[/bold]: no Kafka configured, streaming the bundled demo "
+                      f"(en/zh/ja news) through the service; outputs in {settings.data_dir}")
+    service = build_service(settings)
+    service.install_signal_handlers()
+    stats = service.run()
+    latest = service.store.latest()
+    console.print(f"processed {stats.documents} documents ({stats.records} records, "
+                  f"{sum(stats.dead_letters.values())} dead-lettered) in {stats.batches} batches; "
+                  f"{stats.snapshots} snapshots, {stats.checkpoints} checkpoints; model has {service.model.n_docs} documents")
+    if latest is not None:
+        _print_topics(latest)
+
+
+@app.command()
+def kafka(port: int = 9092, data_dir: Optional[Path] = None) -> None:
+    """Start a local single-node Apache Kafka (KRaft) on 127.0.0.1 until Ctrl-C."""
+    from stream import kafka_broker
+
+    sys.argv = ["kafka", "--port", str(port)] + (["--data-dir", str(data_dir)] if data_dir else [])
+    kafka_broker.main()
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,124 @@
+"""Typed configuration: one root :class:`Settings`, nested sections, ``XTREAM_`` environment overrides.
+
+Precedence, highest first: CLI flags (passed as init values), environment (``XTREAM_KAFKA__GROUP_ID``,
+nested with ``__``), an optional TOML/JSON file (``--config`` or ``XTREAM_CONFIG_FILE``), defaults.
+Secrets are ``SecretStr``: they print as ``**********`` and never reach a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str | None = Field(None, description="host:port[,...]; unset = no Kafka (embedded default)")
+    input_topic: str = "xtream.documents"
+    group_id: str = "xtream"
+    assignments_topic: str = "xtream.assignments"
+    snapshots_topic: str = "xtream.snapshots"
+    dead_letter_topic: str = "xtream.dlq"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_poll_interval_ms: int = 300_000
+    session_timeout_ms: int = 45_000
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+
+    def client_config(self) -> dict[str, Any]:
+        """kafka-python keyword arguments for security; the password is revealed only here."""
+        cfg: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            cfg |= {"sasl_mechanism": self.sasl_mechanism, "sasl_plain_username": self.sasl_username,
+                    "sasl_plain_password": self.sasl_password.get_secret_value() if self.sasl_password else None}
+        if self.ssl_cafile:
+            cfg["ssl_cafile"] = str(self.ssl_cafile)
+        return cfg
+
+
+class BatchSettings(BaseModel):
+    max_records: int = Field(256, ge=1, description="records per processing batch")
+    max_wait_ms: int = Field(500, ge=1, description="longest wait to fill a batch")
+    max_record_bytes: int = Field(1_000_000, ge=1024)
+
+
+class ModelSettings(BaseModel):
+    embedder: str = Field("use-multilingual-v3", description="'use-multilingual-v3' or a sentence-transformers name/path")
+    embed_batch_size: int = 64
+    threads: int = Field(1, ge=1, description="torch and BLAS threads; 1 is safest next to a broker on 2 cores")
+    language_centering: bool = Field(False, description="subtract per-language mean embeddings (e5-style models)")
+    languages: list[str] = Field(default_factory=lambda: ["en", "zh", "ja"],
+                                 description="candidates for language detection when a document has no lang")
+    num_topics: int = 50
+    warmup_docs: int = 2000
+    warmup_steps: int = 200
+    batch_size: int = 128
+    buffer_per_language: int = 4096
+    vocab_max_size: int = 5000
+    vocab_min_df: float = 3
+    vocab_refresh_every: int = 5000
+    kmeans_decay: float = 1.0
+    train_every_docs: int = Field(512, description="run a training slice after this many new documents")
+    train_steps: int = Field(10, description="gradient steps per slice")
+    train_budget_seconds: float = Field(5.0, description="a slice stops early past this, to keep polling")
+    seed: int = 0
+
+
+class SnapshotSettings(BaseModel):
+    every_docs: int = 5000
+    every_seconds: float = 300.0
+    top_words: int = 15
+
+
+class CheckpointSettings(BaseModel):
+    every_seconds: float = 10.0
+    every_docs: int = 5000
+    keep: int = 3
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="XTREAM_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Field(Path("xtream-data"), description="checkpoints, snapshot store, local outputs")
+    input_file: Path | None = Field(None, description="JSONL input instead of Kafka")
+    log_level: str = "INFO"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    snapshots: SnapshotSettings = Field(default_factory=SnapshotSettings)
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return init_settings, env_settings, _FileSource(settings_cls)
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> "Settings":
+        if config_file is not None:
+            os.environ["XTREAM_CONFIG_FILE"] = str(config_file)
+        return cls(**overrides)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Values from ``$XTREAM_CONFIG_FILE`` (TOML or JSON), below environment variables."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ is used instead
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("XTREAM_CONFIG_FILE")
+        if not path:
+            return {}
+        text = Path(path).read_bytes()
+        return json.loads(text) if path.endswith(".json") else tomllib.loads(text.decode())

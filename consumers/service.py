@@ -1,0 +1,290 @@
+"""The running service: poll -> parse -> embed -> cluster/learn -> assign -> train -> snapshot -> checkpoint.
+
+Only this module knows both the wire (``stream``) and the model (``model``). It owns the order of
+durability: see :meth:`TopicService.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from model.embedding import Embedder, LanguageCentering
+from model.online import OnlineConfig, OnlineTopicModel
+from model.text import Tokenizer, detect_language
+from stream.dead_letter import dead_letter_headers
+from stream.errors import SinkError, SourceUnavailable
+from stream.records import Record
+from stream.schemas import Assignment, Document, InvalidRecord, TopicSnapshot, parse_document
+from stream.sinks import Sink
+from stream.snapshot_store import SnapshotStore
+from stream.sources import Source
+
+from consumers.checkpoint import CheckpointStore
+from consumers.config import Settings
+from consumers.snapshots import build_snapshot
+
+__all__ = ["ServiceStats", "TopicService"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceStats:
+    """Counters of this process's life (the model's own ``n_docs`` is the durable count)."""
+
+    records: int = 0
+    documents: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    snapshots: int = 0
+    checkpoints: int = 0
+    train_slices: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def online_config(settings: Settings) -> OnlineConfig:
+    m = settings.model
+    return OnlineConfig(num_topics=m.num_topics, warmup_docs=m.warmup_docs, warmup_steps=m.warmup_steps,
+                        batch_size=m.batch_size, buffer_per_language=m.buffer_per_language,
+                        vocab_max_size=m.vocab_max_size, vocab_min_df=m.vocab_min_df,
+                        vocab_refresh_every=m.vocab_refresh_every, kmeans_decay=m.kmeans_decay, seed=m.seed)
+
+
+class TopicService:
+    """Wires a source, the model and the sinks. ``run()`` until stopped or a file source ends."""
+
+    def __init__(self, settings: Settings, source: Source, embedder: Embedder, *,
+                 assignments: Sink, dead_letters: Sink, snapshots: Sink | None,
+                 snapshot_store: SnapshotStore, checkpoints: CheckpointStore,
+                 model: OnlineTopicModel | None = None, start_offsets: dict[str, int] | None = None) -> None:
+        self.settings = settings
+        self.source = source
+        self.embedder = embedder
+        self.assignments = assignments
+        self.dead_letters = dead_letters
+        self.snapshot_sink = snapshots
+        self.store = snapshot_store
+        self.checkpoints = checkpoints
+        self.model = model or OnlineTopicModel(online_config(settings), embedder.dim, embed_words=embedder.encode)
+        self.centering = LanguageCentering() if settings.model.language_centering else None
+        self.tokenizer = Tokenizer()
+        self.offsets: dict[str, int] = dict(start_offsets or {})   # next offset per partition, processed
+        self.stats = ServiceStats()
+        self._stop = threading.Event()
+        self._prev_dists = None
+        self._snapshot_version = -1
+        self._docs_since_train = 0
+        self._docs_since_snapshot = 0
+        self._docs_since_checkpoint = 0
+        self._last_snapshot = time.monotonic()
+        self._last_checkpoint = time.monotonic()
+        self._dirty = False
+        self.healthy_source = True
+
+    # -- state --------------------------------------------------------------------------------
+    def compat(self) -> dict:
+        """What a checkpoint must match to be continued from."""
+        return {"embedder": self.embedder.name, "embedding_dim": self.embedder.dim,
+                "num_topics": self.settings.model.num_topics}
+
+    def state_dict(self) -> dict:
+        prev = None if self._prev_dists is None else {l: {"words": w, "dist": d} for l, (w, d) in self._prev_dists.items()}
+        return {"model": self.model.state_dict(), "offsets": dict(self.offsets), "prev_dists": prev,
+                "snapshot_version": self._snapshot_version,
+                "centering": None if self.centering is None else self.centering.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.offsets = dict(state["offsets"])
+        prev = state["prev_dists"]
+        self._prev_dists = None if prev is None else {l: (p["words"], p["dist"]) for l, p in prev.items()}
+        self._snapshot_version = int(state["snapshot_version"])
+        if self.centering is not None and state.get("centering"):
+            self.centering.load_state_dict(state["centering"])
+
+    def stop(self, *_args) -> None:
+        """Signal-safe: only sets a flag; the loop finishes its batch and checkpoints."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    @property
+    def ready(self) -> bool:
+        return self.healthy_source and self.source.assigned()
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, max_idle_polls: int | None = None) -> ServiceStats:
+        """Process until ``stop()``, or until a finite source is drained."""
+        max_records, wait_ms = self.settings.batch.max_records, self.settings.batch.max_wait_ms
+        idle = 0
+        while not self._stop.is_set():
+            try:
+                records = self.source.poll_batch(max_records, wait_ms)
+                self.healthy_source = True
+            except SourceUnavailable as exc:
+                self.healthy_source = False
+                logger.warning("source unavailable: %s", exc)
+                time.sleep(1.0)
+                continue
+            if records:
+                idle = 0
+                self.process_batch(records)
+            else:
+                idle += 1
+            self.maybe_train()
+            self.maybe_snapshot()
+            self.maybe_checkpoint()
+            if not records and (self.source.exhausted() or (max_idle_polls is not None and idle >= max_idle_polls)):
+                break
+        self.finish()
+        return self.stats
+
+    def finish(self) -> None:
+        """Clean stop: a last snapshot if the model moved, then a forced checkpoint + commit."""
+        self.maybe_snapshot(force=True)
+        if self._dirty:
+            self.checkpoint()
+
+    def process_batch(self, records: list[Record]) -> None:
+        """Parse, dead-letter the bad, learn from and assign the good. Never raises on input."""
+        docs: list[Document] = []
+        good: list[Record] = []
+        for rec in records:
+            try:
+                docs.append(parse_document(rec.value, max_bytes=self.settings.batch.max_record_bytes))
+                good.append(rec)
+            except InvalidRecord as exc:
+                self._dead_letter(rec, exc.reason, exc.detail)
+        if docs:
+            try:
+                self._learn_and_assign(docs, good)
+            except (ValueError, RuntimeError, FloatingPointError) as exc:
+                # A batch the model rejects as a whole: retry one by one, dead-lettering the culprits.
+                logger.exception("batch of %d failed (%s); retrying document by document", len(docs), exc)
+                for doc, rec in zip(docs, good):
+                    try:
+                        self._learn_and_assign([doc], [rec])
+                    except (ValueError, RuntimeError, FloatingPointError) as one:
+                        self._dead_letter(rec, "processing_error", repr(one))
+        for rec in records:
+            self.offsets[rec.position] = max(self.offsets.get(rec.position, 0), rec.offset + 1)
+        self.stats.records += len(records)
+        self.stats.batches += 1
+        self._dirty = True
+
+    def _learn_and_assign(self, docs: list[Document], records: list[Record]) -> None:
+        texts = [d.text for d in docs]
+        langs = [d.lang or detect_language(d.text, self.settings.model.languages) for d in docs]
+        embeddings = self.embedder.encode(texts)
+        if self.centering is not None:
+            self.centering.learn_many(embeddings, langs)
+            embeddings = self.centering.transform_many(embeddings, langs)
+        tokens = self.tokenizer.tokenize_many(texts, langs)
+        self.model.learn_many(tokens, embeddings, langs)
+        clusters, theta = self.model.predict_many(tokens, embeddings, langs)
+        self.model.observe_topics(theta)
+        now = datetime.now(timezone.utc)
+        top = np.argsort(-theta, axis=1)[:, :3]
+        for i, (doc, rec) in enumerate(zip(docs, records)):
+            a = Assignment(document_id=doc.id, lang=langs[i], cluster=int(clusters[i]),
+                           topics=[(int(t), round(float(theta[i, t]), 5)) for t in top[i]],
+                           model_version=self.model.version, source_topic=rec.topic,
+                           source_partition=rec.partition, source_offset=rec.offset,
+                           event_time=doc.timestamp, processed_at=now)
+            self.assignments.add(a.model_dump_json().encode(), key=doc.id.encode())
+        self.stats.documents += len(docs)
+        self._docs_since_train += len(docs)
+        self._docs_since_snapshot += len(docs)
+        self._docs_since_checkpoint += len(docs)
+
+    def _dead_letter(self, rec: Record, reason: str, detail: str) -> None:
+        self.dead_letters.add(rec.value if rec.value is not None else b"", key=rec.key,
+                              headers=dead_letter_headers(rec, reason, detail))
+        self.stats.dead_letters[reason] = self.stats.dead_letters.get(reason, 0) + 1
+
+    def maybe_train(self) -> None:
+        """A bounded training slice: ``train_steps`` steps, cut short past the time budget."""
+        m = self.settings.model
+        if not self.model.is_warm or self._docs_since_train < m.train_every_docs:
+            return
+        deadline = time.monotonic() + m.train_budget_seconds
+        done = 0
+        while done < m.train_steps and time.monotonic() < deadline:
+            self.model.train(1)
+            done += 1
+        self._docs_since_train = 0
+        self.stats.train_slices += 1
+        self._dirty = True
+
+    def maybe_snapshot(self, force: bool = False) -> TopicSnapshot | None:
+        s = self.settings.snapshots
+        if not self.model.is_warm or self.model.version == self._snapshot_version:
+            return None
+        due = (self._docs_since_snapshot >= s.every_docs
+               or time.monotonic() - self._last_snapshot >= s.every_seconds or force)
+        if not due:
+            return None
+        snap, self._prev_dists = build_snapshot(self.model, self._prev_dists, self.offsets, top_n=s.top_words)
+        if self.snapshot_sink is not None:
+            self.snapshot_sink.add(snap.to_json_bytes(), key=str(snap.model_version).encode())
+        self.store.add(snap)
+        self._snapshot_version = self.model.version
+        self._docs_since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+        self.stats.snapshots += 1
+        self._dirty = True
+        logger.info("snapshot v%d: %d documents, %d topics", snap.model_version, snap.documents_seen, len(snap.topics))
+        return snap
+
+    def maybe_checkpoint(self) -> None:
+        c = self.settings.checkpoint
+        if self._dirty and (self._docs_since_checkpoint >= c.every_docs
+                            or time.monotonic() - self._last_checkpoint >= c.every_seconds):
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Make everything processed so far durable, then commit its offsets.
+
+        Step 1: flush the sinks (assignments, dead letters, snapshots): outputs of covered records
+                are on the broker/disk.
+        Step 2: write the checkpoint (model + offsets it covers) atomically.
+        Step 3: commit those offsets to the consumer group.
+
+        A crash before step 2 replays the records from the previous checkpoint (outputs may repeat,
+        the model counts each record once); a crash between 2 and 3 resumes from the checkpoint's
+        offsets, which the source seeks to, so nothing is lost or counted twice.
+        """
+        try:
+            # Step 1
+            for sink in (self.assignments, self.dead_letters, self.snapshot_sink):
+                if sink is not None:
+                    sink.flush()
+        except SinkError as exc:
+            logger.error("checkpoint postponed, sinks not flushed: %s", exc)
+            return
+        # Step 2
+        self.checkpoints.save(self.state_dict(), self.offsets, self.compat(), n_docs=self.model.n_docs,
+                              model_version=self.model.version)
+        # Step 3
+        try:
+            self.source.commit(self.offsets)
+        except SourceUnavailable as exc:   # the checkpoint holds the offsets; commit next time
+            logger.warning("offset commit failed (checkpoint is durable): %s", exc)
+        self._dirty = False
+        self._docs_since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self.stats.checkpoints += 1
+
+    def on_partitions_revoked(self, partitions: list[str]) -> None:
+        """Rebalance: make the work on the departing partitions durable before they move."""
+        if self._dirty:
+            self.checkpoint()

@@ -1,0 +1,300 @@
+"""The online topic model: mini-batch k-means + growing vocabularies + replay buffer + XTRA steps.
+
+This is the whole of the service's learning, with no I/O: the caller hands it tokenised documents
+with their embeddings and languages, in batches, and decides when to train and when to snapshot.
+
+Life cycle:
+
+1. *Warm-up.* Documents are clustered and kept (tokens and all) until ``warmup_docs`` have arrived.
+   Assignments then carry the cluster as the topic (model version 0).
+2. *Initialisation.* Vocabularies are built from the warm-up documents, XTRA is initialised from the
+   clusters (prior from cluster sizes, beta from cluster word distributions) and trained for
+   ``warmup_steps`` steps on the buffer.
+3. *Online.* Every batch updates k-means and vocab statistics and enters the buffer; the caller runs
+   :meth:`train` in bounded slices; every ``vocab_refresh_every`` documents vocabularies may admit
+   and retire words, and XTRA's per-word parameters and the buffer follow.
+
+Cluster ids of training documents are recomputed from their embeddings at sampling time, so the
+contrastive signal follows the centres as they move.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from model.clustering import MiniBatchKMeans
+from model.replay_buffer import ReplayBuffer
+from model.training import LanguageCorpus, XTRATrainer, build_xtra, corpus_batch, infer_theta
+from model.vocabulary import Vocabulary
+from model.xtra import XTRA, XTRAConfig, init_beta_from_clusters
+
+__all__ = ["OnlineConfig", "OnlineTopicModel"]
+
+logger = logging.getLogger(__name__)
+
+WordEmbedder = Callable[[list[str]], np.ndarray]
+
+
+@dataclass
+class OnlineConfig:
+    num_topics: int = 50
+    warmup_docs: int = 2000
+    warmup_steps: int = 200
+    batch_size: int = 128
+    buffer_per_language: int = 4096
+    vocab_max_size: int = 5000
+    vocab_min_df: float = 3
+    vocab_max_df_ratio: float = 0.3
+    vocab_refresh_every: int = 5000
+    kmeans_decay: float = 1.0
+    prevalence_momentum: float = 0.99
+    lr: float = 0.002
+    lr_step: int = 5000
+    lambda_cluster: float = 5.0
+    lambda_beta: float = 7.0
+    lambda_nce: float = 80.0
+    min_docs_new_language: int = 32
+    seed: int = 0
+
+
+class OnlineTopicModel:
+    """Streaming XTRA. ``learn_many`` / ``predict_many`` on tokenised, embedded batches."""
+
+    def __init__(self, cfg: OnlineConfig, embedding_dim: int, embed_words: WordEmbedder | None = None) -> None:
+        self.cfg = cfg
+        self.embedding_dim = embedding_dim
+        self.embed_words = embed_words
+        self.kmeans = MiniBatchKMeans(cfg.num_topics, decay=cfg.kmeans_decay, seed=cfg.seed)
+        self.buffer = ReplayBuffer(cfg.buffer_per_language, embedding_dim, seed=cfg.seed)
+        self.vocabs: dict[str, Vocabulary] = {}
+        self.xtra: XTRA | None = None
+        self.trainer: XTRATrainer | None = None
+        self.version = 0                 # bumps at every train slice that changed the model
+        self.n_docs = 0                  # documents learned (the exactly-once count)
+        self.docs_by_lang: dict[str, int] = {}
+        self.prevalence = np.full(cfg.num_topics, 1.0 / cfg.num_topics)
+        self._pending: dict[str, list[tuple[list[str], np.ndarray]]] = {}   # tokens+embedding before XTRA knows the lang
+        self._since_refresh = 0
+        self.last_losses: dict[str, float] = {}
+
+    @property
+    def is_warm(self) -> bool:
+        return self.xtra is not None
+
+    def _vocab(self, lang: str) -> Vocabulary:
+        if lang not in self.vocabs:
+            self.vocabs[lang] = Vocabulary(max_size=self.cfg.vocab_max_size, min_df=self.cfg.vocab_min_df,
+                                           max_df_ratio=self.cfg.vocab_max_df_ratio)
+        return self.vocabs[lang]
+
+    # -- learning ------------------------------------------------------------------------------
+    def learn_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray, langs: Sequence[str]) -> None:
+        """Absorb a batch: k-means, vocabulary statistics, buffer; initialises XTRA when warm-up ends."""
+        if len(tokens) == 0:
+            return
+        langs_arr = np.asarray(langs)
+        self.kmeans.learn_many(embeddings)
+        clusters = self.kmeans.predict_many(embeddings) if self.kmeans.is_initialised else np.zeros(len(tokens), np.int64)
+        for lang in np.unique(langs_arr).tolist():
+            rows = np.flatnonzero(langs_arr == lang)
+            lang_tokens = [tokens[i] for i in rows]
+            self._vocab(lang).learn_many(lang_tokens)
+            self.docs_by_lang[lang] = self.docs_by_lang.get(lang, 0) + len(rows)
+            if self.xtra is not None and lang in self.xtra.cfg.vocab_sizes:
+                self.buffer.add_many(lang, self.vocabs[lang].transform(lang_tokens), embeddings[rows], clusters[rows])
+            else:
+                self._pending.setdefault(lang, []).extend(zip(lang_tokens, embeddings[rows]))
+        self.n_docs += len(tokens)
+        self._since_refresh += len(tokens)
+        if self.xtra is None:
+            if self.n_docs >= self.cfg.warmup_docs and self.kmeans.is_initialised:
+                self._initialise()
+        else:
+            self._admit_new_languages()
+            if self._since_refresh >= self.cfg.vocab_refresh_every:
+                self.refresh_vocabularies()
+
+    def _initialise(self) -> None:
+        """End of warm-up: vocabularies, buffer and XTRA from the held documents."""
+        corpora = {}
+        for lang, held in self._pending.items():
+            if len(held) < 2:
+                continue
+            self.vocabs[lang].refresh()
+            toks = [t for t, _ in held]
+            emb = np.stack([e for _, e in held])
+            bow = self.vocabs[lang].transform(toks)
+            clusters = self.kmeans.predict_many(emb)
+            self.buffer.add_many(lang, bow, emb, clusters)
+            corpora[lang] = LanguageCorpus(*self.buffer.all(lang))
+        if not corpora:
+            return
+        for lang in corpora:
+            del self._pending[lang]
+        corpora = {lang: LanguageCorpus(c.bow, c.embeddings, self.kmeans.predict_many(c.embeddings))
+                   for lang, c in corpora.items()}
+        self.xtra = build_xtra(corpora, num_topics=self.cfg.num_topics,
+                               word_embeddings=self._word_embeddings(corpora),
+                               lambda_cluster=self.cfg.lambda_cluster, lambda_beta=self.cfg.lambda_beta,
+                               lambda_nce=self.cfg.lambda_nce)
+        self.trainer = XTRATrainer(self.xtra, lr=self.cfg.lr, lr_step=self.cfg.lr_step,
+                                   batch_size=self.cfg.batch_size, seed=self.cfg.seed)
+        self._since_refresh = 0
+        logger.info("XTRA initialised after %d documents: languages=%s vocab=%s", self.n_docs,
+                    sorted(corpora), {lang: len(self.vocabs[lang]) for lang in corpora})
+        self.train(self.cfg.warmup_steps)
+
+    def _word_embeddings(self, langs) -> dict[str, np.ndarray] | None:
+        if self.embed_words is None:
+            return None
+        return {lang: self._embed(self.vocabs[lang].words) for lang in langs}
+
+    def _embed(self, words: list[str]) -> np.ndarray:
+        if self.embed_words is None:
+            return np.zeros((len(words), self.xtra.cfg.word_embedding_dim if self.xtra else self.embedding_dim), np.float32)
+        return np.asarray(self.embed_words(words), dtype=np.float32).reshape(len(words), -1)
+
+    def _admit_new_languages(self) -> None:
+        for lang in [l for l, held in self._pending.items() if len(held) >= self.cfg.min_docs_new_language]:
+            held = self._pending.pop(lang)
+            vocab = self.vocabs[lang]
+            vocab.refresh()
+            if len(vocab) == 0:
+                self._pending[lang] = held
+                continue
+            emb = np.stack([e for _, e in held])
+            bow = vocab.transform([t for t, _ in held])
+            clusters = self.kmeans.predict_many(emb)
+            self.xtra.add_language(lang, len(vocab), beta=init_beta_from_clusters(bow, clusters, self.cfg.num_topics),
+                                   word_embeddings=self._embed(vocab.words))
+            self.buffer.add_many(lang, bow, emb, clusters)
+            self.trainer.reset_optimizer()
+            logger.info("new language %s joined the model with %d words", lang, len(vocab))
+
+    def refresh_vocabularies(self) -> dict[str, tuple[int, int]]:
+        """Admit/retire words in every language XTRA knows; returns {lang: (added, removed)}."""
+        changes = {}
+        for lang in list(self.xtra.cfg.vocab_sizes):
+            change = self.vocabs[lang].refresh()
+            if not change.changed:
+                continue
+            words = self.vocabs[lang].words
+            new_emb = None
+            if self.embed_words is not None:
+                new_emb = np.zeros((len(words), self.xtra.cfg.word_embedding_dim), np.float32)
+                kept = change.new_to_old >= 0
+                new_emb[kept] = self.xtra.word_embeddings(lang).numpy()[change.new_to_old[kept]]
+                new_emb[~kept] = self._embed(change.added)
+            self.xtra.remap_vocabulary(lang, change.old_to_new, len(words), new_emb)
+            self.buffer.remap_vocabulary(lang, change.old_to_new, len(words))
+            changes[lang] = (len(change.added), len(change.removed))
+        if changes:
+            self.trainer.reset_optimizer()
+            logger.info("vocabulary refresh: %s", changes)
+        self._since_refresh = 0
+        return changes
+
+    def train(self, steps: int) -> dict[str, float]:
+        """``steps`` gradient steps on buffer samples; returns the mean loss parts."""
+        if self.xtra is None or steps <= 0:
+            return {}
+        sums: dict[str, float] = {}
+        done = 0
+        for _ in range(steps):
+            sample = self.buffer.sample(self.cfg.batch_size, languages=list(self.xtra.cfg.vocab_sizes))
+            batch = {}
+            for lang, (bow, emb, _) in sample.items():
+                if bow.shape[0] < 2:
+                    continue
+                corpus = LanguageCorpus(bow, emb, self.kmeans.predict_many(emb))
+                batch[lang] = corpus_batch(corpus, np.arange(len(corpus)))
+            if not batch:
+                break
+            for k, v in self.trainer.step(batch).items():
+                sums[k] = sums.get(k, 0.0) + v
+            done += 1
+        if done:
+            self.version += 1
+            self.last_losses = {k: v / done for k, v in sums.items()}
+        return self.last_losses
+
+    # -- inference -----------------------------------------------------------------------------
+    def predict_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray,
+                     langs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(clusters (n,), theta (n, K))``. Before XTRA is warm, theta is the cluster one-hot."""
+        n, k = len(tokens), self.cfg.num_topics
+        clusters = self.kmeans.predict_many(embeddings) if self.kmeans.is_initialised else np.full(n, -1)
+        theta = np.zeros((n, k), np.float32)
+        known = clusters >= 0
+        theta[np.flatnonzero(known), clusters[known]] = 1.0
+        if self.xtra is not None:
+            langs_arr = np.asarray(langs)
+            for lang in set(langs_arr.tolist()) & set(self.xtra.cfg.vocab_sizes):
+                rows = np.flatnonzero(langs_arr == lang)
+                bow = self.vocabs[lang].transform([tokens[i] for i in rows])
+                has_words = np.asarray(bow.sum(axis=1)).ravel() > 0
+                if has_words.any():
+                    theta[rows[has_words]] = infer_theta(self.xtra, bow[has_words], lang)
+        return clusters, theta
+
+    def observe_topics(self, theta: np.ndarray) -> None:
+        """Fold a batch's topic mixtures into the running prevalence (share of recent attention)."""
+        if len(theta):
+            m = self.cfg.prevalence_momentum ** len(theta)
+            self.prevalence = m * self.prevalence + (1 - m) * theta.mean(axis=0)
+
+    def topic_words(self, lang: str, top_n: int = 15) -> tuple[list[list[str]], np.ndarray]:
+        """Top words per topic for ``lang`` and their probabilities (K, top_n)."""
+        dist = self.topic_distribution(lang)
+        idx = np.argsort(-dist, axis=1)[:, :top_n]
+        words = self.vocabs[lang].words
+        return [[words[i] for i in row] for row in idx], np.take_along_axis(dist, idx, axis=1)
+
+    def topic_distribution(self, lang: str) -> np.ndarray:
+        with torch.no_grad():
+            return self.xtra.topic_word(lang).numpy()
+
+    # -- persistence ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {
+            "cfg": dict(self.cfg.__dict__), "embedding_dim": self.embedding_dim,
+            "kmeans": self.kmeans.state_dict(), "buffer": self.buffer.state_dict(),
+            "vocabs": {lang: v.state_dict() for lang, v in self.vocabs.items()},
+            "version": self.version, "n_docs": self.n_docs, "docs_by_lang": dict(self.docs_by_lang),
+            "prevalence": self.prevalence.copy(), "since_refresh": self._since_refresh,
+            "pending": {lang: {"tokens": [t for t, _ in held], "emb": np.stack([e for _, e in held])}
+                        for lang, held in self._pending.items() if held},
+            "xtra": None,
+        }
+        if self.xtra is not None:
+            state["xtra"] = {"config": self.xtra.cfg.to_dict(), "weights": dict(self.xtra.state_dict()),
+                             "optimizer": self.trainer.optimizer.state_dict(),
+                             "scheduler": self.trainer.scheduler.state_dict(), "steps": self.trainer.steps}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__init__(OnlineConfig(**state["cfg"]), state["embedding_dim"], self.embed_words)
+        self.kmeans.load_state_dict(state["kmeans"])
+        self.buffer.load_state_dict(state["buffer"])
+        for lang, vs in state["vocabs"].items():
+            self._vocab(lang).load_state_dict(vs)
+        self.version, self.n_docs = int(state["version"]), int(state["n_docs"])
+        self.docs_by_lang = dict(state["docs_by_lang"])
+        self.prevalence = np.asarray(state["prevalence"], dtype=np.float64)
+        self._since_refresh = int(state["since_refresh"])
+        self._pending = {lang: list(zip(p["tokens"], np.asarray(p["emb"]))) for lang, p in state["pending"].items()}
+        if state["xtra"] is not None:
+            x = state["xtra"]
+            self.xtra = XTRA(XTRAConfig(**x["config"]))
+            self.xtra.load_state_dict(x["weights"])
+            self.trainer = XTRATrainer(self.xtra, lr=self.cfg.lr, lr_step=self.cfg.lr_step,
+                                       batch_size=self.cfg.batch_size, seed=self.cfg.seed)
+            self.trainer.optimizer.load_state_dict(x["optimizer"])
+            self.trainer.scheduler.load_state_dict(x["scheduler"])
+            self.trainer.steps = int(x["steps"])

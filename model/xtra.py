@@ -1,0 +1,369 @@
+"""XTRA: cross-lingual neural topic model with topic and representation alignment (arXiv 2510.02788).
+
+Per language ``l`` a Bag-of-Words ``x_l`` (vocabulary ``V_l``) goes through its own projection
+``Linear(V_l, 1000) + ReLU + Dropout`` into a **shared** encoder (two softplus layers of 300) that
+outputs a logistic-normal posterior; ``theta = softmax(mu + sigma * eps)``. Each language decodes
+with its own free topic-word matrix ``beta_l`` (K x V_l): ``x_hat_l = softmax(BN(theta @ beta_l))``.
+
+Loss, summed over languages:
+
+- reconstruction ``-sum x log x_hat`` + KL to a logistic-normal prior fitted to cluster sizes;
+- ``lambda_cluster * L_cluster``: supervised contrastive loss over the batch's thetas, positives are
+  documents of the same embedding cluster (any language). Unlike the reference code, positives are
+  not counted twice in the denominator, so the loss can reach 0 instead of bottoming at log 2;
+- ``lambda_nce * L_InfoNCE``: theta projected by ``Linear(K, d_emb)`` is contrasted with the
+  document's own sentence embedding (other documents of the batch are negatives);
+- ``lambda_beta * L_beta``: topic k of language a and topic k of language b are pulled together and
+  other topics pushed apart, in a shared semantic space. Two spaces are available:
+
+  * ``"word_embedding"`` (default): a topic is ``softmax(beta_lk) @ E_l`` where ``E_l`` holds
+    multilingual embeddings of the vocabulary's words (fixed buffers). No parameter depends on
+    the vocabulary size, so it works for any number of languages, unequal vocabularies and a
+    vocabulary that grows (append rows to ``E_l``).
+  * ``"learned_projection"`` (paper-faithful): ``Linear(V_l, 384)`` per language on the raw rows
+    of ``beta_l``. Kept to measure the choice against.
+
+The module is pure torch; training loops live in :mod:`model.training`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["XTRA", "XTRAConfig", "XTRAOutput", "dirichlet_laplace_prior", "init_beta_from_clusters"]
+
+
+@dataclass
+class XTRAConfig:
+    """Hyper-parameters; defaults are the paper's EC News settings."""
+
+    vocab_sizes: dict[str, int]
+    num_topics: int = 50
+    embedding_dim: int = 512
+    projection_units: int = 1000
+    encoder_units: int = 300
+    dropout: float = 0.2
+    temperature: float = 0.2           # L_cluster
+    nce_temperature: float = 1.0       # L_InfoNCE (the reference code uses plain exp(cosine))
+    beta_temperature: float = 1.0      # L_beta
+    lambda_cluster: float = 5.0
+    lambda_beta: float = 7.0
+    lambda_nce: float = 80.0
+    beta_alignment: str = "word_embedding"   # or "learned_projection"
+    beta_projection_dim: int = 384
+    word_embedding_dim: int = 512
+    languages: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.languages:
+            self.languages = sorted(self.vocab_sizes)
+        if len(self.languages) < 1:
+            raise ValueError("XTRA needs at least one language")
+        if self.beta_alignment not in ("word_embedding", "learned_projection", "none"):
+            raise ValueError(f"unknown beta_alignment {self.beta_alignment!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class XTRAOutput:
+    """``loss`` is what to back-propagate; ``parts`` are its components, detached, for logging."""
+
+    loss: torch.Tensor
+    parts: dict[str, float]
+    theta: dict[str, torch.Tensor]
+
+
+def dirichlet_laplace_prior(cluster_sizes: np.ndarray, concentration: float = 1.0,
+                            floor: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the logistic-normal Laplace approximation of Dir(alpha).
+
+    ``alpha_k = K * concentration * share_k``: big clusters expect more mass. With equal shares
+    this is the usual ProdLDA prior for ``alpha = concentration``.
+    """
+    sizes = np.asarray(cluster_sizes, dtype=np.float64)
+    k = len(sizes)
+    share = np.maximum(sizes / max(sizes.sum(), 1e-12), floor)
+    share /= share.sum()
+    alpha = k * concentration * share
+    log_alpha = np.log(alpha)
+    mu = log_alpha - log_alpha.mean()
+    var = (1.0 / alpha) * (1.0 - 2.0 / k) + (1.0 / k**2) * np.sum(1.0 / alpha)
+    return mu.astype(np.float32), var.astype(np.float32)
+
+
+def init_beta_from_clusters(bow, clusters: np.ndarray, num_topics: int) -> np.ndarray:
+    """Cluster-wise word distributions, idf-weighted, z-scored per topic (K x V).
+
+    ``bow`` is a (n, V) scipy sparse or dense count matrix. Starting beta here makes topic k begin
+    as cluster k's distinctive words, which is what ties topic ids to clusters across languages.
+    """
+    import scipy.sparse as sp
+
+    x = sp.csr_matrix(bow, dtype=np.float64)
+    n, v = x.shape
+    onehot = sp.csr_matrix((np.ones(n), (np.asarray(clusters), np.arange(n))), shape=(num_topics, n))
+    sums = np.asarray((onehot @ x).todense())
+    df = np.asarray((x > 0).sum(axis=0)).ravel()
+    idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
+    dist = sums / np.maximum(sums.sum(axis=1, keepdims=True), 1e-12) * idf
+    dist /= np.maximum(dist.sum(axis=1, keepdims=True), 1e-12)
+    z = (dist - dist.mean(axis=1, keepdims=True)) / np.maximum(dist.std(axis=1, keepdims=True), 1e-12)
+    return z.astype(np.float32)
+
+
+class _SharedEncoder(nn.Module):
+    """Projected BoW (B, P) -> (mu, logvar), each (B, K), batch-normalised as in ProdLDA."""
+
+    def __init__(self, cfg: XTRAConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.projection_units, cfg.encoder_units)
+        self.fc2 = nn.Linear(cfg.encoder_units, cfg.encoder_units)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.mu = nn.Linear(cfg.encoder_units, cfg.num_topics)
+        self.logvar = nn.Linear(cfg.encoder_units, cfg.num_topics)
+        self.mu_bn = nn.BatchNorm1d(cfg.num_topics)
+        self.logvar_bn = nn.BatchNorm1d(cfg.num_topics)
+        for bn in (self.mu_bn, self.logvar_bn):
+            bn.weight.requires_grad_(False)   # scale fixed at 1: BN only centres, as in ProdLDA
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.drop(F.softplus(self.fc2(F.softplus(self.fc1(h)))))
+        return self.mu_bn(self.mu(h)), self.logvar_bn(self.logvar(h))
+
+
+class XTRA(nn.Module):
+    """The XTRA network for N >= 1 languages (alignment losses need >= 2)."""
+
+    def __init__(self, cfg: XTRAConfig, prior_mu: np.ndarray | None = None, prior_var: np.ndarray | None = None,
+                 betas: dict[str, np.ndarray] | None = None,
+                 word_embeddings: dict[str, np.ndarray] | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        k = cfg.num_topics
+        self.projections = nn.ModuleDict({
+            lang: nn.Sequential(nn.Linear(v, cfg.projection_units), nn.ReLU(), nn.Dropout(cfg.dropout))
+            for lang, v in cfg.vocab_sizes.items()})
+        self.encoder = _SharedEncoder(cfg)
+        self.betas = nn.ParameterDict({
+            lang: nn.Parameter(torch.as_tensor(betas[lang]).float().clone() if betas and lang in betas
+                               else torch.randn(k, v) * 0.02)
+            for lang, v in cfg.vocab_sizes.items()})
+        self.decoder_bn = nn.ModuleDict({lang: nn.BatchNorm1d(v) for lang, v in cfg.vocab_sizes.items()})
+        for bn in self.decoder_bn.values():
+            bn.weight.requires_grad_(False)
+        self.theta_to_embedding = nn.Sequential(nn.Linear(k, cfg.embedding_dim), nn.Dropout(cfg.dropout))
+        mu = np.zeros(k, np.float32) if prior_mu is None else prior_mu
+        var = np.ones(k, np.float32) if prior_var is None else prior_var
+        self.register_buffer("prior_mu", torch.as_tensor(mu).float().clone())
+        self.register_buffer("prior_var", torch.as_tensor(var).float().clone())
+        if cfg.beta_alignment == "learned_projection":
+            self.beta_projections = nn.ModuleDict({
+                lang: nn.Sequential(nn.Linear(v, cfg.beta_projection_dim), nn.Dropout(cfg.dropout))
+                for lang, v in cfg.vocab_sizes.items()})
+        for lang, v in cfg.vocab_sizes.items():
+            emb = None if word_embeddings is None else word_embeddings.get(lang)
+            emb_t = torch.zeros(v, cfg.word_embedding_dim) if emb is None else torch.as_tensor(emb).float().clone()
+            self.register_buffer(f"word_embeddings_{lang}", emb_t)
+
+    # -- building blocks -----------------------------------------------------------------------
+    def encode(self, bow: torch.Tensor, lang: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, V_l) counts -> (mu, logvar) of the logistic-normal posterior. Accepts sparse input."""
+        lin = self.projections[lang][0]
+        h = torch.sparse.mm(bow, lin.weight.T) + lin.bias if bow.is_sparse else lin(bow)
+        h = self.projections[lang][2](F.relu(h))
+        return self.encoder(h)
+
+    def theta(self, bow: torch.Tensor, lang: str) -> torch.Tensor:
+        """Document-topic proportions; deterministic (posterior mean) in eval mode."""
+        mu, logvar = self.encode(bow, lang)
+        if not self.training:
+            return F.softmax(mu, dim=1)
+        return F.softmax(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar), dim=1)
+
+    def decode(self, theta: torch.Tensor, lang: str) -> torch.Tensor:
+        return F.softmax(self.decoder_bn[lang](theta @ self.betas[lang]), dim=1)
+
+    def topic_word(self, lang: str) -> torch.Tensor:
+        """Topic-word distributions (K, V_l) for reading top words and drift."""
+        return F.softmax(self.betas[lang], dim=1)
+
+    def word_embeddings(self, lang: str) -> torch.Tensor:
+        return getattr(self, f"word_embeddings_{lang}")
+
+    # -- losses --------------------------------------------------------------------------------
+    def _kl(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        var = logvar.exp()
+        kl = 0.5 * ((var / self.prior_var + (mu - self.prior_mu) ** 2 / self.prior_var
+                     + self.prior_var.log() - logvar).sum(1) - self.cfg.num_topics)
+        return kl
+
+    def cluster_loss(self, theta: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
+        """Supervised contrastive loss on normalised thetas; anchors without a positive are skipped."""
+        z = F.normalize(theta, dim=1)
+        logits = z @ z.T / self.cfg.temperature
+        self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
+        logits = logits.masked_fill(self_mask, float("-inf"))
+        positives = (clusters[:, None] == clusters[None, :]) & ~self_mask
+        has_pos = positives.any(1)
+        if not has_pos.any():
+            return theta.new_zeros(())
+        log_all = torch.logsumexp(logits, dim=1)
+        log_pos = torch.logsumexp(logits.masked_fill(~positives, float("-inf")), dim=1)
+        return (log_all - log_pos)[has_pos].mean()
+
+    def infonce_loss(self, theta: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """Each document's projected theta should be closest to its own sentence embedding."""
+        p = F.normalize(self.theta_to_embedding(theta), dim=1)
+        e = F.normalize(embeddings, dim=1)
+        logits = p @ e.T / self.cfg.nce_temperature
+        return F.cross_entropy(logits, torch.arange(len(p), device=p.device))
+
+    def _topic_vectors(self, lang: str) -> torch.Tensor:
+        if self.cfg.beta_alignment == "learned_projection":
+            return self.beta_projections[lang](self.betas[lang])
+        return self.topic_word(lang) @ self.word_embeddings(lang)
+
+    def beta_loss(self) -> torch.Tensor:
+        """Topic k in language a vs topic k in language b, symmetric InfoNCE over all pairs."""
+        langs = self.cfg.languages
+        if self.cfg.beta_alignment == "none" or len(langs) < 2:
+            return self.betas[langs[0]].new_zeros(())
+        vecs = {lang: F.normalize(self._topic_vectors(lang), dim=1) for lang in langs}
+        target = torch.arange(self.cfg.num_topics, device=vecs[langs[0]].device)
+        total = []
+        for a, b in combinations(langs, 2):
+            logits = vecs[a] @ vecs[b].T / self.cfg.beta_temperature
+            total.append(0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)))
+        return torch.stack(total).mean()
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> XTRAOutput:
+        """``batch[lang]`` has ``bow`` (B_l, V_l), ``embedding`` (B_l, d), ``cluster`` (B_l,).
+
+        Languages missing from the batch are skipped; a language needs >= 2 documents (BatchNorm).
+        """
+        cfg = self.cfg
+        loss = 0.0
+        parts: dict[str, float] = {}
+        thetas, clusters, nce = {}, [], []
+        for lang, data in batch.items():
+            bow = data["bow"]
+            mu, logvar = self.encode(bow, lang)
+            theta = F.softmax(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar), dim=1)
+            dense = bow.to_dense() if bow.is_sparse else bow
+            recon = -(dense * torch.log(self.decode(theta, lang) + 1e-10)).sum(1)
+            lang_loss = (recon + self._kl(mu, logvar)).mean()
+            loss = loss + lang_loss
+            parts[f"recon_kl_{lang}"] = float(lang_loss.detach())
+            thetas[lang] = theta
+            clusters.append(data["cluster"])
+            if cfg.lambda_nce > 0 and "embedding" in data:
+                nce.append(self.infonce_loss(theta, data["embedding"]))
+        all_theta = torch.cat(list(thetas.values()))
+        if cfg.lambda_cluster > 0:
+            l_cluster = self.cluster_loss(all_theta, torch.cat(clusters))
+            loss = loss + cfg.lambda_cluster * l_cluster
+            parts["cluster"] = float(l_cluster.detach())
+        if nce:
+            l_nce = torch.stack(nce).sum()
+            loss = loss + cfg.lambda_nce * l_nce
+            parts["infonce"] = float(l_nce.detach())
+        if cfg.lambda_beta > 0:
+            l_beta = self.beta_loss()
+            loss = loss + cfg.lambda_beta * l_beta
+            parts["beta"] = float(l_beta.detach())
+        parts["total"] = float(loss.detach())
+        if not math.isfinite(parts["total"]):
+            raise FloatingPointError(f"XTRA loss is not finite: {parts}")
+        return XTRAOutput(loss=loss, parts=parts, theta=thetas)
+
+    # -- growing vocabularies ------------------------------------------------------------------
+    @torch.no_grad()
+    def remap_vocabulary(self, lang: str, old_to_new: np.ndarray, new_size: int,
+                         new_word_embeddings: np.ndarray | None = None) -> None:
+        """Follow a vocabulary change of ``lang``: keep surviving words' parameters, start new ones neutral.
+
+        ``old_to_new[i]`` is word i's new index or -1 if retired. Every per-word tensor (projection
+        columns, beta columns, decoder BatchNorm statistics, word embeddings) is rebuilt at
+        ``new_size``. New words start with zero projection weight, the mean beta value of their topic
+        and neutral BN statistics, so adding a word does not perturb existing thetas. Optimizer
+        state for these tensors is invalid afterwards: the trainer rebuilds its optimizer.
+        """
+        old_to_new = np.asarray(old_to_new, dtype=np.int64)
+        keep_old = torch.as_tensor(np.flatnonzero(old_to_new >= 0))
+        keep_new = torch.as_tensor(old_to_new[old_to_new >= 0])
+
+        def remap(t: torch.Tensor, dim: int, fill: torch.Tensor | float) -> torch.Tensor:
+            shape = list(t.shape)
+            shape[dim] = new_size
+            out = torch.empty(shape, dtype=t.dtype, device=t.device)
+            if isinstance(fill, torch.Tensor):
+                out.copy_(fill.expand(shape))
+            else:
+                out.fill_(fill)
+            out.index_copy_(dim, keep_new.to(t.device), t.index_select(dim, keep_old.to(t.device)))
+            return out
+
+        lin = self.projections[lang][0]
+        new_lin = nn.Linear(new_size, lin.out_features).to(lin.weight.device)
+        new_lin.weight.copy_(remap(lin.weight, 1, 0.0))
+        new_lin.bias.copy_(lin.bias)
+        self.projections[lang][0] = new_lin
+        beta = self.betas[lang]
+        self.betas[lang] = nn.Parameter(remap(beta.data, 1, beta.data.mean(1, keepdim=True)))
+        bn = self.decoder_bn[lang]
+        new_bn = nn.BatchNorm1d(new_size).to(beta.device)
+        new_bn.weight.requires_grad_(False)
+        new_bn.bias.copy_(remap(bn.bias.data, 0, 0.0))
+        new_bn.running_mean.copy_(remap(bn.running_mean, 0, float(bn.running_mean.mean())))
+        new_bn.running_var.copy_(remap(bn.running_var, 0, float(bn.running_var.mean())))
+        new_bn.num_batches_tracked.copy_(bn.num_batches_tracked)
+        self.decoder_bn[lang] = new_bn
+        emb = self.word_embeddings(lang)
+        new_emb = remap(emb, 0, 0.0)
+        if new_word_embeddings is not None:
+            fresh = torch.as_tensor(new_word_embeddings, dtype=emb.dtype)
+            if fresh.shape != new_emb.shape:
+                raise ValueError(f"new_word_embeddings must be {tuple(new_emb.shape)}, got {tuple(fresh.shape)}")
+            new_emb = fresh
+        self.register_buffer(f"word_embeddings_{lang}", new_emb)
+        if self.cfg.beta_alignment == "learned_projection":
+            plin = self.beta_projections[lang][0]
+            new_plin = nn.Linear(new_size, plin.out_features).to(plin.weight.device)
+            new_plin.weight.copy_(remap(plin.weight, 1, 0.0))
+            new_plin.bias.copy_(plin.bias)
+            self.beta_projections[lang][0] = new_plin
+        self.cfg.vocab_sizes[lang] = new_size
+
+    @torch.no_grad()
+    def add_language(self, lang: str, vocab_size: int, beta: np.ndarray | None = None,
+                     word_embeddings: np.ndarray | None = None) -> None:
+        """Give a language first seen after training started its own projection and decoder."""
+        if lang in self.cfg.vocab_sizes:
+            raise ValueError(f"language {lang!r} already exists")
+        cfg = self.cfg
+        device = self.prior_mu.device
+        self.projections[lang] = nn.Sequential(nn.Linear(vocab_size, cfg.projection_units), nn.ReLU(),
+                                               nn.Dropout(cfg.dropout)).to(device)
+        init = torch.randn(cfg.num_topics, vocab_size) * 0.02 if beta is None else torch.as_tensor(beta).float()
+        self.betas[lang] = nn.Parameter(init.to(device))
+        bn = nn.BatchNorm1d(vocab_size).to(device)
+        bn.weight.requires_grad_(False)
+        self.decoder_bn[lang] = bn
+        if cfg.beta_alignment == "learned_projection":
+            self.beta_projections[lang] = nn.Sequential(nn.Linear(vocab_size, cfg.beta_projection_dim),
+                                                        nn.Dropout(cfg.dropout)).to(device)
+        emb = torch.zeros(vocab_size, cfg.word_embedding_dim) if word_embeddings is None \
+            else torch.as_tensor(word_embeddings).float()
+        self.register_buffer(f"word_embeddings_{lang}", emb.to(device))
+        cfg.vocab_sizes[lang] = vocab_size
+        cfg.languages = sorted(cfg.vocab_sizes)

@@ -1,0 +1,58 @@
+"""Local, durable store of topic snapshots (SQLite), answering "what were the topics at time t?".
+
+One row per snapshot: version, creation time (epoch seconds, indexed), documents seen, and the
+snapshot's JSON. SQLite in WAL mode with ``synchronous=FULL`` keeps a committed snapshot across a
+kill -9, and as-of queries are an index lookup.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+
+from stream.schemas import TopicSnapshot
+
+__all__ = ["SnapshotStore"]
+
+
+class SnapshotStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("""CREATE TABLE IF NOT EXISTS snapshots (
+            version INTEGER PRIMARY KEY, created_at REAL NOT NULL, documents_seen INTEGER NOT NULL,
+            payload TEXT NOT NULL)""")
+        self._db.execute("CREATE INDEX IF NOT EXISTS snapshots_created ON snapshots(created_at)")
+
+    def add(self, snapshot: TopicSnapshot) -> None:
+        """Insert (or replace a replayed) snapshot; idempotent per version."""
+        self._db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?)",
+                         (snapshot.model_version, snapshot.created_at.timestamp(), snapshot.documents_seen,
+                          snapshot.model_dump_json()))
+
+    def latest(self) -> TopicSnapshot | None:
+        row = self._db.execute("SELECT payload FROM snapshots ORDER BY version DESC LIMIT 1").fetchone()
+        return TopicSnapshot.model_validate_json(row[0]) if row else None
+
+    def as_of(self, when: datetime) -> TopicSnapshot | None:
+        """The snapshot in force at ``when``: the last one created at or before it."""
+        row = self._db.execute("SELECT payload FROM snapshots WHERE created_at <= ? "
+                               "ORDER BY created_at DESC, version DESC LIMIT 1", (when.timestamp(),)).fetchone()
+        return TopicSnapshot.model_validate_json(row[0]) if row else None
+
+    def get(self, version: int) -> TopicSnapshot | None:
+        row = self._db.execute("SELECT payload FROM snapshots WHERE version = ?", (version,)).fetchone()
+        return TopicSnapshot.model_validate_json(row[0]) if row else None
+
+    def versions(self) -> list[int]:
+        return [r[0] for r in self._db.execute("SELECT version FROM snapshots ORDER BY version")]
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
