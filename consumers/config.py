@@ -57,8 +57,11 @@ class ModelSettings(BaseModel):
     embed_batch_size: int = 64
     threads: int = Field(1, ge=1, description="torch and BLAS threads; 1 is safest next to a broker on 2 cores")
     language_centering: bool = Field(False, description="subtract per-language mean embeddings (e5-style models)")
-    languages: list[str] = Field(default_factory=lambda: ["en", "zh", "ja"],
-                                 description="candidates for language detection when a document has no lang")
+    languages: list[str] = Field(
+        # The 16 languages multilingual USE v3 was trained on; set this to what your embedder covers.
+        default_factory=lambda: ["ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru",
+                                 "th", "tr", "zh"],
+        description="accepted languages (others are dead-lettered) and candidates for detection")
     num_topics: int = 50
     warmup_docs: int = 2000
     warmup_steps: int = 200

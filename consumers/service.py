@@ -87,6 +87,7 @@ class TopicService:
         self._last_checkpoint = time.monotonic()
         self._dirty = False
         self.healthy_source = True
+        self._languages = frozenset(settings.model.languages)
 
     # -- state --------------------------------------------------------------------------------
     def compat(self) -> dict:
@@ -140,6 +141,8 @@ class TopicService:
                 self.process_batch(records)
             else:
                 idle += 1
+            if self._stop.is_set():   # SIGTERM: finish this batch, skip training, checkpoint
+                break
             self.maybe_train()
             self.maybe_snapshot()
             self.maybe_checkpoint()
@@ -158,12 +161,20 @@ class TopicService:
         """Parse, dead-letter the bad, learn from and assign the good. Never raises on input."""
         docs: list[Document] = []
         good: list[Record] = []
+        accepted = self._languages
         for rec in records:
             try:
-                docs.append(parse_document(rec.value, max_bytes=self.settings.batch.max_record_bytes))
-                good.append(rec)
+                doc = parse_document(rec.value, max_bytes=self.settings.batch.max_record_bytes)
             except InvalidRecord as exc:
                 self._dead_letter(rec, exc.reason, exc.detail)
+                continue
+            if doc.lang is None:
+                doc = doc.model_copy(update={"lang": detect_language(doc.text, accepted)})
+            if doc.lang not in accepted:
+                self._dead_letter(rec, "unsupported_language", f"lang {doc.lang!r} is not in the accepted languages")
+                continue
+            docs.append(doc)
+            good.append(rec)
         if docs:
             try:
                 self._learn_and_assign(docs, good)
@@ -183,7 +194,7 @@ class TopicService:
 
     def _learn_and_assign(self, docs: list[Document], records: list[Record]) -> None:
         texts = [d.text for d in docs]
-        langs = [d.lang or detect_language(d.text, self.settings.model.languages) for d in docs]
+        langs = [d.lang for d in docs]
         embeddings = self.embedder.encode(texts)
         if self.centering is not None:
             self.centering.learn_many(embeddings, langs)

@@ -33,6 +33,7 @@ import numpy as np
 from model.embedding import Embedder
 from model.evaluation import (
     Docs,
+    classification_scores,
     crosslingual_classification,
     dictionary_alignment,
     multilingual_topic_uniqueness,
@@ -236,16 +237,19 @@ def quality_metrics(
     ``reference_docs`` (top-``npmi_top`` words; reference = those docs, token lists or a sparse
     matrix over the vocabulary); ``dict_alignment`` when ``dictionary`` (pairs with
     ``dictionary_langs[0]`` on the left) is given; with ``classification[lang] = (theta_train,
-    y_train, theta_test, y_test)`` for >= 2 languages: ``clf_intra_<lang>``, ``clf_cross_<lang>``
-    (accuracy) and the same names with ``_f1`` (macro-F1). ``classifier="svc"`` is the papers'
-    RBF SVC.
+    y_train, theta_test, y_test)``: ``clf_intra_<lang>`` and, with >= 2 languages,
+    ``clf_cross_<lang>`` (accuracy), and the same names with ``_f1`` (macro-F1).
+    ``classifier="svc"`` is the papers' RBF SVC, ``"linear"`` a fast LinearSVC.
     """
     langs = list(topic_word)
     missing = [lang for lang in langs if lang not in vocabularies]
     if missing:
         raise QualityError(f"no vocabulary for {missing}")
-    tops = {lang: top_words(np.asarray(topic_word[lang]), vocabularies[lang], n=max(tu_top, npmi_top, dict_top))
-            for lang in langs}
+    if dictionary is not None and (dictionary_langs is None or len(dictionary_langs) != 2
+                                   or any(lang not in topic_word for lang in dictionary_langs)):
+        raise QualityError(f"dictionary_langs {dictionary_langs} must name two of {langs}")
+    n = max(tu_top, npmi_top if reference_docs else 0, dict_top if dictionary is not None else 0)
+    tops = {lang: top_words(np.asarray(topic_word[lang]), vocabularies[lang], n=n) for lang in langs}
     out: dict[str, float] = {"tu": multilingual_topic_uniqueness({lang: [t[:tu_top] for t in tops[lang]]
                                                                    for lang in langs})}
     for lang, docs in reference_docs.items():
@@ -254,14 +258,17 @@ def quality_metrics(
         out[f"npmi_{lang}"] = npmi_coherence(tops[lang], docs, top_n=npmi_top, vocab=vocabularies[lang],
                                              zero_cooccurrence=zero_cooccurrence)
     if dictionary is not None:
-        if dictionary_langs is None or any(lang not in tops for lang in dictionary_langs):
-            raise QualityError(f"dictionary_langs {dictionary_langs} must name two of {langs}")
-        a, b = dictionary_langs
+        a, b = dictionary_langs  # checked above
         out["dict_alignment"] = dictionary_alignment(tops[a], tops[b], dictionary, top_n=dict_top)
     if classification:
-        scores = crosslingual_classification(classification, model=classifier)  # type: ignore[arg-type]
+        if len(classification) == 1:  # one language: there is nothing to cross to
+            ((lang, args),) = classification.items()
+            scores = {f"intra_{lang}": classification_scores(*args, model=classifier)}  # type: ignore[arg-type]
+        else:
+            scores = crosslingual_classification(classification, model=classifier)  # type: ignore[arg-type]
         for lang in classification:
             for kind in ("intra", "cross"):
-                out[f"clf_{kind}_{lang}"] = scores[f"{kind}_{lang}"]["accuracy"]
-                out[f"clf_{kind}_{lang}_f1"] = scores[f"{kind}_{lang}"]["macro_f1"]
+                if f"{kind}_{lang}" in scores:
+                    out[f"clf_{kind}_{lang}"] = scores[f"{kind}_{lang}"]["accuracy"]
+                    out[f"clf_{kind}_{lang}_f1"] = scores[f"{kind}_{lang}"]["macro_f1"]
     return out

@@ -162,6 +162,7 @@ class LocalKafkaBroker:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "true",
             "log.flush.interval.messages": "1",  # a test broker that survives kill -9 of itself
+            "message.max.bytes": str(16 * 1024 * 1024),  # dead letters carry oversized originals back
         }
         props.update(self.extra_config)
         return props

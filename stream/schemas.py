@@ -6,7 +6,7 @@ Every output carries ``schema_version`` so consumers can evolve with us.
 
 Parsing never raises anything but :class:`InvalidRecord`, whose ``reason`` is a short
 machine-readable code (``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``invalid_field``,
-``empty_text``, ``too_large``, ``tombstone``) that the dead-letter queue puts in its headers.
+``empty_text``, ``unknown_language``, ``too_large``, ``too_deep``, ``tombstone``) that the dead-letter queue puts in its headers.
 """
 
 from __future__ import annotations
@@ -34,6 +34,15 @@ SCHEMA_VERSION = 1
 MAX_TEXT_CHARS = 100_000
 MAX_RECORD_BYTES = 1_000_000
 MAX_JSON_DEPTH = 32
+
+#: ISO 639-1 codes: a ``lang`` outside this set is a lie or a typo, not a language.
+ISO_639_1 = frozenset("""
+aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de
+dv dz ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id
+ie ig ii ik io is it iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu
+lv mg mh mi mk ml mn mr ms mt my na nb nd ne ng nl nn no nr nv ny oc oj om or os pa pi pl ps pt qu
+rm rn ro ru rw sa sc sd se sg si sk sl sm sn so sq sr ss st su sv sw ta te tg th ti tk tl tn to tr
+ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu""".split())
 
 
 class InvalidRecord(ValueError):
@@ -73,9 +82,10 @@ class Document(BaseModel):
         if v is None or not v.strip():
             return None
         code = v.strip().lower().replace("_", "-").split("-")[0]
-        if not code.isascii() or not code.isalpha() or not 2 <= len(code) <= 3:
-            raise ValueError(f"lang {v!r} is not an ISO 639 code")
-        return {"cn": "zh", "jp": "ja"}.get(code, code)
+        code = {"cn": "zh", "jp": "ja", "zho": "zh", "jpn": "ja", "eng": "en"}.get(code, code)
+        if code not in ISO_639_1:
+            raise ValueError(f"unknown_language: lang {v!r} is not an ISO 639-1 code")
+        return code
 
     @field_validator("timestamp")
     @classmethod
@@ -127,8 +137,12 @@ def parse_document(raw: bytes | None, *, max_bytes: int = MAX_RECORD_BYTES) -> D
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "document"
-        reason = "empty_text" if field == "text" and "empty" in first["msg"] else "invalid_field"
-        if first["type"] == "string_too_long":
+        reason = "invalid_field"
+        if field == "text" and "empty" in first["msg"]:
+            reason = "empty_text"
+        elif field == "lang" and "unknown_language" in first["msg"]:
+            reason = "unknown_language"
+        elif first["type"] == "string_too_long":
             reason = "too_large"
         raise InvalidRecord(reason, f"{field}: {first['msg']}") from None
 

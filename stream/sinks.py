@@ -59,7 +59,7 @@ def make_producer(bootstrap_servers: str, client_config: dict | None = None):
     from kafka import KafkaProducer
 
     return KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=20,
-                         max_request_size=4 * 1024 * 1024, compression_type=None,
+                         max_request_size=16 * 1024 * 1024, compression_type=None,
                          **(client_config or {}))
 
 

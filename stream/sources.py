@@ -99,7 +99,12 @@ class KafkaSource(Source):
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False,
             auto_offset_reset=auto_offset_reset, max_poll_interval_ms=max_poll_interval_ms,
-            session_timeout_ms=session_timeout_ms, **(client_config or {}))
+            session_timeout_ms=session_timeout_ms, metadata_max_age_ms=30_000, **(client_config or {}))
+        # Join the group only once the topics' partitions are known: a group leader that assigns
+        # from metadata lacking the topic hands out nothing until the next metadata refresh.
+        for topic in topics:
+            if not wait_for(lambda: bool(self._consumer.partitions_for_topic(topic)), timeout=30.0):
+                logger.warning("topic %s has no partition metadata yet; joining anyway", topic)
         source = self
 
         class _Listener(ConsumerRebalanceListener):
