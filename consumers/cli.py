@@ -90,8 +90,19 @@ def run(
                       f"(en/zh/ja news) through the service; outputs in {settings.data_dir}")
     service = build_service(settings)
     service.install_signal_handlers()
-    stats = service.run()
-    latest = service.store.latest()
+    api = None
+    if settings.http.enabled and not demo:
+        from consumers.api import ApiServer
+
+        api = ApiServer(service).start()
+        logging.getLogger("xtream").info("HTTP API on http://%s:%d (OpenAPI at /docs)", settings.http.host, api.port)
+    try:
+        stats = service.run()
+        latest = service.store.latest()
+    finally:
+        if api is not None:
+            api.stop()
+        service.close()
     console.print(f"processed {stats.documents} documents ({stats.records} records, "
                   f"{sum(stats.dead_letters.values())} dead-lettered) in {stats.batches} batches; "
                   f"{stats.snapshots} snapshots, {stats.checkpoints} checkpoints; model has {service.model.n_docs} documents")

@@ -81,6 +81,17 @@ class SnapshotSettings(BaseModel):
     every_docs: int = 5000
     every_seconds: float = 300.0
     top_words: int = 15
+    drift_threshold: float = Field(0.2, description="JS divergence above which a topic counts as drifting")
+    alive_share: float = Field(0.2, description="a topic is alive while its cluster holds this share of the mean size")
+
+
+class HttpSettings(BaseModel):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
+    token: SecretStr | None = Field(None, description="bearer token for state-changing endpoints; unset = they are off")
+    max_body_bytes: int = 1_000_000
+    max_documents: int = 256
 
 
 class CheckpointSettings(BaseModel):
@@ -99,6 +110,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     snapshots: SnapshotSettings = Field(default_factory=SnapshotSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
 
     @classmethod

@@ -28,6 +28,7 @@ from stream.sources import Source
 
 from consumers.checkpoint import CheckpointStore
 from consumers.config import Settings
+from consumers.metrics import ServiceMetrics
 from consumers.snapshots import build_snapshot
 
 __all__ = ["ServiceStats", "TopicService"]
@@ -63,7 +64,8 @@ class TopicService:
     def __init__(self, settings: Settings, source: Source, embedder: Embedder, *,
                  assignments: Sink, dead_letters: Sink, snapshots: Sink | None,
                  snapshot_store: SnapshotStore, checkpoints: CheckpointStore,
-                 model: OnlineTopicModel | None = None, start_offsets: dict[str, int] | None = None) -> None:
+                 model: OnlineTopicModel | None = None, start_offsets: dict[str, int] | None = None,
+                 metrics: ServiceMetrics | None = None) -> None:
         self.settings = settings
         self.source = source
         self.embedder = embedder
@@ -88,6 +90,12 @@ class TopicService:
         self._dirty = False
         self.healthy_source = True
         self._languages = frozenset(settings.model.languages)
+        self.metrics = metrics or ServiceMetrics(sorted(self._languages))
+        #: Held while the model changes; the HTTP API takes it to read a consistent model.
+        self.lock = threading.RLock()
+        self.heartbeat = time.monotonic()
+        self._snapshot_requested = threading.Event()
+        self._alive_topics: np.ndarray | None = None
 
     # -- state --------------------------------------------------------------------------------
     def compat(self) -> dict:
@@ -127,15 +135,26 @@ class TopicService:
         """Process until ``stop()``, or until a finite source is drained."""
         max_records, wait_ms = self.settings.batch.max_records, self.settings.batch.max_wait_ms
         idle = 0
+        m = self.metrics
+        last_lag = 0.0
         while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
             try:
                 records = self.source.poll_batch(max_records, wait_ms)
                 self.healthy_source = True
             except SourceUnavailable as exc:
                 self.healthy_source = False
+                m.source_up.set(0)
+                m.ready.set(0)
                 logger.warning("source unavailable: %s", exc)
                 time.sleep(1.0)
                 continue
+            m.source_up.set(1)
+            m.ready.set(1 if self.ready and self.model.is_warm else 0)
+            if time.monotonic() - last_lag > 5.0:
+                for part, lag in self.source.lag().items():
+                    m.consumer_lag.labels(part.rsplit(":", 1)[1]).set(lag)
+                last_lag = time.monotonic()
             if records:
                 idle = 0
                 self.process_batch(records)
@@ -144,7 +163,7 @@ class TopicService:
             if self._stop.is_set():   # SIGTERM: finish this batch, skip training, checkpoint
                 break
             self.maybe_train()
-            self.maybe_snapshot()
+            self.maybe_snapshot(force=self._snapshot_requested.is_set())
             self.maybe_checkpoint()
             if not records and (self.source.exhausted() or (max_idle_polls is not None and idle >= max_idle_polls)):
                 break
@@ -159,6 +178,7 @@ class TopicService:
 
     def process_batch(self, records: list[Record]) -> None:
         """Parse, dead-letter the bad, learn from and assign the good. Never raises on input."""
+        started = time.perf_counter()
         docs: list[Document] = []
         good: list[Record] = []
         accepted = self._languages
@@ -175,6 +195,7 @@ class TopicService:
                 continue
             docs.append(doc)
             good.append(rec)
+        self.metrics.stage_seconds.labels("parse").observe(time.perf_counter() - started)
         if docs:
             try:
                 self._learn_and_assign(docs, good)
@@ -190,19 +211,26 @@ class TopicService:
             self.offsets[rec.position] = max(self.offsets.get(rec.position, 0), rec.offset + 1)
         self.stats.records += len(records)
         self.stats.batches += 1
+        self.metrics.records_consumed.inc(len(records))
+        self.metrics.batches.inc()
         self._dirty = True
 
     def _learn_and_assign(self, docs: list[Document], records: list[Record]) -> None:
+        m = self.metrics
         texts = [d.text for d in docs]
         langs = [d.lang for d in docs]
-        embeddings = self.embedder.encode(texts)
-        if self.centering is not None:
-            self.centering.learn_many(embeddings, langs)
-            embeddings = self.centering.transform_many(embeddings, langs)
-        tokens = self.tokenizer.tokenize_many(texts, langs)
-        self.model.learn_many(tokens, embeddings, langs)
-        clusters, theta = self.model.predict_many(tokens, embeddings, langs)
-        self.model.observe_topics(theta)
+        with m.stage_seconds.labels("embed").time():
+            embeddings = self.embedder.encode(texts)
+            if self.centering is not None:
+                self.centering.learn_many(embeddings, langs)
+                embeddings = self.centering.transform_many(embeddings, langs)
+            tokens = self.tokenizer.tokenize_many(texts, langs)
+        with self.lock:
+            with m.stage_seconds.labels("assign").time():
+                self.model.learn_many(tokens, embeddings, langs)
+            with m.stage_seconds.labels("infer").time():
+                clusters, theta = self.model.predict_many(tokens, embeddings, langs)
+                self.model.observe_topics(theta)
         now = datetime.now(timezone.utc)
         top = np.argsort(-theta, axis=1)[:, :3]
         for i, (doc, rec) in enumerate(zip(docs, records)):
@@ -212,6 +240,12 @@ class TopicService:
                            source_partition=rec.partition, source_offset=rec.offset,
                            event_time=doc.timestamp, processed_at=now)
             self.assignments.add(a.model_dump_json().encode(), key=doc.id.encode())
+        now_ms = now.timestamp() * 1000
+        for rec in records:
+            if rec.timestamp_ms is not None and rec.timestamp_ms > 0:
+                m.document_latency.observe(max(0.0, (now_ms - rec.timestamp_ms) / 1000))
+        for lang, n in zip(*np.unique(np.asarray(langs), return_counts=True)):
+            m.documents_processed.labels(str(lang)).inc(int(n))
         self.stats.documents += len(docs)
         self._docs_since_train += len(docs)
         self._docs_since_snapshot += len(docs)
@@ -221,6 +255,7 @@ class TopicService:
         self.dead_letters.add(rec.value if rec.value is not None else b"", key=rec.key,
                               headers=dead_letter_headers(rec, reason, detail))
         self.stats.dead_letters[reason] = self.stats.dead_letters.get(reason, 0) + 1
+        self.metrics.dead_lettered.labels(reason).inc()
 
     def maybe_train(self) -> None:
         """A bounded training slice: ``train_steps`` steps, cut short past the time budget."""
@@ -229,9 +264,12 @@ class TopicService:
             return
         deadline = time.monotonic() + m.train_budget_seconds
         done = 0
-        while done < m.train_steps and time.monotonic() < deadline:
-            self.model.train(1)
-            done += 1
+        with self.metrics.stage_seconds.labels("train").time():
+            while done < m.train_steps and time.monotonic() < deadline:
+                with self.lock:   # one step at a time, so API readers wait at most a step
+                    self.model.train(1)
+                done += 1
+        self._observe_model(done)
         self._docs_since_train = 0
         self.stats.train_slices += 1
         self._dirty = True
@@ -244,7 +282,10 @@ class TopicService:
                or time.monotonic() - self._last_snapshot >= s.every_seconds or force)
         if not due:
             return None
-        snap, self._prev_dists = build_snapshot(self.model, self._prev_dists, self.offsets, top_n=s.top_words)
+        self._snapshot_requested.clear()
+        started = time.perf_counter()
+        with self.lock:
+            snap, self._prev_dists = build_snapshot(self.model, self._prev_dists, self.offsets, top_n=s.top_words)
         if self.snapshot_sink is not None:
             self.snapshot_sink.add(snap.to_json_bytes(), key=str(snap.model_version).encode())
         self.store.add(snap)
@@ -253,6 +294,8 @@ class TopicService:
         self._last_snapshot = time.monotonic()
         self.stats.snapshots += 1
         self._dirty = True
+        self._observe_snapshot(snap)
+        self.metrics.stage_seconds.labels("snapshot").observe(time.perf_counter() - started)
         logger.info("snapshot v%d: %d documents, %d topics", snap.model_version, snap.documents_seen, len(snap.topics))
         return snap
 
@@ -283,17 +326,79 @@ class TopicService:
             logger.error("checkpoint postponed, sinks not flushed: %s", exc)
             return
         # Step 2
-        self.checkpoints.save(self.state_dict(), self.offsets, self.compat(), n_docs=self.model.n_docs,
-                              model_version=self.model.version)
+        with self.metrics.stage_seconds.labels("checkpoint").time():
+            with self.lock:
+                state = self.state_dict()
+            self.checkpoints.save(state, self.offsets, self.compat(), n_docs=self.model.n_docs,
+                                  model_version=self.model.version)
         # Step 3
         try:
-            self.source.commit(self.offsets)
+            with self.metrics.stage_seconds.labels("commit").time():
+                self.source.commit(self.offsets)
         except SourceUnavailable as exc:   # the checkpoint holds the offsets; commit next time
             logger.warning("offset commit failed (checkpoint is durable): %s", exc)
+        self.metrics.checkpoints.inc()
+        self.metrics.last_checkpoint.set(time.time())
         self._dirty = False
         self._docs_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self.stats.checkpoints += 1
+
+    def request_snapshot(self) -> None:
+        """Ask the loop for a snapshot at its next turn (thread-safe; used by the admin API)."""
+        self._snapshot_requested.set()
+
+    def _observe_model(self, steps: int) -> None:
+        m, model = self.metrics, self.model
+        m.training_steps.inc(steps)
+        losses = model.last_losses
+        if losses:
+            m.training_loss.labels("total").set(losses.get("total", 0.0))
+            m.training_loss.labels("reconstruction_kl").set(sum(v for k, v in losses.items() if k.startswith("recon_kl_")))
+            for part in ("cluster", "infonce", "beta"):
+                m.training_loss.labels(part).set(losses.get(part, 0.0))
+        for lang, n in model.buffer.sizes().items():
+            m.buffer_documents.labels(lang).set(n)
+        for lang, vocab in model.vocabs.items():
+            m.vocabulary_words.labels(lang).set(len(vocab))
+        m.model_version.set(model.version)
+        m.model_documents.set(model.n_docs)
+
+    def _observe_snapshot(self, snap: TopicSnapshot) -> None:
+        """Drift quantiles over topics (max over languages per topic), births and deaths, sizes."""
+        m = self.metrics
+        m.snapshots.inc()
+        m.last_snapshot.set(snap.created_at.timestamp())
+        drift = np.array([max(t.drift.values()) if t.drift else 0.0 for t in snap.topics])
+        if any(t.drift for t in snap.topics):
+            m.drift_max.set(float(drift.max()))
+            for q in ("0.5", "0.9", "0.99", "1"):
+                m.drift_quantile.labels(q).set(float(np.quantile(drift, float(q))))
+            m.drifting_ratio.set(float((drift > self.settings.snapshots.drift_threshold).mean()))
+        sizes = np.array([t.size for t in snap.topics])
+        for q in ("0.5", "0.9", "0.99", "1"):
+            m.cluster_size.labels(q).set(float(np.quantile(sizes, float(q))))
+        alive = sizes >= self.settings.snapshots.alive_share * sizes.sum() / max(len(sizes), 1)
+        if self._alive_topics is not None and len(self._alive_topics) == len(alive):
+            m.births.inc(int((alive & ~self._alive_topics).sum()))
+            m.deaths.inc(int((~alive & self._alive_topics).sum()))
+        self._alive_topics = alive
+        m.topics_alive.set(int(alive.sum()))
+        self._observe_model(0)
+
+    def close(self) -> None:
+        """Release the source, sinks (and their producer) and the snapshot store."""
+        for sink in (self.assignments, self.dead_letters, self.snapshot_sink):
+            if sink is not None:
+                try:
+                    sink.close()
+                except SinkError as exc:
+                    logger.warning("closing a sink failed: %s", exc)
+        producer = getattr(self.assignments, "producer", None)
+        if producer is not None:
+            producer.close(timeout=10)
+        self.source.close()
+        self.store.close()
 
     def on_partitions_revoked(self, partitions: list[str]) -> None:
         """Rebalance: make the work on the departing partitions durable before they move."""

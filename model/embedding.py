@@ -137,6 +137,7 @@ class LanguageCentering:
         self.counts: dict[str, int] = {}
 
     def learn_many(self, x: np.ndarray, langs: Sequence[str]) -> None:
+        x = np.asarray(x, dtype=np.float32)   # means stay float32, so a state_dict round trip is exact
         langs_arr = np.asarray(langs)
         for lang in np.unique(langs_arr):
             rows = x[langs_arr == lang]

@@ -20,8 +20,10 @@ contrastive signal follows the centres as they move.
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +84,16 @@ class OnlineTopicModel:
         self._pending: dict[str, list[tuple[list[str], np.ndarray]]] = {}   # tokens+embedding before XTRA knows the lang
         self._since_refresh = 0
         self.last_losses: dict[str, float] = {}
+        # torch draws (weight init, dropout, reparameterisation) come from this model's own stream
+        self._torch_rng = torch.Generator().manual_seed(cfg.seed).get_state()
+
+    @contextmanager
+    def _own_torch_rng(self) -> Iterator[None]:
+        """Run torch's global-RNG draws from ``self._torch_rng``; the caller's RNG is left as it was."""
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._torch_rng)
+            yield
+            self._torch_rng = torch.get_rng_state()
 
     @property
     def is_warm(self) -> bool:
@@ -112,13 +124,14 @@ class OnlineTopicModel:
                 self._pending.setdefault(lang, []).extend(zip(lang_tokens, embeddings[rows]))
         self.n_docs += len(tokens)
         self._since_refresh += len(tokens)
-        if self.xtra is None:
-            if self.n_docs >= self.cfg.warmup_docs and self.kmeans.is_initialised:
-                self._initialise()
-        else:
-            self._admit_new_languages()
-            if self._since_refresh >= self.cfg.vocab_refresh_every:
-                self.refresh_vocabularies()
+        with self._own_torch_rng():
+            if self.xtra is None:
+                if self.n_docs >= self.cfg.warmup_docs and self.kmeans.is_initialised:
+                    self._initialise()
+            else:
+                self._admit_new_languages()
+                if self._since_refresh >= self.cfg.vocab_refresh_every:
+                    self.refresh_vocabularies()
 
     def _initialise(self) -> None:
         """End of warm-up: vocabularies, buffer and XTRA from the held documents."""
@@ -148,7 +161,7 @@ class OnlineTopicModel:
         self._since_refresh = 0
         logger.info("XTRA initialised after %d documents: languages=%s vocab=%s", self.n_docs,
                     sorted(corpora), {lang: len(self.vocabs[lang]) for lang in corpora})
-        self.train(self.cfg.warmup_steps)
+        self._train(self.cfg.warmup_steps)   # already inside learn_many's _own_torch_rng
 
     def _word_embeddings(self, langs) -> dict[str, np.ndarray] | None:
         if self.embed_words is None:
@@ -204,6 +217,10 @@ class OnlineTopicModel:
         """``steps`` gradient steps on buffer samples; returns the mean loss parts."""
         if self.xtra is None or steps <= 0:
             return {}
+        with self._own_torch_rng():
+            return self._train(steps)
+
+    def _train(self, steps: int) -> dict[str, float]:
         sums: dict[str, float] = {}
         done = 0
         for _ in range(steps):
@@ -268,13 +285,16 @@ class OnlineTopicModel:
             "vocabs": {lang: v.state_dict() for lang, v in self.vocabs.items()},
             "version": self.version, "n_docs": self.n_docs, "docs_by_lang": dict(self.docs_by_lang),
             "prevalence": self.prevalence.copy(), "since_refresh": self._since_refresh,
+            "torch_rng": self._torch_rng.numpy().copy(),
             "pending": {lang: {"tokens": [t for t, _ in held], "emb": np.stack([e for _, e in held])}
                         for lang, held in self._pending.items() if held},
             "xtra": None,
         }
         if self.xtra is not None:
-            state["xtra"] = {"config": self.xtra.cfg.to_dict(), "weights": dict(self.xtra.state_dict()),
-                             "optimizer": self.trainer.optimizer.state_dict(),
+            # copies: torch's state dicts alias the live tensors, which later steps update in place
+            state["xtra"] = {"config": self.xtra.cfg.to_dict(),
+                             "weights": {k: v.detach().clone() for k, v in self.xtra.state_dict().items()},
+                             "optimizer": copy.deepcopy(self.trainer.optimizer.state_dict()),
                              "scheduler": self.trainer.scheduler.state_dict(), "steps": self.trainer.steps}
         return state
 
@@ -291,10 +311,13 @@ class OnlineTopicModel:
         self._pending = {lang: list(zip(p["tokens"], np.asarray(p["emb"]))) for lang, p in state["pending"].items()}
         if state["xtra"] is not None:
             x = state["xtra"]
-            self.xtra = XTRA(XTRAConfig(**x["config"]))
+            with self._own_torch_rng():   # the throw-away initial weights draw from torch's RNG
+                self.xtra = XTRA(XTRAConfig(**x["config"]))
+                self.trainer = XTRATrainer(self.xtra, lr=self.cfg.lr, lr_step=self.cfg.lr_step,
+                                           batch_size=self.cfg.batch_size, seed=self.cfg.seed)
             self.xtra.load_state_dict(x["weights"])
-            self.trainer = XTRATrainer(self.xtra, lr=self.cfg.lr, lr_step=self.cfg.lr_step,
-                                       batch_size=self.cfg.batch_size, seed=self.cfg.seed)
-            self.trainer.optimizer.load_state_dict(x["optimizer"])
+            self.trainer.optimizer.load_state_dict(copy.deepcopy(x["optimizer"]))
             self.trainer.scheduler.load_state_dict(x["scheduler"])
             self.trainer.steps = int(x["steps"])
+        if "torch_rng" in state:   # absent from checkpoints written before it was kept
+            self._torch_rng = torch.from_numpy(np.asarray(state["torch_rng"], dtype=np.uint8).copy())

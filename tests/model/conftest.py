@@ -1,7 +1,7 @@
 """Fixtures shared by the model specifications: a tiny planted-topic multilingual stream.
 
-Torch runs single-threaded here: the models under test are tiny, and on a small shared host
-intra-op threads make each of their matrix products hundreds of times slower, not faster.
+Torch runs single-threaded in these tests: the models under test are tiny, and on a small shared
+host intra-op threads made each of their matrix products hundreds of times slower, not faster.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-
-torch.set_num_threads(1)
 
 LANGUAGES = ("en", "de", "ja")
 
@@ -47,6 +45,14 @@ def make_stream(n: int, seed: int = 0, langs: tuple[str, ...] = LANGUAGES, n_top
     words = rng.integers(words_per_topic, size=(n, doc_len))
     tokens = [[f"{lg}_t{t}_w{w}" for w in row] for lg, t, row in zip(lang.tolist(), topics.tolist(), words.tolist())]
     return Stream(tokens, emb, lang.tolist(), topics)
+
+
+@pytest.fixture(autouse=True)
+def _single_threaded_torch():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

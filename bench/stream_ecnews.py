@@ -1,0 +1,175 @@
+"""The whole EC News train stream through the service from a real Kafka, with figures.
+
+    python -m bench.stream_ecnews --data ../shared/data/ecnews [--limit N] [--threads 1]
+
+In one run, on the same documents:
+
+1. the embedder alone (same batch size, same threads): documents/s;
+2. the service end to end (Kafka poll -> parse -> embed -> k-means -> XTRA theta -> assignments ->
+   buffer -> training slices -> snapshots -> checkpoints -> commits): documents/s, so the ratio
+   says how much of the cost is the embedder;
+3. peak RSS of the process;
+4. quality of the final model, measured as the offline benchmark does (TU, NPMI on the test texts,
+   dictionary alignment, SVM accuracy on theta intra- and cross-lingual).
+
+Prints a table and, last, one JSON line; writes it to ``bench/results/stream_ecnews.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("bench.stream_ecnews")
+
+
+def _rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _interleave(en: list[str], zh: list[str]) -> list[dict]:
+    docs = []
+    for i in range(max(len(en), len(zh))):
+        if i < len(en):
+            docs.append({"id": f"en-{i}", "text": en[i], "lang": "en"})
+        if i < len(zh):
+            docs.append({"id": f"zh-{i}", "text": zh[i], "lang": "zh"})
+    return docs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/ecnews"))
+    parser.add_argument("--limit", type=int, default=None, help="documents per language (default: all)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--topics", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/stream_ecnews.json"))
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        raise SystemExit(f"dataset not found at {args.data} (see ../shared/data/README.md)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka",):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from rich.console import Console
+    from rich.table import Table
+    from tqdm.auto import tqdm
+
+    from consumers.config import Settings
+    from consumers.wiring import build_service, set_threads
+    from model.embedding import load_embedder
+    from model.evaluation import load_bilingual_dictionary
+    from model.quality import quality_metrics
+    from stream.kafka_broker import LocalKafkaBroker
+
+    set_threads(args.threads)
+    read = lambda name: (args.data / name).read_text(encoding="utf-8").splitlines()  # noqa: E731
+    en, zh = read("train_texts_en.txt"), read("train_texts_cn.txt")
+    if args.limit:
+        en, zh = en[: args.limit], zh[: args.limit]
+    docs = _interleave(en, zh)
+    texts = [d["text"] for d in docs]
+    langs = [d["lang"] for d in docs]
+    figures: dict[str, float] = {"documents": len(docs), "threads": args.threads}
+
+    # 1. The embedder alone, same batch size as the service.
+    embedder = load_embedder(threads=args.threads, batch_size=64)
+    embedder.encode(texts[:64])   # warm
+    started = time.perf_counter()
+    train_emb = np.concatenate([embedder.encode(texts[i:i + 256])
+                                for i in tqdm(range(0, len(texts), 256), desc="embedder alone", unit="batch")])
+    figures["embedder_docs_per_s"] = len(docs) / (time.perf_counter() - started)
+
+    # 2. The service end to end from Kafka.
+    work = Path(tempfile.mkdtemp(prefix="xtream-bench-"))
+    broker = LocalKafkaBroker.start_new(work / "kafka")
+    try:
+        from kafka import KafkaAdminClient, KafkaProducer
+        from kafka.admin import NewTopic
+
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        admin.create_topics([NewTopic("ecnews", num_partitions=3, replication_factor=1)])
+        admin.close()
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=50)
+        for d in tqdm(docs, desc="producing", unit="doc", mininterval=2):
+            producer.send("ecnews", key=d["id"].encode(), value=json.dumps(d, ensure_ascii=False).encode())
+        producer.flush()
+        producer.close()
+
+        base = Settings(data_dir=work / "data")
+        settings = base.model_copy(update={
+            "kafka": base.kafka.model_copy(update=dict(bootstrap_servers=broker.bootstrap, input_topic="ecnews",
+                                                       group_id="bench")),
+            "model": base.model.model_copy(update=dict(num_topics=args.topics, threads=args.threads)),
+            "snapshots": base.snapshots.model_copy(update=dict(every_docs=10_000)),
+            "checkpoint": base.checkpoint.model_copy(update=dict(every_seconds=30.0, every_docs=20_000)),
+        })
+        service = build_service(settings)
+        rss_peak = [_rss_mb()]
+        thread = threading.Thread(target=service.run, daemon=True)
+        started = time.perf_counter()
+        thread.start()
+        with tqdm(total=len(docs), desc="service", unit="doc") as bar:
+            while service.model.n_docs < len(docs) and thread.is_alive():
+                time.sleep(1.0)
+                bar.update(service.model.n_docs - bar.n)
+                rss_peak.append(_rss_mb())
+        service.stop()
+        thread.join()
+        service.close()
+        elapsed = time.perf_counter() - started
+        figures["service_docs_per_s"] = len(docs) / elapsed
+        figures["service_seconds"] = elapsed
+        figures["service_over_embedder_throughput"] = figures["service_docs_per_s"] / figures["embedder_docs_per_s"]
+        figures["rss_peak_mb_during_service"] = max(rss_peak)
+        figures["train_steps"] = service.model.trainer.steps
+        figures["snapshots"] = service.stats.snapshots
+    finally:
+        broker.stop()
+    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    # 4. Quality of the final model, on the test split.
+    model = service.model
+    toks = service.tokenizer.tokenize_many(texts, langs)
+    _, theta_train = model.predict_many(toks, train_emb, langs)
+    test = {lang: (read(f"test_texts_{f}.txt"), np.loadtxt(args.data / f"test_labels_{f}.txt", dtype=int))
+            for lang, f in (("en", "en"), ("zh", "cn"))}
+    train_labels = {"en": np.loadtxt(args.data / "train_labels_en.txt", dtype=int)[: len(en)],
+                    "zh": np.loadtxt(args.data / "train_labels_cn.txt", dtype=int)[: len(zh)]}
+    langs_arr = np.asarray(langs)
+    classification = {}
+    for lang, (ttexts, tlabels) in test.items():
+        temb = embedder.encode(ttexts)
+        _, theta_test = model.predict_many(service.tokenizer.tokenize_many(ttexts, lang), temb, [lang] * len(ttexts))
+        classification[lang] = (theta_train[langs_arr == lang], train_labels[lang], theta_test, tlabels)
+    dictionary = load_bilingual_dictionary(args.data.parent / "dict" / "zh_en.tsv", reverse=True)
+    metrics = quality_metrics({lang: model.topic_distribution(lang) for lang in ("en", "zh")},
+                              {lang: model.vocabs[lang].words for lang in ("en", "zh")},
+                              {lang: [t.split() for t in test[lang][0]] for lang in ("en", "zh")},
+                              dictionary=dictionary, dictionary_langs=("en", "zh"), classification=classification)
+    figures |= metrics
+
+    table = Table(title="EC News train stream through the service (one run, same machine)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for k, v in figures.items():
+        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    Console().print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

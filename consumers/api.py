@@ -1,0 +1,238 @@
+"""The HTTP API (FastAPI, OpenAPI at /docs): health, metrics, topics, as-of snapshots, assignment.
+
+Read-only by default. The one state-changing endpoint (``POST /admin/snapshot``) needs a bearer
+token from configuration, compared in constant time, and does not exist when no token is set.
+Bodies are capped at ``http.max_body_bytes`` before parsing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from stream.schemas import MAX_TEXT_CHARS, SnapshotTopic, TopicSnapshot
+
+__all__ = ["ApiServer", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+LIVENESS_STALL_SECONDS = 120.0
+
+
+class AssignRequestDocument(BaseModel):
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    lang: str | None = Field(None, max_length=16)
+
+
+class AssignRequest(BaseModel):
+    documents: list[AssignRequestDocument] = Field(min_length=1)
+
+
+class AssignedDocument(BaseModel):
+    lang: str
+    cluster: int
+    theta: list[float]
+    top_topics: list[tuple[int, float]]
+
+
+class AssignResponse(BaseModel):
+    model_version: int
+    documents: list[AssignedDocument]
+
+
+class TopicHistoryEntry(BaseModel):
+    model_version: int
+    created_at: datetime
+    prevalence: float
+    words: dict[str, list[str]]
+    drift: dict[str, float]
+
+
+class TopicDetail(BaseModel):
+    topic: SnapshotTopic
+    model_version: int
+    history: list[TopicHistoryEntry]
+
+
+def create_app(service) -> FastAPI:
+    """An app over a running :class:`~consumers.service.TopicService`."""
+    http = service.settings.http
+    app = FastAPI(title="xtream", version="0.1.0",
+                  description="Streaming cross-lingual topics (XTRA). Read-only unless a token is configured.")
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > http.max_body_bytes):
+            return JSONResponse({"detail": f"request body over {http.max_body_bytes} bytes"}, status_code=413)
+        if request.method in ("POST", "PUT", "PATCH") and length is None:
+            body = await request.body()   # chunked: read it, but refuse oversize
+            if len(body) > http.max_body_bytes:
+                return JSONResponse({"detail": f"request body over {http.max_body_bytes} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz():
+        """Live while the processing loop keeps turning."""
+        stalled = time.monotonic() - service.heartbeat
+        if stalled > LIVENESS_STALL_SECONDS:
+            raise HTTPException(503, f"processing loop stalled for {stalled:.0f}s")
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz():
+        """Ready when the broker answers, partitions are assigned and the model is warm."""
+        reasons = []
+        if not service.healthy_source:
+            reasons.append("source unreachable")
+        elif not service.source.assigned():
+            reasons.append("no partitions assigned")
+        if not service.model.is_warm:
+            reasons.append("model warming up")
+        if reasons:
+            return JSONResponse({"status": "not ready", "reasons": reasons}, status_code=503)
+        return {"status": "ready", "model_version": service.model.version}
+
+    @app.get("/metrics", tags=["health"])
+    def metrics():
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def latest() -> TopicSnapshot:
+        snap = service.store.latest()
+        if snap is None:
+            raise HTTPException(404, "no snapshot yet: the model is still warming up")
+        return snap
+
+    @app.get("/topics", response_model=TopicSnapshot, tags=["topics"])
+    def topics():
+        """The latest snapshot."""
+        return latest()
+
+    @app.get("/topics/{topic_id}", response_model=TopicDetail, tags=["topics"])
+    def topic(topic_id: int, history: Annotated[int, Query(ge=0, le=1000)] = 50):
+        """A topic's words per language now, and its last ``history`` snapshots."""
+        snap = latest()
+        if not 0 <= topic_id < len(snap.topics):
+            raise HTTPException(404, f"topic {topic_id} does not exist (0..{len(snap.topics) - 1})")
+        entries = []
+        for version in service.store.versions()[-history:] if history else []:
+            s = service.store.get(version)
+            if s is None or topic_id >= len(s.topics):
+                continue
+            t = s.topics[topic_id]
+            entries.append(TopicHistoryEntry(model_version=s.model_version, created_at=s.created_at,
+                                             prevalence=t.prevalence, drift=t.drift,
+                                             words={lang: w.words for lang, w in t.words.items()}))
+        return TopicDetail(topic=snap.topics[topic_id], model_version=snap.model_version, history=entries)
+
+    @app.get("/snapshots", response_model=TopicSnapshot, tags=["topics"])
+    def snapshot_at(at: Annotated[str, Query(description="ISO 8601 time, or an input offset "
+                                                         "('offset' or 'partition:offset')")]):
+        """The snapshot in force at a time, or when the input reached an offset."""
+        found = None
+        if at.replace(":", "").isdigit():
+            part, _, off = at.rpartition(":")
+            part = part or "0"
+            for version in reversed(service.store.versions()):
+                s = service.store.get(version)
+                covered = [o for key, o in s.offsets.items() if key.rsplit(":", 1)[1] == part]
+                if covered and covered[0] <= int(off):
+                    found = s
+                    break
+        else:
+            try:
+                when = datetime.fromisoformat(at.replace("Z", "+00:00"))
+            except ValueError:
+                raise HTTPException(422, f"'at' must be an ISO 8601 time or an offset, got {at!r}") from None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            found = service.store.as_of(when)
+        if found is None:
+            raise HTTPException(404, f"no snapshot in force at {at}")
+        return found
+
+    @app.post("/documents:assign", response_model=AssignResponse, tags=["topics"])
+    def assign(body: AssignRequest):
+        """Topic mixtures of new texts under the current model; the model does not change."""
+        from model.text import detect_language
+
+        if len(body.documents) > http.max_documents:
+            raise HTTPException(413, f"at most {http.max_documents} documents per request")
+        if not service.model.is_warm:
+            raise HTTPException(503, "model warming up")
+        accepted = sorted(service.settings.model.languages)
+        langs = []
+        for d in body.documents:
+            lang = (d.lang or detect_language(d.text, accepted)).lower()
+            if lang not in accepted:
+                raise HTTPException(422, f"language {lang!r} is not one of {accepted}")
+            langs.append(lang)
+        texts = [d.text for d in body.documents]
+        embeddings = service.embedder.encode(texts)
+        tokens = service.tokenizer.tokenize_many(texts, langs)
+        with service.lock:
+            if service.centering is not None:
+                embeddings = service.centering.transform_many(embeddings, langs)
+            clusters, theta = service.model.predict_many(tokens, embeddings, langs)
+            version = service.model.version
+        top = np.argsort(-theta, axis=1)[:, :5]
+        return AssignResponse(model_version=version, documents=[
+            AssignedDocument(lang=langs[i], cluster=int(clusters[i]), theta=[round(float(x), 6) for x in theta[i]],
+                             top_topics=[(int(t), round(float(theta[i, t]), 6)) for t in top[i]])
+            for i in range(len(texts))])
+
+    if http.token is not None:
+        expected = http.token.get_secret_value().encode()
+
+        def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+            scheme, _, given = (authorization or "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
+                raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+
+        @app.post("/admin/snapshot", tags=["admin"], dependencies=[Depends(require_token)])
+        def force_snapshot():
+            """Ask the service for a snapshot at its next loop turn."""
+            service.request_snapshot()
+            return JSONResponse({"status": "snapshot requested"}, status_code=202)
+
+    return app
+
+
+class ApiServer:
+    """uvicorn in a daemon thread beside the processing loop."""
+
+    def __init__(self, service) -> None:
+        import uvicorn
+
+        http = service.settings.http
+        self.config = uvicorn.Config(create_app(service), host=http.host, port=http.port, log_level="warning",
+                                     access_log=False, lifespan="off")
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, name="xtream-http", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> "ApiServer":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not self.server.started:
+            raise RuntimeError("HTTP API did not start")
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.server.servers[0].sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

@@ -1,0 +1,84 @@
+"""Prometheus metrics of the service, named by Prometheus conventions.
+
+Labels are bounded: language (a handful), stage (8), reason (a dozen codes), partition (the input
+topic's partitions), loss component (6), quantile (4). Never a topic id or a document id.
+Every series that will exist is created at start with value 0, so alerts and dashboards see a
+flat line instead of "no data" before the first event.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import ProcessCollector, PlatformCollector
+
+__all__ = ["STAGES", "ServiceMetrics"]
+
+STAGES = ("parse", "embed", "assign", "infer", "train", "snapshot", "checkpoint", "commit")
+DLQ_REASONS = ("tombstone", "invalid_utf8", "invalid_json", "not_an_object", "too_deep", "invalid_field",
+               "empty_text", "unknown_language", "unsupported_language", "too_large", "processing_error")
+LOSS_PARTS = ("total", "reconstruction_kl", "cluster", "infonce", "beta")
+QUANTILES = ("0.5", "0.9", "0.99", "1")
+
+
+class ServiceMetrics:
+    """All series of one service process, on their own registry (tests can make many)."""
+
+    def __init__(self, languages: list[str], registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.records_consumed = Counter("xtream_records_consumed_total", "Records polled from the source", registry=r)
+        self.documents_processed = Counter("xtream_documents_processed_total",
+                                           "Valid documents learned and assigned", ["lang"], registry=r)
+        self.dead_lettered = Counter("xtream_documents_dead_lettered_total",
+                                     "Records sent to the dead-letter topic", ["reason"], registry=r)
+        self.batches = Counter("xtream_batches_total", "Processing batches", registry=r)
+        self.stage_seconds = Histogram("xtream_stage_seconds", "Time per batch spent in each stage", ["stage"],
+                                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                                       registry=r)
+        self.consumer_lag = Gauge("xtream_consumer_lag_records", "Records behind the end of each input partition",
+                                  ["partition"], registry=r)
+        self.document_latency = Histogram("xtream_document_latency_seconds",
+                                          "Record timestamp to assignment published",
+                                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900), registry=r)
+        self.buffer_documents = Gauge("xtream_replay_buffer_documents", "Documents held in the replay buffer",
+                                      ["lang"], registry=r)
+        self.vocabulary_words = Gauge("xtream_vocabulary_words", "Words in the vocabulary", ["lang"], registry=r)
+        self.training_steps = Counter("xtream_training_steps_total", "XTRA gradient steps", registry=r)
+        self.training_loss = Gauge("xtream_training_loss", "Mean loss of the last training slice", ["component"],
+                                   registry=r)
+        self.snapshots = Counter("xtream_snapshots_published_total", "Topic snapshots published", registry=r)
+        self.last_snapshot = Gauge("xtream_last_snapshot_timestamp_seconds", "Unix time of the last snapshot",
+                                   registry=r)
+        self.checkpoints = Counter("xtream_checkpoints_total", "Checkpoints written", registry=r)
+        self.last_checkpoint = Gauge("xtream_last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint",
+                                     registry=r)
+        self.drift_max = Gauge("xtream_topic_drift_max", "Largest per-topic JS divergence vs the previous snapshot",
+                               registry=r)
+        self.drift_quantile = Gauge("xtream_topic_drift", "Quantiles of per-topic JS divergence vs the previous snapshot",
+                                    ["quantile"], registry=r)
+        self.drifting_ratio = Gauge("xtream_topics_drifting_ratio", "Share of topics whose drift exceeds the threshold",
+                                    registry=r)
+        self.births = Counter("xtream_topic_births_total", "Topics that became alive", registry=r)
+        self.deaths = Counter("xtream_topic_deaths_total", "Topics that died", registry=r)
+        self.topics_alive = Gauge("xtream_topics_alive", "Topics currently alive", registry=r)
+        self.cluster_size = Gauge("xtream_cluster_size_documents", "Quantiles of cluster sizes (decayed documents)",
+                                  ["quantile"], registry=r)
+        self.model_version = Gauge("xtream_model_version", "Version of the topic model", registry=r)
+        self.model_documents = Gauge("xtream_model_documents", "Documents the durable model has learned", registry=r)
+        self.ready = Gauge("xtream_ready", "1 when consuming with a warm model", registry=r)
+        self.source_up = Gauge("xtream_source_up", "1 when the last poll reached the broker", registry=r)
+        for lang in languages:
+            self.documents_processed.labels(lang)
+            self.buffer_documents.labels(lang)
+            self.vocabulary_words.labels(lang)
+        for reason in DLQ_REASONS:
+            self.dead_lettered.labels(reason)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+        for part in LOSS_PARTS:
+            self.training_loss.labels(part)
+        for q in QUANTILES:
+            self.drift_quantile.labels(q)
+            self.cluster_size.labels(q)

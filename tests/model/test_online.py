@@ -1,0 +1,232 @@
+"""Specification of the streaming topic model (model.online) on a tiny planted-topic stream.
+
+The stream (see ``conftest.make_stream``) has 4 planted topics; each document's embedding is its
+topic's direction plus noise and its tokens come from that topic's word list in its language.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from model.online import OnlineConfig, OnlineTopicModel
+
+K = 4
+DIM = 16
+
+
+def config(**kw) -> OnlineConfig:
+    base = {"num_topics": K, "warmup_docs": 120, "warmup_steps": 5, "batch_size": 16, "buffer_per_language": 64,
+            "vocab_max_size": 60, "vocab_min_df": 2, "vocab_max_df_ratio": 0.5, "vocab_refresh_every": 100,
+            "min_docs_new_language": 20, "seed": 0}
+    return OnlineConfig(**{**base, **kw})
+
+
+def feed(model: OnlineTopicModel, stream, batch: int = 40) -> None:
+    for tokens, emb, langs in stream.batches(batch):
+        model.learn_many(tokens, emb, langs)
+
+
+def purity(pred: np.ndarray, truth: np.ndarray) -> float:
+    return sum(np.bincount(truth[pred == c]).max() for c in np.unique(pred)) / len(pred)
+
+
+@pytest.fixture
+def warm(planted_stream) -> OnlineTopicModel:
+    """A model just past warm-up on a stream whose topics use 4 words each per language."""
+    model = OnlineTopicModel(config(), DIM)
+    feed(model, planted_stream(160, seed=0, words_per_topic=4))
+    assert model.is_warm
+    return model
+
+
+def consistent_shapes(model: OnlineTopicModel) -> dict[str, int]:
+    """Vocabulary size per XTRA language, after checking every component agrees on it."""
+    sizes = {}
+    for lang, v in model.xtra.cfg.vocab_sizes.items():
+        assert len(model.vocabs[lang]) == v, lang
+        assert model.xtra.betas[lang].shape == (K, v), lang
+        assert model.xtra.projections[lang][0].in_features == v, lang
+        assert model.xtra.word_embeddings(lang).shape[0] == v, lang
+        assert model.buffer.all(lang)[0].shape[1] == v, lang
+        sizes[lang] = v
+    return sizes
+
+
+# --------------------------------------------------------------------------- warm-up
+def test_before_warm_up_theta_is_the_one_hot_cluster(planted_stream):
+    model = OnlineTopicModel(config(), DIM)
+    stream = planted_stream(80)
+    feed(model, stream)
+    assert not model.is_warm and model.version == 0 and model.n_docs == 80
+    clusters, theta = model.predict_many(stream.tokens, stream.embeddings, stream.langs)
+    np.testing.assert_array_equal(theta, np.eye(K, dtype=np.float32)[clusters])
+    assert model.train(5) == {} and model.version == 0
+
+
+def test_before_any_cluster_exists_predictions_are_marked_unknown(planted_stream):
+    model = OnlineTopicModel(config(), DIM)
+    stream = planted_stream(3)
+    model.learn_many(stream.tokens, stream.embeddings, stream.langs)   # fewer documents than K
+    clusters, theta = model.predict_many(stream.tokens, stream.embeddings, stream.langs)
+    np.testing.assert_array_equal(clusters, [-1, -1, -1])
+    assert not theta.any()
+
+
+def test_the_model_warms_up_after_warmup_docs_with_every_language(planted_stream):
+    model = OnlineTopicModel(config(), DIM)
+    stream = planted_stream(160, words_per_topic=4)
+    feed(model, stream, batch=40)
+    assert model.is_warm
+    assert sorted(model.xtra.cfg.vocab_sizes) == ["de", "en", "ja"]
+    assert model.n_docs == 160 and sum(model.docs_by_lang.values()) == 160
+    assert model.version == 1                          # the warm-up training slice
+    assert consistent_shapes(model) == {"de": 16, "en": 16, "ja": 16}   # 4 topics x 4 words
+    assert model.buffer.sizes() == {lang: min(64, n) for lang, n in model.docs_by_lang.items()}
+
+
+def test_predict_many_returns_clusters_and_simplex_thetas_that_find_the_planted_topics(warm, planted_stream):
+    stream = planted_stream(90, seed=5, words_per_topic=4)
+    clusters, theta = warm.predict_many(stream.tokens, stream.embeddings, stream.langs)
+    assert clusters.shape == (90,) and theta.shape == (90, K) and theta.dtype == np.float32
+    np.testing.assert_allclose(theta.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(clusters, warm.kmeans.predict_many(stream.embeddings))
+    assert purity(clusters, stream.topics) == 1.0
+    # topic k starts as cluster k's words, so the argmax topic is the planted one too
+    assert purity(theta.argmax(1), stream.topics) > 0.9
+    assert (theta.argmax(1) == clusters).mean() > 0.9
+
+
+def test_a_document_without_known_words_keeps_its_cluster_one_hot(warm, planted_stream):
+    stream = planted_stream(2, seed=6)
+    clusters, theta = warm.predict_many([["never", "seen"], []], stream.embeddings, ["en", "de"])
+    np.testing.assert_array_equal(theta, np.eye(K, dtype=np.float32)[clusters])
+
+
+def test_topic_words_lists_top_words_of_each_topic_from_one_planted_topic(warm):
+    words, probs = warm.topic_words("de", top_n=3)
+    assert len(words) == K and all(len(w) == 3 for w in words) and probs.shape == (K, 3)
+    assert np.all(np.diff(probs, axis=1) <= 0)
+    for topic_words in words:
+        assert all(w.startswith("de_") for w in topic_words)
+        assert len({w.split("_")[1] for w in topic_words}) == 1   # e.g. all "de_t2_*"
+    assert len({ws[0].split("_")[1] for ws in words}) == K          # and each topic its own
+
+
+# --------------------------------------------------------------------------- training
+def test_train_runs_the_requested_steps_and_bumps_the_version_once(warm):
+    version, steps = warm.version, warm.trainer.steps
+    losses = warm.train(5)
+    assert warm.version == version + 1 and warm.trainer.steps == steps + 5
+    assert losses == warm.last_losses and math.isfinite(losses["total"])
+    assert {"recon_kl_en", "recon_kl_de", "recon_kl_ja", "cluster", "infonce", "beta"} <= set(losses)
+    warm.train(0)
+    assert warm.version == version + 1
+
+
+def test_observe_topics_moves_prevalence_toward_the_batch_mean():
+    model = OnlineTopicModel(config(prevalence_momentum=0.9), DIM)
+    theta = np.tile(np.eye(K, dtype=np.float32)[0], (2, 1))
+    model.observe_topics(theta)
+    m = 0.9 ** 2
+    np.testing.assert_allclose(model.prevalence, m * np.full(K, 1 / K) + (1 - m) * np.eye(K)[0])
+    model.observe_topics(np.zeros((0, K), np.float32))
+    np.testing.assert_allclose(model.prevalence.sum(), 1.0)
+
+
+# --------------------------------------------------------------------------- vocabulary and languages
+def test_a_vocabulary_refresh_keeps_vocab_xtra_and_buffer_consistent(warm, planted_stream):
+    assert consistent_shapes(warm) == {"de": 16, "en": 16, "ja": 16}
+    words_before = warm.vocabs["en"].words
+    old_words = planted_stream(30, seed=7, words_per_topic=4)
+    _, before = warm.predict_many(old_words.tokens, old_words.embeddings, old_words.langs)
+    feed(warm, planted_stream(100, seed=8, words_per_topic=8))    # new words w4..w7 of every topic
+    grown = consistent_shapes(warm)
+    assert all(v > 16 for v in grown.values())
+    assert warm.vocabs["en"].words[:16] == words_before   # old words keep their indices
+    # only words were added and learn_many does not train: old documents keep their theta
+    _, after = warm.predict_many(old_words.tokens, old_words.embeddings, old_words.langs)
+    np.testing.assert_allclose(after, before, atol=1e-6)
+    assert math.isfinite(warm.train(3)["total"])
+    new_words = planted_stream(30, seed=9, words_per_topic=8)
+    _, theta = warm.predict_many(new_words.tokens, new_words.embeddings, new_words.langs)
+    np.testing.assert_allclose(theta.sum(1), 1.0, rtol=1e-5)
+
+
+def test_a_language_first_seen_after_warm_up_joins_after_enough_documents(warm, planted_stream):
+    french = planted_stream(40, seed=10, langs=("fr",), words_per_topic=4)
+    batches = list(french.batches(10))
+    warm.learn_many(*batches[0])   # 10 documents: still held back
+    assert "fr" not in warm.xtra.cfg.vocab_sizes
+    fed = 10
+    clusters, theta = warm.predict_many(french.tokens[:5], french.embeddings[:5], ["fr"] * 5)
+    np.testing.assert_array_equal(theta, np.eye(K, dtype=np.float32)[clusters])
+    for tokens, emb, langs in batches[1:]:
+        warm.learn_many(tokens, emb, langs)
+        fed += 10
+        if "fr" in warm.xtra.cfg.vocab_sizes:
+            break
+    assert fed == 20 == warm.cfg.min_docs_new_language
+    assert warm.xtra.cfg.languages == ["de", "en", "fr", "ja"]
+    consistent_shapes(warm)
+    assert warm.buffer.sizes()["fr"] == 20
+    assert math.isfinite(warm.train(3)["recon_kl_fr"])
+    _, theta = warm.predict_many(french.tokens, french.embeddings, french.langs)
+    np.testing.assert_allclose(theta.sum(1), 1.0, rtol=1e-5)
+    assert not np.all(theta.max(1) == 1.0)   # XTRA's mixtures now, not one-hot clusters
+
+
+def test_an_empty_batch_is_ignored(warm):
+    n, version = warm.n_docs, warm.version
+    warm.learn_many([], np.zeros((0, DIM), np.float32), [])
+    assert (warm.n_docs, warm.version) == (n, version)
+
+
+# --------------------------------------------------------------------------- persistence
+def test_state_dict_round_trip_predicts_the_same_and_keeps_counts(warm, planted_stream):
+    feed(warm, planted_stream(20, seed=11, langs=("fr",)), batch=10)   # a language still pending
+    state = warm.state_dict()
+    clone = OnlineTopicModel(config(seed=99, num_topics=7), DIM)        # the state's config wins
+    clone.load_state_dict(state)
+    probe = planted_stream(40, seed=12, words_per_topic=4)
+    for got, want in zip(clone.predict_many(probe.tokens, probe.embeddings, probe.langs),
+                         warm.predict_many(probe.tokens, probe.embeddings, probe.langs)):
+        np.testing.assert_array_equal(got, want)
+    assert (clone.n_docs, clone.version, clone.docs_by_lang) == (warm.n_docs, warm.version, warm.docs_by_lang)
+    assert clone.cfg == warm.cfg
+    # it goes on exactly as the original would: pending language, training and all
+    more = planted_stream(20, seed=13, langs=("fr", "en"), words_per_topic=4)
+    for model in (warm, clone):
+        feed(model, more, batch=10)
+        model.train(3)
+    assert clone.xtra.cfg.languages == warm.xtra.cfg.languages
+    for got, want in zip(clone.predict_many(probe.tokens, probe.embeddings, probe.langs),
+                         warm.predict_many(probe.tokens, probe.embeddings, probe.langs)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_state_dict_is_a_snapshot_that_later_training_does_not_change(warm, planted_stream):
+    probe = planted_stream(20, seed=14, words_per_topic=4)
+    expected = warm.predict_many(probe.tokens, probe.embeddings, probe.langs)[1]
+    state = warm.state_dict()
+    warm.train(5)
+    clone = OnlineTopicModel(config(), DIM)
+    clone.load_state_dict(state)
+    np.testing.assert_array_equal(clone.predict_many(probe.tokens, probe.embeddings, probe.langs)[1], expected)
+
+
+def test_state_dict_before_warm_up_round_trips_the_held_documents(planted_stream):
+    model = OnlineTopicModel(config(), DIM)
+    stream = planted_stream(160, words_per_topic=4)
+    feed(model, planted_stream(80, seed=1, words_per_topic=4))
+    clone = OnlineTopicModel(config(), DIM)
+    clone.load_state_dict(model.state_dict())
+    assert not clone.is_warm
+    for m in (model, clone):
+        feed(m, stream)
+    assert clone.is_warm and model.is_warm
+    for got, want in zip(clone.predict_many(stream.tokens, stream.embeddings, stream.langs),
+                         model.predict_many(stream.tokens, stream.embeddings, stream.langs)):
+        np.testing.assert_array_equal(got, want)
