@@ -111,12 +111,38 @@ def run(
 
 
 @app.command()
+def report(
+    data_dir: Annotated[Path, typer.Option(help="the service's data dir (holds snapshots.sqlite)")] = Path("xtream-data"),
+    out: Annotated[Path, typer.Option(help="folder for report.md and the PNG plots")] = Path("xtream-report"),
+) -> None:
+    """Render topic history (prevalence per language, drift timeline) as PNG plots and Markdown."""
+    from consumers.report import write_report
+    from stream.snapshot_store import SnapshotStore
+
+    db = data_dir / "snapshots.sqlite"
+    if not db.exists():
+        raise typer.BadParameter(f"no snapshot store at {db}", param_hint="--data-dir")
+    path = write_report(SnapshotStore(db), out)
+    console.print(f"report written to {path} (plots beside it)")
+
+
+@app.command()
 def kafka(port: int = 9092, data_dir: Optional[Path] = None) -> None:
     """Start a local single-node Apache Kafka (KRaft) on 127.0.0.1 until Ctrl-C."""
     from stream import kafka_broker
 
     sys.argv = ["kafka", "--port", str(port)] + (["--data-dir", str(data_dir)] if data_dir else [])
     kafka_broker.main()
+
+
+def _register_offline() -> None:
+    from consumers.offline import evaluate, train
+
+    app.command(help="Train XTRA offline from text files of documents per language.")(train)
+    app.command(help="Evaluate a saved model: TU, NPMI, dictionary alignment, classification.")(evaluate)
+
+
+_register_offline()
 
 
 def main() -> None:  # pragma: no cover

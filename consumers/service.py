@@ -96,6 +96,7 @@ class TopicService:
         self.heartbeat = time.monotonic()
         self._snapshot_requested = threading.Event()
         self._alive_topics: np.ndarray | None = None
+        self.stream_time: datetime | None = None   # latest event time processed
 
     # -- state --------------------------------------------------------------------------------
     def compat(self) -> dict:
@@ -107,6 +108,7 @@ class TopicService:
         prev = None if self._prev_dists is None else {l: {"words": w, "dist": d} for l, (w, d) in self._prev_dists.items()}
         return {"model": self.model.state_dict(), "offsets": dict(self.offsets), "prev_dists": prev,
                 "snapshot_version": self._snapshot_version,
+                "stream_time": None if self.stream_time is None else self.stream_time.timestamp(),
                 "centering": None if self.centering is None else self.centering.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -115,6 +117,8 @@ class TopicService:
         prev = state["prev_dists"]
         self._prev_dists = None if prev is None else {l: (p["words"], p["dist"]) for l, p in prev.items()}
         self._snapshot_version = int(state["snapshot_version"])
+        ts = state.get("stream_time")
+        self.stream_time = None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
         if self.centering is not None and state.get("centering"):
             self.centering.load_state_dict(state["centering"])
 
@@ -230,7 +234,7 @@ class TopicService:
                 self.model.learn_many(tokens, embeddings, langs)
             with m.stage_seconds.labels("infer").time():
                 clusters, theta = self.model.predict_many(tokens, embeddings, langs)
-                self.model.observe_topics(theta)
+                self.model.observe_topics(theta, langs)
         now = datetime.now(timezone.utc)
         top = np.argsort(-theta, axis=1)[:, :3]
         for i, (doc, rec) in enumerate(zip(docs, records)):
@@ -240,6 +244,12 @@ class TopicService:
                            source_partition=rec.partition, source_offset=rec.offset,
                            event_time=doc.timestamp, processed_at=now)
             self.assignments.add(a.model_dump_json().encode(), key=doc.id.encode())
+        event_times = [d.timestamp for d in docs if d.timestamp is not None]
+        event_times += [datetime.fromtimestamp(r.timestamp_ms / 1000, timezone.utc) for r in records
+                        if r.timestamp_ms and r.timestamp_ms > 0]
+        if event_times:
+            latest_event = min(max(event_times), now)   # a timestamp from the future is clamped to now
+            self.stream_time = latest_event if self.stream_time is None else max(self.stream_time, latest_event)
         now_ms = now.timestamp() * 1000
         for rec in records:
             if rec.timestamp_ms is not None and rec.timestamp_ms > 0:
@@ -285,7 +295,8 @@ class TopicService:
         self._snapshot_requested.clear()
         started = time.perf_counter()
         with self.lock:
-            snap, self._prev_dists = build_snapshot(self.model, self._prev_dists, self.offsets, top_n=s.top_words)
+            snap, self._prev_dists = build_snapshot(self.model, self._prev_dists, self.offsets, top_n=s.top_words,
+                                                    stream_time=self.stream_time)
         if self.snapshot_sink is not None:
             self.snapshot_sink.add(snap.to_json_bytes(), key=str(snap.model_version).encode())
         self.store.add(snap)

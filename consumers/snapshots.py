@@ -40,7 +40,8 @@ def _align(prev_words: list[str], prev: np.ndarray, words: list[str]) -> np.ndar
 
 
 def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets: dict[str, int],
-                   top_n: int = 15, now: datetime | None = None) -> tuple[TopicSnapshot, WordDists]:
+                   top_n: int = 15, now: datetime | None = None,
+                   stream_time: datetime | None = None) -> tuple[TopicSnapshot, WordDists]:
     """The snapshot of a warm model and the word distributions to diff the next one against."""
     if not model.is_warm:
         raise ValueError("no snapshot before the model is warm")
@@ -63,6 +64,7 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
             words={lang: TopicWords(words=words_by_lang[lang][0][t],
                                     weights=[round(float(w), 6) for w in words_by_lang[lang][1][t]]) for lang in langs},
             prevalence=float(model.prevalence[t]),
+            prevalence_by_lang={lang: float(p[t]) for lang, p in model.prevalence_by_lang.items()},
             size=float(model.kmeans.counts[t]),
             embedding=None if centers is None else [round(float(x), 5) for x in centers[t]],
             drift={lang: float(d[t]) for lang, d in drift_by_lang.items()},
@@ -70,5 +72,6 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
         for t in range(k)
     ]
     snap = TopicSnapshot(model_version=model.version, created_at=now or datetime.now(timezone.utc),
+                         stream_time=stream_time,
                          documents_seen=model.n_docs, offsets=dict(offsets), languages=langs, topics=topics)
     return snap, dists

@@ -119,8 +119,11 @@ class MiniBatchKMeans:
             return
         fit = np.einsum("nd,nd->n", x, self.centers[labels])
         worst = np.argsort(fit)[: len(dead)]
+        alive = np.delete(self.counts, dead)
         self.centers[dead[: len(worst)]] = x[worst]
-        self.counts[dead[: len(worst)]] = 1.0
+        # As sklearn does: start at the smallest live count, not 1, or the next batch finds the
+        # centre dead again unless its theme alone fills ``reassign_ratio`` of a mean count at once.
+        self.counts[dead[: len(worst)]] = alive.min() if len(alive) else 1.0
 
     # -- inference -----------------------------------------------------------------------------
     def similarities(self, x: np.ndarray) -> np.ndarray:

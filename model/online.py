@@ -81,6 +81,7 @@ class OnlineTopicModel:
         self.n_docs = 0                  # documents learned (the exactly-once count)
         self.docs_by_lang: dict[str, int] = {}
         self.prevalence = np.full(cfg.num_topics, 1.0 / cfg.num_topics)
+        self.prevalence_by_lang: dict[str, np.ndarray] = {}
         self._pending: dict[str, list[tuple[list[str], np.ndarray]]] = {}   # tokens+embedding before XTRA knows the lang
         self._since_refresh = 0
         self.last_losses: dict[str, float] = {}
@@ -260,11 +261,20 @@ class OnlineTopicModel:
                     theta[rows[has_words]] = infer_theta(self.xtra, bow[has_words], lang)
         return clusters, theta
 
-    def observe_topics(self, theta: np.ndarray) -> None:
-        """Fold a batch's topic mixtures into the running prevalence (share of recent attention)."""
-        if len(theta):
-            m = self.cfg.prevalence_momentum ** len(theta)
-            self.prevalence = m * self.prevalence + (1 - m) * theta.mean(axis=0)
+    def observe_topics(self, theta: np.ndarray, langs: Sequence[str] | None = None) -> None:
+        """Fold a batch's topic mixtures into the running prevalence, overall and per language."""
+        if not len(theta):
+            return
+        m = self.cfg.prevalence_momentum ** len(theta)
+        self.prevalence = m * self.prevalence + (1 - m) * theta.mean(axis=0)
+        if langs is None:
+            return
+        langs_arr = np.asarray(langs)
+        for lang in np.unique(langs_arr).tolist():
+            rows = theta[langs_arr == lang]
+            m = self.cfg.prevalence_momentum ** len(rows)
+            prev = self.prevalence_by_lang.get(lang, np.full(theta.shape[1], 1.0 / theta.shape[1]))
+            self.prevalence_by_lang[lang] = m * prev + (1 - m) * rows.mean(axis=0)
 
     def topic_words(self, lang: str, top_n: int = 15) -> tuple[list[list[str]], np.ndarray]:
         """Top words per topic for ``lang`` and their probabilities (K, top_n)."""
@@ -285,6 +295,7 @@ class OnlineTopicModel:
             "vocabs": {lang: v.state_dict() for lang, v in self.vocabs.items()},
             "version": self.version, "n_docs": self.n_docs, "docs_by_lang": dict(self.docs_by_lang),
             "prevalence": self.prevalence.copy(), "since_refresh": self._since_refresh,
+            "prevalence_by_lang": {k: v.copy() for k, v in self.prevalence_by_lang.items()},
             "torch_rng": self._torch_rng.numpy().copy(),
             "pending": {lang: {"tokens": [t for t, _ in held], "emb": np.stack([e for _, e in held])}
                         for lang, held in self._pending.items() if held},
@@ -307,6 +318,8 @@ class OnlineTopicModel:
         self.version, self.n_docs = int(state["version"]), int(state["n_docs"])
         self.docs_by_lang = dict(state["docs_by_lang"])
         self.prevalence = np.asarray(state["prevalence"], dtype=np.float64)
+        self.prevalence_by_lang = {k: np.asarray(v, dtype=np.float64)
+                                   for k, v in state.get("prevalence_by_lang", {}).items()}
         self._since_refresh = int(state["since_refresh"])
         self._pending = {lang: list(zip(p["tokens"], np.asarray(p["emb"]))) for lang, p in state["pending"].items()}
         if state["xtra"] is not None:

@@ -179,7 +179,8 @@ class SnapshotTopic(BaseModel):
     model_config = ConfigDict(frozen=True)
     topic_id: int
     words: dict[str, TopicWords] = Field(description="top words per language")
-    prevalence: float = Field(description="share of recent documents whose top topic this is")
+    prevalence: float = Field(description="share of recent attention (running mean of theta)")
+    prevalence_by_lang: dict[str, float] = Field(default_factory=dict, description="the same, per language")
     size: float = Field(description="(decayed) documents in the topic's cluster")
     embedding: list[float] | None = Field(default=None, description="cluster centroid (unit norm)")
     drift: dict[str, float] = Field(default_factory=dict,
@@ -191,6 +192,7 @@ class TopicSnapshot(_Out):
 
     model_version: int
     created_at: datetime
+    stream_time: datetime | None = Field(None, description="latest document event time covered (for replays)")
     documents_seen: int
     offsets: dict[str, int] = Field(default_factory=dict, description="'topic:partition' -> next offset covered")
     languages: list[str]

@@ -198,6 +198,24 @@ def test_without_reseeding_the_new_theme_is_merged_into_its_nearest_cluster():
     assert score < 0.9
 
 
+def test_a_reseeded_centre_keeps_a_small_new_theme_that_goes_on_arriving():
+    """A theme at 2% of each batch sustains a decayed count well above the dead threshold, so once a
+    dead centre is re-seeded onto it, it must not be declared dead again the very next batch."""
+    rng = np.random.default_rng(12)
+    km = MiniBatchKMeans(n_clusters=4, decay=0.95, reassign_ratio=0.05, seed=0)
+    stream(km, FOUR, batches=50, rng=rng, batch_size=100)
+    found = []
+    for _ in range(300):
+        x, _ = blobs(FOUR[:3], 100, rng)
+        theme = rng.random(100) < 0.02
+        x[theme] = blobs(NEW_THEME[None], int(theme.sum()), rng)[0]
+        km.learn_many(x)
+        found.append(best_cosine(km.centers, NEW_THEME) > 0.95)
+    first = found.index(True)
+    assert first < 150
+    assert all(found[first:]), f"lost the new theme {found[first:].count(False)} times after finding it"
+
+
 def test_reseeding_waits_until_ten_documents_per_cluster_were_seen():
     km = MiniBatchKMeans(n_clusters=3, reassign_ratio=0.99, seed=0)
     rng = np.random.default_rng(9)

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from model.online import OnlineConfig, OnlineTopicModel
 
@@ -126,6 +127,22 @@ def test_train_runs_the_requested_steps_and_bumps_the_version_once(warm):
     assert warm.version == version + 1
 
 
+def test_randomness_comes_from_the_seed_and_leaves_torchs_global_rng_alone(planted_stream):
+    torch.manual_seed(1)
+    global_state = torch.get_rng_state()
+    a = OnlineTopicModel(config(), DIM)
+    feed(a, planted_stream(160, words_per_topic=4))
+    a.train(3)
+    assert torch.equal(torch.get_rng_state(), global_state)
+    torch.manual_seed(2)   # a different global state must not matter
+    b = OnlineTopicModel(config(), DIM)
+    feed(b, planted_stream(160, words_per_topic=4))
+    b.train(3)
+    probe = planted_stream(20, seed=3, words_per_topic=4)
+    np.testing.assert_array_equal(a.predict_many(probe.tokens, probe.embeddings, probe.langs)[1],
+                                  b.predict_many(probe.tokens, probe.embeddings, probe.langs)[1])
+
+
 def test_observe_topics_moves_prevalence_toward_the_batch_mean():
     model = OnlineTopicModel(config(prevalence_momentum=0.9), DIM)
     theta = np.tile(np.eye(K, dtype=np.float32)[0], (2, 1))
@@ -153,6 +170,31 @@ def test_a_vocabulary_refresh_keeps_vocab_xtra_and_buffer_consistent(warm, plant
     new_words = planted_stream(30, seed=9, words_per_topic=8)
     _, theta = warm.predict_many(new_words.tokens, new_words.embeddings, new_words.langs)
     np.testing.assert_allclose(theta.sum(1), 1.0, rtol=1e-5)
+
+
+def fake_word_embedder(words: list[str]) -> np.ndarray:
+    """A deterministic stand-in for a multilingual word embedder: the word's topic plus a per-word offset."""
+    out = np.zeros((len(words), DIM), np.float32)
+    for i, w in enumerate(words):
+        _, topic, idx = w.split("_")
+        out[i, int(topic[1:])] = 1.0
+        out[i, 8 + int(idx[1:]) % 8] = 0.1
+    return out
+
+
+def test_word_embeddings_follow_the_vocabulary_through_a_refresh(planted_stream):
+    model = OnlineTopicModel(config(), DIM, embed_words=fake_word_embedder)
+    feed(model, planted_stream(160, seed=0, words_per_topic=4))
+    assert model.is_warm
+    for lang in model.xtra.cfg.vocab_sizes:
+        np.testing.assert_array_equal(model.xtra.word_embeddings(lang).numpy(),
+                                      fake_word_embedder(model.vocabs[lang].words))
+    feed(model, planted_stream(100, seed=8, words_per_topic=8))
+    assert all(v > 16 for v in consistent_shapes(model).values())
+    for lang in model.xtra.cfg.vocab_sizes:   # surviving rows moved, new rows embedded
+        np.testing.assert_array_equal(model.xtra.word_embeddings(lang).numpy(),
+                                      fake_word_embedder(model.vocabs[lang].words))
+    assert 0 < model.train(3)["beta"] < math.log(K)   # informative word embeddings: alignment is learnable
 
 
 def test_a_language_first_seen_after_warm_up_joins_after_enough_documents(warm, planted_stream):

@@ -1,0 +1,116 @@
+"""``xtream report``: topic history from the snapshot store as PNG plots and a Markdown summary.
+
+Produces, in the output folder:
+
+- ``prevalence.png``: prevalence over time of the most prevalent topics, one panel per language;
+- ``drift.png``: drift timeline (max and median per-topic JS divergence per snapshot) above a
+  topic x snapshot heat map of drift;
+- ``report.md``: the latest topics with their words per language, the most drifting topics, and
+  links to the plots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from stream.schemas import TopicSnapshot
+from stream.snapshot_store import SnapshotStore
+
+__all__ = ["write_report"]
+
+
+def _series(snaps: list[TopicSnapshot]):
+    # Event time when every snapshot has it (a replay of history plots on the history's own clock).
+    use_stream = all(s.stream_time is not None for s in snaps)
+    times = np.array([s.stream_time if use_stream else s.created_at for s in snaps])
+    k = max(len(s.topics) for s in snaps)
+    langs = sorted({lang for s in snaps for lang in s.languages})
+    prev = {lang: np.zeros((len(snaps), k)) for lang in ["all", *langs]}
+    drift = np.zeros((len(snaps), k))
+    for i, s in enumerate(snaps):
+        for t in s.topics:
+            prev["all"][i, t.topic_id] = t.prevalence
+            for lang, p in t.prevalence_by_lang.items():
+                prev[lang][i, t.topic_id] = p
+            drift[i, t.topic_id] = max(t.drift.values()) if t.drift else np.nan
+    return times, langs, prev, drift
+
+
+def _label(s: TopicSnapshot, topic: int, lang: str | None = None, n: int = 3) -> str:
+    t = s.topics[topic]
+    lang = lang if lang in t.words else (sorted(t.words)[0] if t.words else None)
+    return f"{topic}: " + (" ".join(t.words[lang].words[:n]) if lang else "")
+
+
+def write_report(store: SnapshotStore, out: Path, top_topics: int = 8) -> Path:
+    """Render the report of everything in ``store`` into ``out``; returns the Markdown path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import font_manager
+
+    snaps = [store.get(v) for v in store.versions()]
+    snaps = [s for s in snaps if s is not None]
+    if not snaps:
+        raise ValueError(f"the snapshot store {store.path} is empty: run the service first")
+    out.mkdir(parents=True, exist_ok=True)
+    cjk = [f.name for f in font_manager.fontManager.ttflist if any(x in f.name for x in ("CJK", "Noto Sans JP", "WenQuanYi"))]
+    if cjk:
+        plt.rcParams["font.family"] = [cjk[0], "DejaVu Sans"]
+    times, langs, prev, drift = _series(snaps)
+    latest = snaps[-1]
+    top = np.argsort(-prev["all"][-1])[:top_topics]
+
+    panels = langs if any(prev[lang].any() for lang in langs) else ["all"]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.2 * len(panels)), sharex=True, squeeze=False)
+    for ax, lang in zip(axes[:, 0], panels):
+        for t in top:
+            ax.plot(times, prev[lang][:, t], marker=".", label=_label(latest, t, "en"))
+        ax.set_title(f"topic prevalence over time ({lang})")
+        ax.set_ylabel("prevalence")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=2, loc="upper left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(out / "prevalence.png", dpi=110)
+    plt.close(fig)
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7), gridspec_kw={"height_ratios": [1, 2]})
+    has = ~np.isnan(drift).all(axis=1)   # the first snapshot has nothing to drift from
+    filled = np.nan_to_num(drift)
+    ax1.plot(times[has], filled[has].max(axis=1), label="max over topics", color="tab:red", marker=".")
+    ax1.plot(times[has], np.median(filled[has], axis=1), label="median", color="tab:blue", marker=".")
+    ax1.set_ylabel("JS divergence")
+    ax1.set_title("topic drift between successive snapshots")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    im = ax2.imshow(np.nan_to_num(drift).T, aspect="auto", cmap="magma", interpolation="nearest")
+    ax2.set_xlabel("snapshot")
+    ax2.set_ylabel("topic")
+    fig.colorbar(im, ax=ax2, label="JS divergence")
+    fig.tight_layout()
+    fig.savefig(out / "drift.png", dpi=110)
+    plt.close(fig)
+
+    lines = [f"# xtream topic report", "",
+             f"{len(snaps)} snapshots from {snaps[0].created_at:%Y-%m-%d %H:%M} to {latest.created_at:%Y-%m-%d %H:%M} UTC; "
+             f"latest model version {latest.model_version}, {latest.documents_seen} documents, "
+             f"languages {', '.join(latest.languages)}.", "",
+             "![prevalence](prevalence.png)", "", "![drift](drift.png)", "",
+             "## Topics now (by prevalence)", "",
+             "| topic | prevalence | " + " | ".join(latest.languages) + " |",
+             "|---:|---:|" + "---|" * len(latest.languages)]
+    for t in sorted(latest.topics, key=lambda t: -t.prevalence):
+        words = [" ".join(t.words[lang].words[:8]) if lang in t.words else "" for lang in latest.languages]
+        lines.append(f"| {t.topic_id} | {t.prevalence:.3f} | " + " | ".join(words) + " |")
+    last_drift = drift[-1]
+    if not np.isnan(last_drift).all():
+        lines += ["", "## Most drifting topics in the last snapshot", ""]
+        for t in np.argsort(-np.nan_to_num(last_drift))[:5]:
+            lines.append(f"- topic {t} ({_label(latest, t, 'en', 6)}): JS divergence {last_drift[t]:.3f}")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
