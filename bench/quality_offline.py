@@ -159,6 +159,7 @@ def _write_json(path: Path, payload: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(payload, f, ensure_ascii=False, indent=1)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be read
     os.replace(tmp, path)
 
 
@@ -192,19 +193,20 @@ def run_variant(name: str, data: dict[str, LanguageData], corpora, word_embeddin
 
 
 def render_table(results: dict[str, dict]) -> None:
+    """One row per variant: quality metrics to 4 decimals, then cost columns as measured."""
     from rich.console import Console
     from rich.table import Table
 
-    cols = ["tu", "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en", "clf_intra_zh", "clf_cross_en",
-            "clf_cross_zh", "seconds_per_epoch", "train_seconds", "peak_rss_mib"]
-    table = Table(title="XTRA offline quality (accuracy for clf_*)")
-    table.add_column("variant")
-    for c in cols:
-        table.add_column(c.replace("dict_alignment", "dict").replace("seconds_per_epoch", "s/epoch"), justify="right")
+    scores = ["tu", "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en", "clf_intra_zh", "clf_cross_en",
+              "clf_cross_zh"]
+    costs = ["seconds_per_epoch", "train_seconds", "peak_rss_mib"]
+    table = Table(title="XTRA offline quality (clf_* = SVM accuracy)")
+    for c in ["variant", *scores, *costs]:
+        table.add_column(c, justify="left" if c == "variant" else "right")
     for name, m in results.items():
-        table.add_row(name, *[("-" if c not in m else f"{m[c]:.4f}" if isinstance(m[c], float) and c not in
-                               ("seconds_per_epoch", "train_seconds", "peak_rss_mib") else f"{m[c]}") for c in cols])
-    Console(width=200).print(table)
+        table.add_row(name, *[f"{m[c]:.4f}" if c in m else "-" for c in scores],
+                      *[str(m.get(c, "-")) for c in costs])
+    Console(width=220).print(table)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from stream.schemas import MAX_TEXT_CHARS, SnapshotTopic, TopicSnapshot
+from stream.schemas import MAX_TEXT_CHARS, LineageRecord, SnapshotTopic, TopicSnapshot
 
 __all__ = ["ApiServer", "create_app"]
 
@@ -62,6 +62,7 @@ class TopicDetail(BaseModel):
     topic: SnapshotTopic
     model_version: int
     history: list[TopicHistoryEntry]
+    lineage: list[LineageRecord]
 
 
 def create_app(service) -> FastAPI:
@@ -122,18 +123,20 @@ def create_app(service) -> FastAPI:
     def topic(topic_id: int, history: Annotated[int, Query(ge=0, le=1000)] = 50):
         """A topic's words per language now, and its last ``history`` snapshots."""
         snap = latest()
-        if not 0 <= topic_id < len(snap.topics):
-            raise HTTPException(404, f"topic {topic_id} does not exist (0..{len(snap.topics) - 1})")
+        current = {t.topic_id: t for t in snap.topics}
+        if topic_id not in current:
+            raise HTTPException(404, f"topic {topic_id} is not in the latest snapshot (see /topics)")
         entries = []
         for version in service.store.versions()[-history:] if history else []:
             s = service.store.get(version)
-            if s is None or topic_id >= len(s.topics):
+            t = None if s is None else next((x for x in s.topics if x.topic_id == topic_id), None)
+            if t is None:
                 continue
-            t = s.topics[topic_id]
             entries.append(TopicHistoryEntry(model_version=s.model_version, created_at=s.created_at,
                                              prevalence=t.prevalence, drift=t.drift,
                                              words={lang: w.words for lang, w in t.words.items()}))
-        return TopicDetail(topic=snap.topics[topic_id], model_version=snap.model_version, history=entries)
+        return TopicDetail(topic=current[topic_id], model_version=snap.model_version, history=entries,
+                           lineage=service.store.lineage(topic_id))
 
     @app.get("/snapshots", response_model=TopicSnapshot, tags=["topics"])
     def snapshot_at(at: Annotated[str, Query(description="ISO 8601 time, or an input offset "

@@ -26,6 +26,7 @@ class KafkaSettings(BaseModel):
     assignments_topic: str = "xtream.assignments"
     snapshots_topic: str = "xtream.snapshots"
     dead_letter_topic: str = "xtream.dlq"
+    lineage_topic: str = "xtream.lineage"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 45_000
@@ -70,7 +71,7 @@ class ModelSettings(BaseModel):
     vocab_max_size: int = 5000
     vocab_min_df: float = 3
     vocab_refresh_every: int = 5000
-    kmeans_decay: float = 1.0
+    kmeans_decay: float = Field(0.999, description="per-batch forgetting of cluster counts (1 = never forget)")
     train_every_docs: int = Field(512, description="run a training slice after this many new documents")
     train_steps: int = Field(10, description="gradient steps per slice")
     train_budget_seconds: float = Field(5.0, description="a slice stops early past this, to keep polling")
@@ -83,6 +84,8 @@ class SnapshotSettings(BaseModel):
     top_words: int = 15
     drift_threshold: float = Field(0.2, description="JS divergence above which a topic counts as drifting")
     alive_share: float = Field(0.2, description="a topic is alive while its cluster holds this share of the mean size")
+    match_threshold: float = Field(0.7, description="centroid cosine above which a topic keeps its id")
+    death_horizon: int = Field(3, description="snapshots a topic may stay not alive before it is declared dead")
 
 
 class HttpSettings(BaseModel):

@@ -16,12 +16,13 @@ from datetime import datetime, timezone
 import numpy as np
 
 from model.embedding import Embedder, LanguageCentering
+from model.lineage import TopicTracker
 from model.online import OnlineConfig, OnlineTopicModel
 from model.text import Tokenizer, detect_language
 from stream.dead_letter import dead_letter_headers
 from stream.errors import SinkError, SourceUnavailable
 from stream.records import Record
-from stream.schemas import Assignment, Document, InvalidRecord, TopicSnapshot, parse_document
+from stream.schemas import Assignment, Document, InvalidRecord, LineageRecord, TopicSnapshot, parse_document
 from stream.sinks import Sink
 from stream.snapshot_store import SnapshotStore
 from stream.sources import Source
@@ -65,13 +66,14 @@ class TopicService:
                  assignments: Sink, dead_letters: Sink, snapshots: Sink | None,
                  snapshot_store: SnapshotStore, checkpoints: CheckpointStore,
                  model: OnlineTopicModel | None = None, start_offsets: dict[str, int] | None = None,
-                 metrics: ServiceMetrics | None = None) -> None:
+                 metrics: ServiceMetrics | None = None, lineage: Sink | None = None) -> None:
         self.settings = settings
         self.source = source
         self.embedder = embedder
         self.assignments = assignments
         self.dead_letters = dead_letters
         self.snapshot_sink = snapshots
+        self.lineage_sink = lineage
         self.store = snapshot_store
         self.checkpoints = checkpoints
         self.model = model or OnlineTopicModel(online_config(settings), embedder.dim, embed_words=embedder.encode)
@@ -95,7 +97,8 @@ class TopicService:
         self.lock = threading.RLock()
         self.heartbeat = time.monotonic()
         self._snapshot_requested = threading.Event()
-        self._alive_topics: np.ndarray | None = None
+        snap_cfg = settings.snapshots
+        self.tracker = TopicTracker(match_threshold=snap_cfg.match_threshold, death_horizon=snap_cfg.death_horizon)
         self.stream_time: datetime | None = None   # latest event time processed
 
     # -- state --------------------------------------------------------------------------------
@@ -107,7 +110,7 @@ class TopicService:
     def state_dict(self) -> dict:
         prev = None if self._prev_dists is None else {l: {"words": w, "dist": d} for l, (w, d) in self._prev_dists.items()}
         return {"model": self.model.state_dict(), "offsets": dict(self.offsets), "prev_dists": prev,
-                "snapshot_version": self._snapshot_version,
+                "snapshot_version": self._snapshot_version, "tracker": self.tracker.state_dict(),
                 "stream_time": None if self.stream_time is None else self.stream_time.timestamp(),
                 "centering": None if self.centering is None else self.centering.state_dict()}
 
@@ -117,6 +120,8 @@ class TopicService:
         prev = state["prev_dists"]
         self._prev_dists = None if prev is None else {l: (p["words"], p["dist"]) for l, p in prev.items()}
         self._snapshot_version = int(state["snapshot_version"])
+        if state.get("tracker"):
+            self.tracker.load_state_dict(state["tracker"])
         ts = state.get("stream_time")
         self.stream_time = None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
         if self.centering is not None and state.get("centering"):
@@ -295,11 +300,27 @@ class TopicService:
         self._snapshot_requested.clear()
         started = time.perf_counter()
         with self.lock:
-            snap, self._prev_dists = build_snapshot(self.model, self._prev_dists, self.offsets, top_n=s.top_words,
-                                                    stream_time=self.stream_time)
+            model = self.model
+            sizes = model.kmeans.counts
+            alive = sizes >= s.alive_share * sizes.sum() / max(len(sizes), 1)
+            signature = [tuple(w for lang in sorted(model.xtra.cfg.vocab_sizes) for w in model.topic_words(lang, 5)[0][k])
+                         for k in range(model.cfg.num_topics)]
+            ids, events = self.tracker.update(model.kmeans.centers, alive, signature)
+            snap, self._prev_dists = build_snapshot(model, self._prev_dists, self.offsets, top_n=s.top_words,
+                                                    stream_time=self.stream_time, topic_ids=ids, alive=alive)
+        records = [LineageRecord(kind=e.kind, topic_id=e.topic_id, related_topic_id=e.related_topic_id,
+                                 model_version=snap.model_version, at=snap.created_at, words=list(e.words),
+                                 previous_words=list(e.previous_words)) for e in events]
         if self.snapshot_sink is not None:
             self.snapshot_sink.add(snap.to_json_bytes(), key=str(snap.model_version).encode())
+        if self.lineage_sink is not None:
+            for rec in records:
+                self.lineage_sink.add(rec.model_dump_json().encode(), key=str(rec.topic_id).encode())
         self.store.add(snap)
+        self.store.add_lineage(records)
+        self.metrics.births.inc(sum(r.kind == "born" for r in records))
+        self.metrics.deaths.inc(sum(r.kind == "died" for r in records))
+        self.metrics.topics_alive.set(int(alive.sum()))
         self._snapshot_version = self.model.version
         self._docs_since_snapshot = 0
         self._last_snapshot = time.monotonic()
@@ -330,7 +351,7 @@ class TopicService:
         """
         try:
             # Step 1
-            for sink in (self.assignments, self.dead_letters, self.snapshot_sink):
+            for sink in (self.assignments, self.dead_letters, self.snapshot_sink, self.lineage_sink):
                 if sink is not None:
                     sink.flush()
         except SinkError as exc:
@@ -389,17 +410,11 @@ class TopicService:
         sizes = np.array([t.size for t in snap.topics])
         for q in ("0.5", "0.9", "0.99", "1"):
             m.cluster_size.labels(q).set(float(np.quantile(sizes, float(q))))
-        alive = sizes >= self.settings.snapshots.alive_share * sizes.sum() / max(len(sizes), 1)
-        if self._alive_topics is not None and len(self._alive_topics) == len(alive):
-            m.births.inc(int((alive & ~self._alive_topics).sum()))
-            m.deaths.inc(int((~alive & self._alive_topics).sum()))
-        self._alive_topics = alive
-        m.topics_alive.set(int(alive.sum()))
         self._observe_model(0)
 
     def close(self) -> None:
         """Release the source, sinks (and their producer) and the snapshot store."""
-        for sink in (self.assignments, self.dead_letters, self.snapshot_sink):
+        for sink in (self.assignments, self.dead_letters, self.snapshot_sink, self.lineage_sink):
             if sink is not None:
                 try:
                     sink.close()

@@ -40,8 +40,8 @@ def _align(prev_words: list[str], prev: np.ndarray, words: list[str]) -> np.ndar
 
 
 def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets: dict[str, int],
-                   top_n: int = 15, now: datetime | None = None,
-                   stream_time: datetime | None = None) -> tuple[TopicSnapshot, WordDists]:
+                   top_n: int = 15, now: datetime | None = None, stream_time: datetime | None = None,
+                   topic_ids: list[int] | None = None, alive: np.ndarray | None = None) -> tuple[TopicSnapshot, WordDists]:
     """The snapshot of a warm model and the word distributions to diff the next one against."""
     if not model.is_warm:
         raise ValueError("no snapshot before the model is warm")
@@ -60,7 +60,9 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
     centers = model.kmeans.centers
     topics = [
         SnapshotTopic(
-            topic_id=t,
+            topic_id=t if topic_ids is None else topic_ids[t],
+            slot=t,
+            alive=True if alive is None else bool(alive[t]),
             words={lang: TopicWords(words=words_by_lang[lang][0][t],
                                     weights=[round(float(w), 6) for w in words_by_lang[lang][1][t]]) for lang in langs},
             prevalence=float(model.prevalence[t]),

@@ -53,11 +53,13 @@ def build_service(settings: Settings) -> TopicService:
         producer = make_producer(k.bootstrap_servers, client)
         sinks = dict(assignments=KafkaSink(producer, k.assignments_topic),
                      dead_letters=KafkaSink(producer, k.dead_letter_topic),
-                     snapshots=KafkaSink(producer, k.snapshots_topic))
+                     snapshots=KafkaSink(producer, k.snapshots_topic),
+                     lineage=KafkaSink(producer, k.lineage_topic))
     else:
         source = JsonlFileSource(settings.input_file or DEMO_STREAM, start_offsets=start_offsets)
         sinks = dict(assignments=JsonlSink(data / "assignments.jsonl"),
-                     dead_letters=JsonlSink(data / "dead_letters.jsonl"), snapshots=None)
+                     dead_letters=JsonlSink(data / "dead_letters.jsonl"), snapshots=None,
+                     lineage=JsonlSink(data / "lineage.jsonl"))
     service = TopicService(settings, source, embedder, snapshot_store=store, checkpoints=checkpoints,
                            start_offsets=start_offsets, **sinks)
     service_ref.append(service)

@@ -24,6 +24,7 @@ __all__ = [
     "Assignment",
     "Document",
     "InvalidRecord",
+    "LineageRecord",
     "SnapshotTopic",
     "TopicSnapshot",
     "TopicWords",
@@ -177,7 +178,9 @@ class SnapshotTopic(BaseModel):
     """One topic inside a snapshot."""
 
     model_config = ConfigDict(frozen=True)
-    topic_id: int
+    topic_id: int = Field(description="stable id: kept while the topic stays the same across snapshots")
+    slot: int = Field(-1, description="the model's topic index holding this topic now")
+    alive: bool = True
     words: dict[str, TopicWords] = Field(description="top words per language")
     prevalence: float = Field(description="share of recent attention (running mean of theta)")
     prevalence_by_lang: dict[str, float] = Field(default_factory=dict, description="the same, per language")
@@ -185,6 +188,18 @@ class SnapshotTopic(BaseModel):
     embedding: list[float] | None = Field(default=None, description="cluster centroid (unit norm)")
     drift: dict[str, float] = Field(default_factory=dict,
                                     description="JS divergence of each language's word distribution vs the previous snapshot")
+
+
+class LineageRecord(_Out):
+    """A topic's life event (born, died, merged_into, split_from, renamed) at a snapshot."""
+
+    kind: str
+    topic_id: int
+    related_topic_id: int | None = None
+    model_version: int
+    at: datetime
+    words: list[str] = Field(default_factory=list)
+    previous_words: list[str] = Field(default_factory=list)
 
 
 class TopicSnapshot(_Out):

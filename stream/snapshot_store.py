@@ -11,7 +11,7 @@ import sqlite3
 from datetime import datetime
 from pathlib import Path
 
-from stream.schemas import TopicSnapshot
+from stream.schemas import LineageRecord, TopicSnapshot
 
 __all__ = ["SnapshotStore"]
 
@@ -27,12 +27,30 @@ class SnapshotStore:
             version INTEGER PRIMARY KEY, created_at REAL NOT NULL, documents_seen INTEGER NOT NULL,
             payload TEXT NOT NULL)""")
         self._db.execute("CREATE INDEX IF NOT EXISTS snapshots_created ON snapshots(created_at)")
+        self._db.execute("""CREATE TABLE IF NOT EXISTS lineage (
+            model_version INTEGER NOT NULL, topic_id INTEGER NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL,
+            PRIMARY KEY (model_version, topic_id, kind))""")
+        self._db.execute("CREATE INDEX IF NOT EXISTS lineage_topic ON lineage(topic_id)")
 
     def add(self, snapshot: TopicSnapshot) -> None:
         """Insert (or replace a replayed) snapshot; idempotent per version."""
         self._db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?)",
                          (snapshot.model_version, snapshot.created_at.timestamp(), snapshot.documents_seen,
                           snapshot.model_dump_json()))
+
+    def add_lineage(self, events: list[LineageRecord]) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO lineage VALUES (?, ?, ?, ?)",
+                             [(e.model_version, e.topic_id, e.kind, e.model_dump_json()) for e in events])
+
+    def lineage(self, topic_id: int | None = None) -> list[LineageRecord]:
+        """Events in model-version order, for one topic (as subject or related) or all."""
+        if topic_id is None:
+            rows = self._db.execute("SELECT payload FROM lineage ORDER BY model_version, rowid")
+        else:
+            rows = self._db.execute("SELECT payload FROM lineage WHERE topic_id = ? OR "
+                                    "json_extract(payload, '$.related_topic_id') = ? ORDER BY model_version, rowid",
+                                    (topic_id, topic_id))
+        return [LineageRecord.model_validate_json(r[0]) for r in rows]
 
     def latest(self) -> TopicSnapshot | None:
         row = self._db.execute("SELECT payload FROM snapshots ORDER BY version DESC LIMIT 1").fetchone()

@@ -61,10 +61,15 @@ def test_topics_returns_latest_snapshot(client, served):
 
 
 def test_topic_detail_has_words_and_history(client, served):
-    detail = client.get("/topics/2").json()
+    latest = served.store.latest()
+    alive = next(t for t in latest.topics if t.alive)
+    detail = client.get(f"/topics/{alive.topic_id}").json()
     assert set(detail["topic"]["words"]) == {"en", "zh", "ja"}
-    assert len(detail["history"]) == len(served.store) >= 2
-    assert client.get("/topics/99").status_code == 404
+    assert detail["topic"]["slot"] == alive.slot
+    assert 1 <= len(detail["history"]) <= len(served.store)
+    assert [h["model_version"] for h in detail["history"]] == sorted(h["model_version"] for h in detail["history"])
+    assert any(e["kind"] == "born" for e in detail["lineage"]), "an alive topic was born"
+    assert client.get("/topics/9999").status_code == 404
 
 
 def test_snapshots_as_of_time_and_offset(client, served):
