@@ -111,6 +111,96 @@ def run(
 
 
 @app.command()
+def replay(
+    from_: Annotated[str, typer.Option("--from", help="ISO time, offset, or 'partition:offset,...'")],
+    to: Annotated[Optional[str], typer.Option(help="same forms; default: the end as of now")] = None,
+    namespace: Annotated[Optional[str], typer.Option(help="names the replay's group, topics and data dir")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML/JSON settings file")] = None,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="parent of replays/<namespace>")] = None,
+    json_logs: Annotated[bool, typer.Option(help="structured JSON log lines")] = False,
+) -> None:
+    """Rebuild topics from a past time or offset, beside (not instead of) the live service."""
+    import re
+    import threading
+
+    from tqdm.auto import tqdm
+
+    from consumers.config import Settings
+    from consumers.wiring import build_service, replay_settings
+
+    settings = Settings.load(config)
+    if bootstrap:
+        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})})
+    if data_dir:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    _configure_logging(settings.log_level, json_logs)
+    namespace = namespace or re.sub(r"[^A-Za-z0-9_-]+", "-", f"{from_}_{to or 'end'}").strip("-")
+    settings = replay_settings(settings, namespace)
+    service = build_service(settings, replay=(from_, to))
+    service.install_signal_handlers()
+    total = service.source.total
+    console.print(f"replaying {total} records of {settings.kafka.input_topic} into namespace '{namespace}' "
+                  f"(group {settings.kafka.group_id}, data {settings.data_dir})")
+    worker = threading.Thread(target=service.run, name="xtream-replay")
+    try:
+        with tqdm(total=total, desc="replay", unit="rec") as bar:
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.5)
+                bar.update(service.stats.records - bar.n)
+    finally:
+        service.stop()
+        worker.join()
+        latest = service.store.latest()
+        service.close()
+    console.print(f"replayed {service.stats.records} records, {service.stats.documents} documents; "
+                  f"{service.stats.snapshots} snapshots")
+    if latest is not None:
+        _print_topics(latest)
+
+
+@app.command()
+def history(
+    topic: Annotated[int, typer.Option(help="stable topic id")],
+    data_dir: Annotated[Path, typer.Option(help="the service's data dir")] = Path("xtream-data"),
+    lang: Annotated[Optional[str], typer.Option(help="language of the words shown (default: all)")] = None,
+    limit: Annotated[int, typer.Option(help="most recent snapshots shown")] = 30,
+) -> None:
+    """Print a topic's evolution: words and prevalence per snapshot, and its lineage events."""
+    from stream.snapshot_store import SnapshotStore
+
+    db = data_dir / "snapshots.sqlite"
+    if not db.exists():
+        raise typer.BadParameter(f"no snapshot store at {db}", param_hint="--data-dir")
+    store = SnapshotStore(db)
+    table = Table(title=f"topic {topic}")
+    table.add_column("version", justify="right")
+    table.add_column("time")
+    table.add_column("prevalence", justify="right")
+    table.add_column("drift", justify="right")
+    table.add_column("words")
+    rows = 0
+    for version in store.versions()[-limit:]:
+        snap = store.get(version)
+        t = next((x for x in snap.topics if x.topic_id == topic), None)
+        if t is None:
+            continue
+        langs = [lang] if lang else sorted(t.words)
+        words = " | ".join(" ".join(t.words[l].words[:6]) for l in langs if l in t.words)
+        drift = max(t.drift.values()) if t.drift else 0.0
+        table.add_row(str(version), f"{(snap.stream_time or snap.created_at):%Y-%m-%d %H:%M:%S}",
+                      f"{t.prevalence:.3f}", f"{drift:.3f}", words)
+        rows += 1
+    if rows == 0:
+        raise typer.BadParameter(f"topic {topic} is in none of the last {limit} snapshots", param_hint="--topic")
+    console.print(table)
+    for e in store.lineage(topic):
+        other = f" -> {e.related_topic_id}" if e.related_topic_id is not None else ""
+        console.print(f"  v{e.model_version} {e.kind}{other} {' '.join(e.words or e.previous_words)}")
+
+
+@app.command()
 def report(
     data_dir: Annotated[Path, typer.Option(help="the service's data dir (holds snapshots.sqlite)")] = Path("xtream-data"),
     out: Annotated[Path, typer.Option(help="folder for report.md and the PNG plots")] = Path("xtream-report"),

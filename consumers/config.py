@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -34,16 +34,38 @@ class KafkaSettings(BaseModel):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = Field(
+        None, description="file holding the SASL password (e.g. a mounted secret); read when connecting")
     ssl_cafile: Path | None = None
+    ssl_check_hostname: bool = Field(True, description="verify the broker certificate's name (SSL/SASL_SSL)")
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> "KafkaSettings":
+        if self.sasl_password is not None and self.sasl_password_file is not None:
+            raise ValueError("set kafka.sasl_password or kafka.sasl_password_file, not both")
+        return self
+
+    def _password(self) -> str | None:
+        if self.sasl_password is not None:
+            return self.sasl_password.get_secret_value()
+        if self.sasl_password_file is not None:
+            try:
+                return self.sasl_password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"kafka.sasl_password_file {self.sasl_password_file} cannot be read: "
+                                 f"{exc.strerror}") from None
+        return None
 
     def client_config(self) -> dict[str, Any]:
         """kafka-python keyword arguments for security; the password is revealed only here."""
         cfg: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.sasl_mechanism:
             cfg |= {"sasl_mechanism": self.sasl_mechanism, "sasl_plain_username": self.sasl_username,
-                    "sasl_plain_password": self.sasl_password.get_secret_value() if self.sasl_password else None}
+                    "sasl_plain_password": self._password()}
         if self.ssl_cafile:
             cfg["ssl_cafile"] = str(self.ssl_cafile)
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            cfg["ssl_check_hostname"] = self.ssl_check_hostname
         return cfg
 
 
@@ -75,6 +97,7 @@ class ModelSettings(BaseModel):
     train_every_docs: int = Field(512, description="run a training slice after this many new documents")
     train_steps: int = Field(10, description="gradient steps per slice")
     train_budget_seconds: float = Field(5.0, description="a slice stops early past this, to keep polling")
+    train_in_background: bool = Field(True, description="train on a worker thread, overlapping embedding")
     seed: int = 0
 
 

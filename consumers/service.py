@@ -97,6 +97,9 @@ class TopicService:
         self.lock = threading.RLock()
         self.heartbeat = time.monotonic()
         self._snapshot_requested = threading.Event()
+        self._train_due = threading.Event()
+        self._stop_training = threading.Event()
+        self._trainer_thread: threading.Thread | None = None
         snap_cfg = settings.snapshots
         self.tracker = TopicTracker(match_threshold=snap_cfg.match_threshold, death_horizon=snap_cfg.death_horizon)
         self.stream_time: datetime | None = None   # latest event time processed
@@ -180,7 +183,8 @@ class TopicService:
         return self.stats
 
     def finish(self) -> None:
-        """Clean stop: a last snapshot if the model moved, then a forced checkpoint + commit."""
+        """Clean stop: stop training, a last snapshot if the model moved, a forced checkpoint + commit."""
+        self._stop_trainer()
         self.maybe_snapshot(force=True)
         if self._dirty:
             self.checkpoint()
@@ -273,21 +277,53 @@ class TopicService:
         self.metrics.dead_lettered.labels(reason).inc()
 
     def maybe_train(self) -> None:
-        """A bounded training slice: ``train_steps`` steps, cut short past the time budget."""
+        """Every ``train_every_docs`` documents, a bounded training slice.
+
+        With ``train_in_background`` the slice runs on a worker thread, so the gradient steps of
+        one core overlap the embedding of the next batch on the other (each holds the model lock
+        only for one step); slices requested while one runs coalesce, so training adapts to the
+        CPU left over instead of stalling consumption.
+        """
         m = self.settings.model
         if not self.model.is_warm or self._docs_since_train < m.train_every_docs:
             return
+        self._docs_since_train = 0
+        if not m.train_in_background:
+            self._train_slice()
+            return
+        if self._trainer_thread is None:
+            self._trainer_thread = threading.Thread(target=self._train_worker, name="xtream-train", daemon=True)
+            self._trainer_thread.start()
+        self._train_due.set()
+
+    def _train_worker(self) -> None:
+        while not self._stop_training.is_set():
+            if self._train_due.wait(0.2) and not self._stop_training.is_set():
+                self._train_due.clear()
+                try:
+                    self._train_slice()
+                except (RuntimeError, ValueError, FloatingPointError):
+                    logger.exception("training slice failed; the model keeps its last good state")
+
+    def _stop_trainer(self) -> None:
+        self._stop_training.set()
+        if self._trainer_thread is not None:
+            self._trainer_thread.join(60)
+            self._trainer_thread = None
+
+    def _train_slice(self) -> None:
+        """``train_steps`` steps, cut short past ``train_budget_seconds``, one lock hold per step."""
+        m = self.settings.model
         deadline = time.monotonic() + m.train_budget_seconds
         done = 0
         with self.metrics.stage_seconds.labels("train").time():
-            while done < m.train_steps and time.monotonic() < deadline:
-                with self.lock:   # one step at a time, so API readers wait at most a step
+            while done < m.train_steps and time.monotonic() < deadline and not self._stop_training.is_set():
+                with self.lock:
                     self.model.train(1)
+                    self._dirty = True
                 done += 1
         self._observe_model(done)
-        self._docs_since_train = 0
         self.stats.train_slices += 1
-        self._dirty = True
 
     def maybe_snapshot(self, force: bool = False) -> TopicSnapshot | None:
         s = self.settings.snapshots
@@ -414,6 +450,7 @@ class TopicService:
 
     def close(self) -> None:
         """Release the source, sinks (and their producer) and the snapshot store."""
+        self._stop_trainer()
         for sink in (self.assignments, self.dead_letters, self.snapshot_sink, self.lineage_sink):
             if sink is not None:
                 try:

@@ -9,7 +9,7 @@ from pathlib import Path
 from model.embedding import load_embedder
 from stream.sinks import JsonlSink, KafkaSink, make_producer
 from stream.snapshot_store import SnapshotStore
-from stream.sources import JsonlFileSource, KafkaSource
+from stream.sources import JsonlFileSource, KafkaReplaySource, KafkaSource, resolve_replay_window
 
 from consumers.checkpoint import CheckpointStore
 from consumers.config import Settings
@@ -31,7 +31,23 @@ def set_threads(n: int) -> None:
     threadpool_limits(n)
 
 
-def build_service(settings: Settings) -> TopicService:
+def replay_settings(settings: Settings, namespace: str) -> Settings:
+    """A replay's own data dir, consumer group and output topics, so the live service is untouched."""
+    k = settings.kafka
+    suffix = f".replay.{namespace}"
+    return settings.model_copy(update={
+        "data_dir": Path(settings.data_dir) / "replays" / namespace,
+        "kafka": k.model_copy(update=dict(group_id=k.group_id + suffix,
+                                          assignments_topic=k.assignments_topic + suffix,
+                                          snapshots_topic=k.snapshots_topic + suffix,
+                                          lineage_topic=k.lineage_topic + suffix,
+                                          dead_letter_topic=k.dead_letter_topic + suffix)),
+    })
+
+
+def build_service(settings: Settings, replay: tuple[str, str | None] | None = None) -> TopicService:
+    """The service for ``settings``; with ``replay=(from, to)`` a bounded re-read of the input topic
+    (pass settings through :func:`replay_settings` first)."""
     set_threads(settings.model.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # never reach for a model hub at run time
     data = Path(settings.data_dir)
@@ -44,7 +60,22 @@ def build_service(settings: Settings) -> TopicService:
     store = SnapshotStore(data / "snapshots.sqlite")
     k = settings.kafka
     service_ref: list[TopicService] = []
-    if k.bootstrap_servers and settings.input_file is None:
+    if replay is not None:
+        if not k.bootstrap_servers:
+            raise ValueError("a replay reads Kafka: set kafka.bootstrap_servers")
+        client = k.client_config()
+        start, stop = resolve_replay_window(k.bootstrap_servers, k.input_topic, replay[0], replay[1], client)
+        for key, off in start_offsets.items():   # resuming an interrupted replay
+            part = int(key.rsplit(":", 1)[1])
+            if part in start:
+                start[part] = max(start[part], off)
+        source = KafkaReplaySource(k.bootstrap_servers, k.input_topic, k.group_id, start, stop, client)
+        producer = make_producer(k.bootstrap_servers, client)
+        sinks = dict(assignments=KafkaSink(producer, k.assignments_topic),
+                     dead_letters=KafkaSink(producer, k.dead_letter_topic),
+                     snapshots=KafkaSink(producer, k.snapshots_topic),
+                     lineage=KafkaSink(producer, k.lineage_topic))
+    elif k.bootstrap_servers and settings.input_file is None:
         client = k.client_config()
         source = KafkaSource(k.bootstrap_servers, [k.input_topic], k.group_id, start_offsets=start_offsets,
                              on_revoke=lambda parts: service_ref[0].on_partitions_revoked(parts),

@@ -71,10 +71,10 @@ class Document(BaseModel):
     @field_validator("text")
     @classmethod
     def _text_has_content(cls, v: str) -> str:
+        if "\x00" in v:   # before the emptiness check: a text of NULs is empty, not "   "
+            v = v.replace("\x00", " ")
         if not v.strip():
             raise ValueError("text is empty or whitespace only")
-        if "\x00" in v:
-            v = v.replace("\x00", " ")
         return v
 
     @field_validator("lang")
@@ -115,6 +115,14 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"non-finite number {name} is not JSON")
 
 
+def _finite_float(literal: str) -> float:
+    """``1e999`` overflows to inf in Python: refuse it like the ``Infinity`` literal."""
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"number {literal[:40]} overflows a double")
+    return value
+
+
 def parse_document(raw: bytes | None, *, max_bytes: int = MAX_RECORD_BYTES) -> Document:
     """Bytes of a Kafka value or JSONL line -> :class:`Document`, or :class:`InvalidRecord`."""
     if raw is None:
@@ -126,8 +134,10 @@ def parse_document(raw: bytes | None, *, max_bytes: int = MAX_RECORD_BYTES) -> D
     except UnicodeDecodeError as exc:
         raise InvalidRecord("invalid_utf8", str(exc)) from None
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:   # nesting deeper than the interpreter's stack: valid JSON, too deep for us
+        raise InvalidRecord("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH}") from None
+    except ValueError as exc:
         raise InvalidRecord("invalid_json", str(exc)[:200]) from None
     if not isinstance(obj, dict):
         raise InvalidRecord("not_an_object", f"top-level JSON is {type(obj).__name__}")
@@ -143,8 +153,8 @@ def parse_document(raw: bytes | None, *, max_bytes: int = MAX_RECORD_BYTES) -> D
             reason = "empty_text"
         elif field == "lang" and "unknown_language" in first["msg"]:
             reason = "unknown_language"
-        elif first["type"] == "string_too_long":
-            reason = "too_large"
+        elif field == "text" and first["type"] == "string_too_long":
+            reason = "too_large"   # an over-long id, lang or source is a bad field, not a big record
         raise InvalidRecord(reason, f"{field}: {first['msg']}") from None
 
 
