@@ -57,9 +57,13 @@ def run(
     bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers; none = embedded default")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="checkpoints, snapshot store, outputs")] = None,
     topics: Annotated[Optional[int], typer.Option(help="number of topics K")] = None,
+    role: Annotated[str, typer.Option(help="all (one process) | embedder (scale-out, stateless) | "
+                                           "trainer (owns the model)")] = "all",
     json_logs: Annotated[bool, typer.Option(help="structured JSON log lines")] = False,
 ) -> None:
     """Run the service. With no Kafka and no --input, runs the bundled en/zh/ja demo stream."""
+    if role not in ("all", "embedder", "trainer"):
+        raise typer.BadParameter("must be all, embedder or trainer", param_hint="--role")
     from consumers.config import Settings
     from consumers.wiring import build_service
 
@@ -88,7 +92,18 @@ def run(
         shutil.rmtree(settings.data_dir, ignore_errors=True)
         console.print(f"[bold]xtream demo[/bold]: no Kafka configured, streaming the bundled demo "
                       f"(en/zh/ja news) through the service; outputs in {settings.data_dir}")
-    service = build_service(settings)
+    if role == "embedder":
+        from consumers.wiring import build_embedding_worker
+
+        worker = build_embedding_worker(settings)
+        worker.install_signal_handlers()
+        try:
+            worker.run()
+        finally:
+            worker.close()
+        console.print(f"embedder stopped after {worker.documents} documents ({worker.records} records)")
+        return
+    service = build_service(settings, role=role)
     service.install_signal_handlers()
     api = None
     if settings.http.enabled and not demo:

@@ -27,6 +27,7 @@ class KafkaSettings(BaseModel):
     snapshots_topic: str = "xtream.snapshots"
     dead_letter_topic: str = "xtream.dlq"
     lineage_topic: str = "xtream.lineage"
+    embedded_topic: str = Field("xtream.embedded", description="embedders -> trainer (scale-out topology)")
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 45_000

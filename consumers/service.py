@@ -18,16 +18,17 @@ import numpy as np
 from model.embedding import Embedder, LanguageCentering
 from model.lineage import TopicTracker
 from model.online import OnlineConfig, OnlineTopicModel
-from model.text import Tokenizer, detect_language
+from model.text import Tokenizer
 from stream.dead_letter import dead_letter_headers
 from stream.errors import SinkError, SourceUnavailable
 from stream.records import Record
-from stream.schemas import Assignment, Document, InvalidRecord, LineageRecord, TopicSnapshot, parse_document
+from stream.schemas import Assignment, LineageRecord, TopicSnapshot
 from stream.sinks import Sink
 from stream.snapshot_store import SnapshotStore
 from stream.sources import Source
 
 from consumers.checkpoint import CheckpointStore
+from consumers.intake import EmbeddedIntake, PreparedBatch, TextIntake
 from consumers.config import Settings
 from consumers.metrics import ServiceMetrics
 from consumers.snapshots import build_snapshot
@@ -66,7 +67,8 @@ class TopicService:
                  assignments: Sink, dead_letters: Sink, snapshots: Sink | None,
                  snapshot_store: SnapshotStore, checkpoints: CheckpointStore,
                  model: OnlineTopicModel | None = None, start_offsets: dict[str, int] | None = None,
-                 metrics: ServiceMetrics | None = None, lineage: Sink | None = None) -> None:
+                 metrics: ServiceMetrics | None = None, lineage: Sink | None = None,
+                 role: str = "all") -> None:
         self.settings = settings
         self.source = source
         self.embedder = embedder
@@ -92,6 +94,9 @@ class TopicService:
         self._dirty = False
         self.healthy_source = True
         self._languages = frozenset(settings.model.languages)
+        self.role = role
+        self.intake = (EmbeddedIntake(embedder.dim) if role == "trainer" else
+                       TextIntake(embedder, self.tokenizer, self._languages, settings.batch.max_record_bytes))
         self.metrics = metrics or ServiceMetrics(sorted(self._languages))
         #: Held while the model changes; the HTTP API takes it to read a consistent model.
         self.lock = threading.RLock()
@@ -114,6 +119,7 @@ class TopicService:
         prev = None if self._prev_dists is None else {l: {"words": w, "dist": d} for l, (w, d) in self._prev_dists.items()}
         return {"model": self.model.state_dict(), "offsets": dict(self.offsets), "prev_dists": prev,
                 "snapshot_version": self._snapshot_version, "tracker": self.tracker.state_dict(),
+                "intake": self.intake.state_dict() if isinstance(self.intake, EmbeddedIntake) else None,
                 "stream_time": None if self.stream_time is None else self.stream_time.timestamp(),
                 "centering": None if self.centering is None else self.centering.state_dict()}
 
@@ -125,6 +131,8 @@ class TopicService:
         self._snapshot_version = int(state["snapshot_version"])
         if state.get("tracker"):
             self.tracker.load_state_dict(state["tracker"])
+        if state.get("intake") and isinstance(self.intake, EmbeddedIntake):
+            self.intake.load_state_dict(state["intake"])
         ts = state.get("stream_time")
         self.stream_time = None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
         if self.centering is not None and state.get("centering"):
@@ -190,36 +198,36 @@ class TopicService:
             self.checkpoint()
 
     def process_batch(self, records: list[Record]) -> None:
-        """Parse, dead-letter the bad, learn from and assign the good. Never raises on input."""
+        """Prepare (parse, embed / decode), dead-letter the bad, learn from and assign the good.
+
+        Never raises on input: what the intake or the model rejects goes to the dead-letter topic.
+        """
         started = time.perf_counter()
-        docs: list[Document] = []
-        good: list[Record] = []
-        accepted = self._languages
-        for rec in records:
+        if isinstance(self.intake, TextIntake):
+            parsed = self.intake.parse(records)
+            self.metrics.stage_seconds.labels("parse").observe(time.perf_counter() - started)
+            with self.metrics.stage_seconds.labels("embed").time():
+                batch = self.intake.prepare(records, parsed)
+        else:
+            batch = self.intake.prepare(records)
+            self.metrics.stage_seconds.labels("parse").observe(time.perf_counter() - started)
+        for rec, reason, detail in batch.dead:
+            self._dead_letter(rec, reason, detail)
+        if len(batch):
             try:
-                doc = parse_document(rec.value, max_bytes=self.settings.batch.max_record_bytes)
-            except InvalidRecord as exc:
-                self._dead_letter(rec, exc.reason, exc.detail)
-                continue
-            if doc.lang is None:
-                doc = doc.model_copy(update={"lang": detect_language(doc.text, accepted)})
-            if doc.lang not in accepted:
-                self._dead_letter(rec, "unsupported_language", f"lang {doc.lang!r} is not in the accepted languages")
-                continue
-            docs.append(doc)
-            good.append(rec)
-        self.metrics.stage_seconds.labels("parse").observe(time.perf_counter() - started)
-        if docs:
-            try:
-                self._learn_and_assign(docs, good)
+                self._learn_and_assign(batch)
             except (ValueError, RuntimeError, FloatingPointError) as exc:
                 # A batch the model rejects as a whole: retry one by one, dead-lettering the culprits.
-                logger.exception("batch of %d failed (%s); retrying document by document", len(docs), exc)
-                for doc, rec in zip(docs, good):
+                logger.exception("batch of %d failed (%s); retrying document by document", len(batch), exc)
+                by_position = {(r.topic, r.partition, r.offset): r for r in records}
+                for i, item in enumerate(batch.items):
+                    one = PreparedBatch(items=[item], tokens=[batch.tokens[i]], embeddings=batch.embeddings[i:i + 1])
                     try:
-                        self._learn_and_assign([doc], [rec])
-                    except (ValueError, RuntimeError, FloatingPointError) as one:
-                        self._dead_letter(rec, "processing_error", repr(one))
+                        self._learn_and_assign(one)
+                    except (ValueError, RuntimeError, FloatingPointError) as err:
+                        rec = by_position.get((item.source_topic, item.source_partition, item.source_offset))
+                        if rec is not None:
+                            self._dead_letter(rec, "processing_error", repr(err)[:500])
         for rec in records:
             self.offsets[rec.position] = max(self.offsets.get(rec.position, 0), rec.offset + 1)
         self.stats.records += len(records)
@@ -228,47 +236,44 @@ class TopicService:
         self.metrics.batches.inc()
         self._dirty = True
 
-    def _learn_and_assign(self, docs: list[Document], records: list[Record]) -> None:
+    def _learn_and_assign(self, batch: PreparedBatch) -> None:
         m = self.metrics
-        texts = [d.text for d in docs]
-        langs = [d.lang for d in docs]
-        with m.stage_seconds.labels("embed").time():
-            embeddings = self.embedder.encode(texts)
+        items, tokens, embeddings = batch.items, batch.tokens, batch.embeddings
+        langs = [it.lang for it in items]
+        with self.lock:
             if self.centering is not None:
                 self.centering.learn_many(embeddings, langs)
                 embeddings = self.centering.transform_many(embeddings, langs)
-            tokens = self.tokenizer.tokenize_many(texts, langs)
-        with self.lock:
             with m.stage_seconds.labels("assign").time():
                 self.model.learn_many(tokens, embeddings, langs)
             with m.stage_seconds.labels("infer").time():
                 clusters, theta = self.model.predict_many(tokens, embeddings, langs)
                 self.model.observe_topics(theta, langs)
+            version = self.model.version
         now = datetime.now(timezone.utc)
         top = np.argsort(-theta, axis=1)[:, :3]
-        for i, (doc, rec) in enumerate(zip(docs, records)):
-            a = Assignment(document_id=doc.id, lang=langs[i], cluster=int(clusters[i]),
+        for i, it in enumerate(items):
+            a = Assignment(document_id=it.id, lang=it.lang, cluster=int(clusters[i]),
                            topics=[(int(t), round(float(theta[i, t]), 5)) for t in top[i]],
-                           model_version=self.model.version, source_topic=rec.topic,
-                           source_partition=rec.partition, source_offset=rec.offset,
-                           event_time=doc.timestamp, processed_at=now)
-            self.assignments.add(a.model_dump_json().encode(), key=doc.id.encode())
-        event_times = [d.timestamp for d in docs if d.timestamp is not None]
-        event_times += [datetime.fromtimestamp(r.timestamp_ms / 1000, timezone.utc) for r in records
-                        if r.timestamp_ms and r.timestamp_ms > 0]
+                           model_version=version, source_topic=it.source_topic,
+                           source_partition=it.source_partition, source_offset=it.source_offset,
+                           event_time=it.timestamp, processed_at=now)
+            self.assignments.add(a.model_dump_json().encode(), key=it.id.encode())
+        record_times = [it.source_timestamp_ms for it in items if it.source_timestamp_ms and it.source_timestamp_ms > 0]
+        event_times = [it.timestamp for it in items if it.timestamp is not None]
+        event_times += [datetime.fromtimestamp(ms / 1000, timezone.utc) for ms in record_times]
         if event_times:
             latest_event = min(max(event_times), now)   # a timestamp from the future is clamped to now
             self.stream_time = latest_event if self.stream_time is None else max(self.stream_time, latest_event)
         now_ms = now.timestamp() * 1000
-        for rec in records:
-            if rec.timestamp_ms is not None and rec.timestamp_ms > 0:
-                m.document_latency.observe(max(0.0, (now_ms - rec.timestamp_ms) / 1000))
+        for ms in record_times:
+            m.document_latency.observe(max(0.0, (now_ms - ms) / 1000))
         for lang, n in zip(*np.unique(np.asarray(langs), return_counts=True)):
             m.documents_processed.labels(str(lang)).inc(int(n))
-        self.stats.documents += len(docs)
-        self._docs_since_train += len(docs)
-        self._docs_since_snapshot += len(docs)
-        self._docs_since_checkpoint += len(docs)
+        self.stats.documents += len(items)
+        self._docs_since_train += len(items)
+        self._docs_since_snapshot += len(items)
+        self._docs_since_checkpoint += len(items)
 
     def _dead_letter(self, rec: Record, reason: str, detail: str) -> None:
         self.dead_letters.add(rec.value if rec.value is not None else b"", key=rec.key,

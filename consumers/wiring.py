@@ -13,9 +13,12 @@ from stream.sources import JsonlFileSource, KafkaReplaySource, KafkaSource, reso
 
 from consumers.checkpoint import CheckpointStore
 from consumers.config import Settings
+from consumers.embedding_worker import EmbeddingWorker
+from consumers.intake import TextIntake
+from consumers.metrics import ServiceMetrics
 from consumers.service import TopicService
 
-__all__ = ["DEMO_STREAM", "build_service", "set_threads"]
+__all__ = ["DEMO_STREAM", "build_embedding_worker", "build_service", "replay_settings", "set_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +48,40 @@ def replay_settings(settings: Settings, namespace: str) -> Settings:
     })
 
 
-def build_service(settings: Settings, replay: tuple[str, str | None] | None = None) -> TopicService:
+def _kafka_sinks(settings: Settings, client: dict) -> dict:
+    """The service's four output topics on one shared producer."""
+    k = settings.kafka
+    producer = make_producer(k.bootstrap_servers, client)
+    return dict(assignments=KafkaSink(producer, k.assignments_topic), dead_letters=KafkaSink(producer, k.dead_letter_topic),
+                snapshots=KafkaSink(producer, k.snapshots_topic), lineage=KafkaSink(producer, k.lineage_topic))
+
+
+def build_embedding_worker(settings: Settings) -> EmbeddingWorker:
+    """``--role embedder``: input topic -> parse/embed/tokenise -> embedded topic (+ dead letters)."""
+    from model.text import Tokenizer
+
+    set_threads(settings.model.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    k = settings.kafka
+    if not k.bootstrap_servers:
+        raise ValueError("--role embedder needs Kafka: set kafka.bootstrap_servers")
+    embedder = load_embedder(settings.model.embedder, threads=settings.model.threads,
+                             batch_size=settings.model.embed_batch_size)
+    client = k.client_config()
+    source = KafkaSource(k.bootstrap_servers, [k.input_topic], k.group_id, auto_offset_reset=k.auto_offset_reset,
+                         max_poll_interval_ms=k.max_poll_interval_ms, session_timeout_ms=k.session_timeout_ms,
+                         client_config=client)
+    producer = make_producer(k.bootstrap_servers, client)
+    intake = TextIntake(embedder, Tokenizer(), frozenset(settings.model.languages), settings.batch.max_record_bytes)
+    return EmbeddingWorker(source, intake, KafkaSink(producer, k.embedded_topic), KafkaSink(producer, k.dead_letter_topic),
+                           settings.batch.max_records, settings.batch.max_wait_ms,
+                           ServiceMetrics(sorted(settings.model.languages)))
+
+
+def build_service(settings: Settings, replay: tuple[str, str | None] | None = None, role: str = "all") -> TopicService:
     """The service for ``settings``; with ``replay=(from, to)`` a bounded re-read of the input topic
-    (pass settings through :func:`replay_settings` first)."""
+    (pass settings through :func:`replay_settings` first); ``role="trainer"`` reads the embedded
+    topic that ``--role embedder`` workers fill instead of raw documents."""
     set_threads(settings.model.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # never reach for a model hub at run time
     data = Path(settings.data_dir)
@@ -70,29 +104,24 @@ def build_service(settings: Settings, replay: tuple[str, str | None] | None = No
             if part in start:
                 start[part] = max(start[part], off)
         source = KafkaReplaySource(k.bootstrap_servers, k.input_topic, k.group_id, start, stop, client)
-        producer = make_producer(k.bootstrap_servers, client)
-        sinks = dict(assignments=KafkaSink(producer, k.assignments_topic),
-                     dead_letters=KafkaSink(producer, k.dead_letter_topic),
-                     snapshots=KafkaSink(producer, k.snapshots_topic),
-                     lineage=KafkaSink(producer, k.lineage_topic))
+        sinks = _kafka_sinks(settings, client)
     elif k.bootstrap_servers and settings.input_file is None:
         client = k.client_config()
-        source = KafkaSource(k.bootstrap_servers, [k.input_topic], k.group_id, start_offsets=start_offsets,
+        topic, group = (k.embedded_topic, k.group_id + ".trainer") if role == "trainer" else (k.input_topic, k.group_id)
+        source = KafkaSource(k.bootstrap_servers, [topic], group, start_offsets=start_offsets,
                              on_revoke=lambda parts: service_ref[0].on_partitions_revoked(parts),
                              auto_offset_reset=k.auto_offset_reset, max_poll_interval_ms=k.max_poll_interval_ms,
                              session_timeout_ms=k.session_timeout_ms, client_config=client)
-        producer = make_producer(k.bootstrap_servers, client)
-        sinks = dict(assignments=KafkaSink(producer, k.assignments_topic),
-                     dead_letters=KafkaSink(producer, k.dead_letter_topic),
-                     snapshots=KafkaSink(producer, k.snapshots_topic),
-                     lineage=KafkaSink(producer, k.lineage_topic))
+        sinks = _kafka_sinks(settings, client)
     else:
+        if role == "trainer":
+            raise ValueError("--role trainer needs Kafka: set kafka.bootstrap_servers")
         source = JsonlFileSource(settings.input_file or DEMO_STREAM, start_offsets=start_offsets)
         sinks = dict(assignments=JsonlSink(data / "assignments.jsonl"),
                      dead_letters=JsonlSink(data / "dead_letters.jsonl"), snapshots=None,
                      lineage=JsonlSink(data / "lineage.jsonl"))
     service = TopicService(settings, source, embedder, snapshot_store=store, checkpoints=checkpoints,
-                           start_offsets=start_offsets, **sinks)
+                           start_offsets=start_offsets, role=role, **sinks)
     service_ref.append(service)
     if resumed:
         service.load_state_dict(resumed[1])

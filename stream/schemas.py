@@ -23,6 +23,7 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "Assignment",
     "Document",
+    "EmbeddedDocument",
     "InvalidRecord",
     "LineageRecord",
     "SnapshotTopic",
@@ -161,6 +162,52 @@ def parse_document(raw: bytes | None, *, max_bytes: int = MAX_RECORD_BYTES) -> D
 class _Out(BaseModel):
     model_config = ConfigDict(frozen=True)
     schema_version: int = SCHEMA_VERSION
+
+
+class EmbeddedDocument(_Out):
+    """What an embedder worker hands the trainer: everything but the text, ~1.5 KB per document.
+
+    The embedding travels as base64 little-endian float16 (half the bytes of float32; the topic
+    model is insensitive to the rounding); tokens travel because tokenising is CPU work that
+    scales out with the embedders.
+    """
+
+    id: str
+    lang: str
+    tokens: list[str]
+    embedding: str = Field(description="base64 of little-endian float16 values")
+    dim: int
+    timestamp: datetime | None = None
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    source_timestamp_ms: int | None = None
+
+    @classmethod
+    def encode_vector(cls, vector) -> str:
+        import base64
+
+        import numpy as np
+
+        return base64.b64encode(np.asarray(vector, dtype="<f2").tobytes()).decode()
+
+    def vector(self):
+        """The embedding as float32; raises ``ValueError`` if it does not decode to ``dim`` values."""
+        import base64
+        import binascii
+
+        import numpy as np
+
+        try:
+            raw = base64.b64decode(self.embedding, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"embedding is not base64: {exc}") from None
+        if len(raw) != 2 * self.dim:
+            raise ValueError(f"embedding has {len(raw) // 2} values, dim says {self.dim}")
+        vec = np.frombuffer(raw, dtype="<f2").astype(np.float32)
+        if not np.isfinite(vec).all():
+            raise ValueError("embedding has non-finite values")
+        return vec
 
 
 class Assignment(_Out):

@@ -70,7 +70,10 @@ def test_service_consumes_everything_and_dead_letters_the_malformed(kafka_bootst
             keys=[str(i).encode() for i in range(len(values))])
 
     service = build_service(settings)
-    run_until_committed(service, kafka_bootstrap, settings.kafka.input_topic, settings.kafka.group_id)
+    try:
+        run_until_committed(service, kafka_bootstrap, settings.kafka.input_topic, settings.kafka.group_id)
+    finally:
+        service.close()
 
     committed, ends = committed_offsets(kafka_bootstrap, settings.kafka.input_topic, settings.kafka.group_id)
     assert committed == ends and sum(ends.values()) == len(values), "every input offset committed"

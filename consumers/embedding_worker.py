@@ -1,0 +1,122 @@
+"""``xtream run --role embedder``: the stateless, horizontally scalable half of the topology.
+
+Any number of these share one consumer group over the input topic. Each batch:
+
+Step 1: parse, check language, embed and tokenise (:class:`~consumers.intake.TextIntake`);
+Step 2: publish one :class:`~stream.schemas.EmbeddedDocument` per document to the embedded topic,
+        keyed by input partition so each input partition's documents stay in order, and the bad
+        records to the dead-letter topic;
+Step 3: flush the producer (the outputs are on the broker);
+Step 4: commit the input offsets.
+
+A crash between 3 and 4 re-publishes a batch; the trainer drops those by source offset (see
+:class:`~consumers.intake.EmbeddedIntake`), so each document is learned exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from stream.dead_letter import dead_letter_headers
+from stream.errors import SinkError, SourceUnavailable
+from stream.records import offset_key
+from stream.schemas import EmbeddedDocument
+from stream.sinks import Sink
+from stream.sources import Source
+
+from consumers.intake import TextIntake
+from consumers.metrics import ServiceMetrics
+
+__all__ = ["EmbeddingWorker"]
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddingWorker:
+    def __init__(self, source: Source, intake: TextIntake, embedded: Sink, dead_letters: Sink,
+                 max_records: int, max_wait_ms: int, metrics: ServiceMetrics) -> None:
+        self.source = source
+        self.intake = intake
+        self.embedded = embedded
+        self.dead_letters = dead_letters
+        self.max_records = max_records
+        self.max_wait_ms = max_wait_ms
+        self.metrics = metrics
+        self.documents = 0
+        self.records = 0
+        self.heartbeat = time.monotonic()
+        self.healthy_source = True
+        self._stop = threading.Event()
+
+    def stop(self, *_args) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self) -> None:
+        m = self.metrics
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            try:
+                records = self.source.poll_batch(self.max_records, self.max_wait_ms)
+                self.healthy_source = True
+                m.source_up.set(1)
+            except SourceUnavailable as exc:
+                self.healthy_source = False
+                m.source_up.set(0)
+                logger.warning("source unavailable: %s", exc)
+                time.sleep(1.0)
+                continue
+            if not records:
+                if self.source.exhausted():
+                    break
+                continue
+            # Step 1
+            with m.stage_seconds.labels("embed").time():
+                batch = self.intake.prepare(records)
+            # Step 2
+            for rec, reason, detail in batch.dead:
+                self.dead_letters.add(rec.value or b"", key=rec.key, headers=dead_letter_headers(rec, reason, detail))
+                m.dead_lettered.labels(reason).inc()
+            for i, item in enumerate(batch.items):
+                doc = EmbeddedDocument(id=item.id, lang=item.lang, tokens=batch.tokens[i],
+                                       embedding=EmbeddedDocument.encode_vector(batch.embeddings[i]),
+                                       dim=batch.embeddings.shape[1], timestamp=item.timestamp,
+                                       source_topic=item.source_topic, source_partition=item.source_partition,
+                                       source_offset=item.source_offset, source_timestamp_ms=item.source_timestamp_ms)
+                self.embedded.add(doc.model_dump_json().encode(),
+                                  key=offset_key(item.source_topic, item.source_partition).encode())
+                m.documents_processed.labels(item.lang).inc()
+            # Step 3
+            try:
+                with m.stage_seconds.labels("commit").time():
+                    self.embedded.flush()
+                    self.dead_letters.flush()
+                    # Step 4
+                    offsets = {}
+                    for rec in records:
+                        offsets[rec.position] = max(offsets.get(rec.position, 0), rec.offset + 1)
+                    self.source.commit(offsets)
+            except (SinkError, SourceUnavailable) as exc:
+                # Not committed: this batch will be read again (here or by whoever gets the partition).
+                logger.error("batch not committed, it will be re-read: %s", exc)
+            self.records += len(records)
+            self.documents += len(batch)
+            m.records_consumed.inc(len(records))
+            m.batches.inc()
+
+    def close(self) -> None:
+        for sink in (self.embedded, self.dead_letters):
+            try:
+                sink.close()
+            except SinkError as exc:
+                logger.warning("closing a sink failed: %s", exc)
+        producer = getattr(self.embedded, "producer", None)
+        if producer is not None:
+            producer.close(timeout=10)
+        self.source.close()

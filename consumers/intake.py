@@ -1,0 +1,164 @@
+"""Intake: records in, prepared documents (language, tokens, embedding, provenance) out.
+
+Two intakes, one product, so the single-process service and the scale-out topology share code:
+
+- :class:`TextIntake` parses raw :class:`~stream.schemas.Document` JSON, checks the language,
+  embeds and tokenises (``--role all`` and ``--role embedder``);
+- :class:`EmbeddedIntake` decodes the compact :class:`~stream.schemas.EmbeddedDocument` records
+  that embedders publish, dropping re-deliveries by the source offsets already learned
+  (``--role trainer``).
+
+Both return a :class:`PreparedBatch`; records that cannot be used come back in ``dead`` with a
+reason for the dead-letter topic. Neither ever raises on bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+from pydantic import ValidationError
+
+from model.embedding import Embedder
+from model.text import Tokenizer, detect_language
+from stream.records import Record, offset_key
+from stream.schemas import Document, EmbeddedDocument, InvalidRecord, parse_document
+
+__all__ = ["EmbeddedIntake", "PreparedBatch", "PreparedItem", "TextIntake"]
+
+logger = logging.getLogger(__name__)
+
+_EMBED_ERRORS = (ValueError, RuntimeError, FloatingPointError, IndexError)
+
+
+@dataclass(frozen=True)
+class PreparedItem:
+    """Where a prepared document came from: its id, language, time and original input position."""
+
+    id: str
+    lang: str
+    timestamp: datetime | None
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    source_timestamp_ms: int | None
+
+
+@dataclass
+class PreparedBatch:
+    items: list[PreparedItem] = field(default_factory=list)
+    tokens: list[list[str]] = field(default_factory=list)
+    embeddings: np.ndarray | None = None
+    dead: list[tuple[Record, str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class TextIntake:
+    """Parse -> language check -> embed + tokenise, batched."""
+
+    def __init__(self, embedder: Embedder, tokenizer: Tokenizer, languages: frozenset[str],
+                 max_record_bytes: int) -> None:
+        self.embedder = embedder
+        self.tokenizer = tokenizer
+        self.languages = languages
+        self.max_record_bytes = max_record_bytes
+
+    def parse(self, records: list[Record]) -> tuple[list[Document], list[Record], list[tuple[Record, str, str]]]:
+        docs, good, dead = [], [], []
+        for rec in records:
+            try:
+                doc = parse_document(rec.value, max_bytes=self.max_record_bytes)
+            except InvalidRecord as exc:
+                dead.append((rec, exc.reason, exc.detail))
+                continue
+            if doc.lang is None:
+                doc = doc.model_copy(update={"lang": detect_language(doc.text, self.languages)})
+            if doc.lang not in self.languages:
+                dead.append((rec, "unsupported_language", f"lang {doc.lang!r} is not in the accepted languages"))
+                continue
+            docs.append(doc)
+            good.append(rec)
+        return docs, good, dead
+
+    def embed(self, docs: list[Document]) -> tuple[np.ndarray, list[list[str]]]:
+        texts = [d.text for d in docs]
+        langs = [d.lang for d in docs]
+        return self.embedder.encode(texts), self.tokenizer.tokenize_many(texts, langs)
+
+    def prepare(self, records: list[Record], parsed=None) -> PreparedBatch:
+        docs, good, dead = parsed or self.parse(records)
+        batch = PreparedBatch(dead=list(dead))
+        if not docs:
+            return batch
+        try:
+            embeddings, tokens = self.embed(docs)
+            keep = list(range(len(docs)))
+        except _EMBED_ERRORS as exc:   # find the culprits one by one; the rest go on
+            logger.exception("embedding a batch of %d failed (%s); retrying one by one", len(docs), exc)
+            rows, tokens, keep = [], [], []
+            for i, doc in enumerate(docs):
+                try:
+                    e, t = self.embed([doc])
+                except _EMBED_ERRORS as one:
+                    batch.dead.append((good[i], "processing_error", repr(one)[:500]))
+                    continue
+                rows.append(e)
+                tokens.extend(t)
+                keep.append(i)
+            embeddings = np.concatenate(rows) if rows else np.zeros((0, self.embedder.dim), np.float32)
+        batch.embeddings = embeddings
+        batch.tokens = tokens
+        batch.items = [PreparedItem(docs[i].id, docs[i].lang, docs[i].timestamp, good[i].topic, good[i].partition,
+                                    good[i].offset, good[i].timestamp_ms) for i in keep]
+        return batch
+
+
+class EmbeddedIntake:
+    """Decode embedders' records; skip what was already learned (at-least-once upstream).
+
+    An embedder that dies after publishing but before committing its input offsets makes its
+    successor publish the same documents again. Embedders key their output by input partition,
+    so each input partition's documents arrive in order; a document at or below the highest
+    source offset already learned for its partition is a re-delivery and is skipped.
+    ``source_hwm`` is part of the trainer's checkpoint.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.source_hwm: dict[str, int] = {}
+        self.duplicates = 0
+
+    def prepare(self, records: list[Record]) -> PreparedBatch:
+        batch = PreparedBatch()
+        rows = []
+        for rec in records:
+            try:
+                doc = EmbeddedDocument.model_validate_json(rec.value or b"")
+                vec = doc.vector()
+            except (ValidationError, ValueError) as exc:
+                batch.dead.append((rec, "invalid_embedded_record", str(exc)[:500]))
+                continue
+            if vec.shape != (self.dim,):
+                batch.dead.append((rec, "invalid_embedded_record", f"embedding has dim {vec.shape}, expected {self.dim}"))
+                continue
+            key = offset_key(doc.source_topic, doc.source_partition)
+            if doc.source_offset <= self.source_hwm.get(key, -1):
+                self.duplicates += 1
+                continue
+            self.source_hwm[key] = doc.source_offset
+            rows.append(vec)
+            batch.tokens.append(list(doc.tokens))
+            batch.items.append(PreparedItem(doc.id, doc.lang, doc.timestamp, doc.source_topic, doc.source_partition,
+                                            doc.source_offset, doc.source_timestamp_ms))
+        batch.embeddings = np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"source_hwm": dict(self.source_hwm)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.source_hwm = {k: int(v) for k, v in state.get("source_hwm", {}).items()}
