@@ -30,13 +30,13 @@ def service_env(bootstrap: str, name: str, **extra: str) -> dict[str, str]:
         "XTREAM_MODEL__TRAIN_EVERY_DOCS": "400", "XTREAM_MODEL__TRAIN_STEPS": "2",
         "XTREAM_MODEL__VOCAB_REFRESH_EVERY": "1500",
         "XTREAM_SNAPSHOTS__EVERY_DOCS": "1000", "XTREAM_CHECKPOINT__EVERY_SECONDS": "0.5",
-        "XTREAM_BATCH__MAX_RECORDS": "100", "XTREAM_BATCH__MAX_WAIT_MS": "200",
+        "XTREAM_BATCH__MAX_RECORDS": "100", "XTREAM_BATCH__MAX_WAIT_MS": "200", "XTREAM_HTTP__PORT": "0",
     } | extra)
     return env
 
 
-def start(data_dir, env, log):
-    return subprocess.Popen([sys.executable, "-m", "consumers.cli", "run", "--data-dir", str(data_dir)],
+def start(data_dir, env, log, role: str = "all"):
+    return subprocess.Popen([sys.executable, "-m", "consumers.cli", "run", "--data-dir", str(data_dir), "--role", role],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
