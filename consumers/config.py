@@ -95,6 +95,10 @@ class ModelSettings(BaseModel):
     vocab_min_df: float = 3
     vocab_refresh_every: int = 5000
     kmeans_decay: float = Field(0.999, description="per-batch forgetting of cluster counts (1 = never forget)")
+    novelty_threshold: float | None = Field(
+        0.3, description="documents less similar than this to every centre are novel; a batch with "
+                          "min_novel of them (and 4% of the batch) seeds a new topic in the weakest cluster (None = off)")
+    min_novel: int = 8
     train_every_docs: int = Field(512, description="run a training slice after this many new documents")
     train_steps: int = Field(10, description="gradient steps per slice")
     train_budget_seconds: float = Field(5.0, description="a slice stops early past this, to keep polling")

@@ -57,7 +57,8 @@ def online_config(settings: Settings) -> OnlineConfig:
     return OnlineConfig(num_topics=m.num_topics, warmup_docs=m.warmup_docs, warmup_steps=m.warmup_steps,
                         batch_size=m.batch_size, buffer_per_language=m.buffer_per_language,
                         vocab_max_size=m.vocab_max_size, vocab_min_df=m.vocab_min_df,
-                        vocab_refresh_every=m.vocab_refresh_every, kmeans_decay=m.kmeans_decay, seed=m.seed)
+                        vocab_refresh_every=m.vocab_refresh_every, kmeans_decay=m.kmeans_decay, seed=m.seed,
+                        novelty_threshold=m.novelty_threshold, min_novel=m.min_novel)
 
 
 class TopicService:

@@ -36,6 +36,10 @@ class MiniBatchKMeans:
     reassign_ratio
         A centre whose count falls below this share of the mean count is re-seeded from a badly
         fitted document of the current batch. ``None`` disables it.
+    novelty_threshold, min_novel, min_novel_share
+        When at least ``min_novel`` documents (and ``min_novel_share`` of the batch) have cosine similarity below
+        ``novelty_threshold`` to every centre, the weakest centre is re-seeded on them (a new
+        theme). ``None`` disables it.
     seed
         Seeds k-means++ initialisation and re-seeding.
 
@@ -50,7 +54,8 @@ class MiniBatchKMeans:
     """
 
     def __init__(self, n_clusters: int = 50, decay: float = 1.0, max_count: float = 1e6,
-                 reassign_ratio: float | None = 0.01, seed: int = 0) -> None:
+                 reassign_ratio: float | None = 0.01, seed: int = 0, novelty_threshold: float | None = None,
+                 min_novel: int = 8, min_novel_share: float = 0.04) -> None:
         if n_clusters < 1:
             raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
         if not 0.0 < decay <= 1.0:
@@ -60,6 +65,9 @@ class MiniBatchKMeans:
         self.max_count = max_count
         self.reassign_ratio = reassign_ratio
         self.seed = seed
+        self.novelty_threshold = novelty_threshold
+        self.min_novel = min_novel
+        self.min_novel_share = min_novel_share
         self.centers: np.ndarray | None = None
         self.counts = np.zeros(n_clusters, dtype=np.float64)
         self.n_seen = 0
@@ -83,7 +91,9 @@ class MiniBatchKMeans:
             self._pending = []
             self.centers = self._kmeans_plus_plus(held)
             x = held
-        labels = self.predict_many(x)
+        sims = self.similarities(x)
+        labels = np.argmax(sims, axis=1)
+        self._seed_novel(x, sims, labels)
         sums = np.zeros_like(self.centers, dtype=np.float64)
         np.add.at(sums, labels, x)
         batch_counts = np.bincount(labels, minlength=self.n_clusters).astype(np.float64)
@@ -110,6 +120,24 @@ class MiniBatchKMeans:
             centers[k] = x[idx]
             closest = np.minimum(closest, 1.0 - x @ centers[k])
         return centers
+
+    def _seed_novel(self, x: np.ndarray, sims: np.ndarray, labels: np.ndarray) -> None:
+        """A batch with ``min_novel`` documents unlike every centre gets a centre of its own.
+
+        The weakest centre (smallest count) moves to the mean of those documents, which are
+        relabelled to it in place. This is how a theme that appears mid-stream is born quickly
+        instead of being smeared over its nearest neighbours until some centre dies of old age.
+        """
+        if self.novelty_threshold is None or self.n_seen < 10 * self.n_clusters:
+            return
+        novel = np.flatnonzero(sims.max(axis=1) < self.novelty_threshold)
+        if len(novel) < max(self.min_novel, self.min_novel_share * len(x)):
+            return
+        weakest = int(np.argmin(self.counts))
+        self.centers[weakest] = _unit(x[novel].mean(axis=0)).astype(np.float32)
+        others = np.delete(self.counts, weakest)
+        self.counts[weakest] = others.min() if len(others) else 1.0
+        labels[novel] = weakest
 
     def _reassign_dead(self, x: np.ndarray, labels: np.ndarray) -> None:
         if self.reassign_ratio is None or self.n_seen < 10 * self.n_clusters:
@@ -141,6 +169,8 @@ class MiniBatchKMeans:
         return {
             "n_clusters": self.n_clusters, "decay": self.decay, "max_count": self.max_count,
             "reassign_ratio": self.reassign_ratio, "seed": self.seed, "n_seen": self.n_seen,
+            "novelty_threshold": self.novelty_threshold, "min_novel": self.min_novel,
+            "min_novel_share": self.min_novel_share,
             "centers": None if self.centers is None else self.centers.copy(),
             "counts": self.counts.copy(),
             "pending": np.concatenate(self._pending) if self._pending else None,
@@ -153,6 +183,9 @@ class MiniBatchKMeans:
         self.max_count = state["max_count"]
         self.reassign_ratio = state["reassign_ratio"]
         self.seed = state["seed"]
+        self.novelty_threshold = state.get("novelty_threshold")
+        self.min_novel = int(state.get("min_novel", 8))
+        self.min_novel_share = float(state.get("min_novel_share", 0.04))
         self.n_seen = state["n_seen"]
         self.centers = None if state["centers"] is None else np.asarray(state["centers"], dtype=np.float32).copy()
         self.counts = np.asarray(state["counts"], dtype=np.float64).copy()
