@@ -68,6 +68,8 @@ class MiniBatchKMeans:
         self.novelty_threshold = novelty_threshold
         self.min_novel = min_novel
         self.min_novel_share = min_novel_share
+        #: Centres re-seeded on a new theme since the owner last cleared this set.
+        self.reseeded: set[int] = set()
         self.centers: np.ndarray | None = None
         self.counts = np.zeros(n_clusters, dtype=np.float64)
         self.n_seen = 0
@@ -135,6 +137,7 @@ class MiniBatchKMeans:
             return
         weakest = int(np.argmin(self.counts))
         self.centers[weakest] = _unit(x[novel].mean(axis=0)).astype(np.float32)
+        self.reseeded.add(weakest)
         others = np.delete(self.counts, weakest)
         self.counts[weakest] = others.min() if len(others) else 1.0
         labels[novel] = weakest
@@ -149,6 +152,7 @@ class MiniBatchKMeans:
         worst = np.argsort(fit)[: len(dead)]
         alive = np.delete(self.counts, dead)
         self.centers[dead[: len(worst)]] = x[worst]
+        self.reseeded.update(dead[: len(worst)].tolist())
         # As sklearn does: start at the smallest live count, not 1, or the next batch finds the
         # centre dead again unless its theme alone fills ``reassign_ratio`` of a mean count at once.
         self.counts[dead[: len(worst)]] = alive.min() if len(alive) else 1.0

@@ -117,13 +117,18 @@ class OnlineTopicModel:
         langs_arr = np.asarray(langs)
         self.kmeans.learn_many(embeddings)
         clusters = self.kmeans.predict_many(embeddings) if self.kmeans.is_initialised else np.zeros(len(tokens), np.int64)
+        reseeded = sorted(self.kmeans.reseeded)
+        self.kmeans.reseeded.clear()
         for lang in np.unique(langs_arr).tolist():
             rows = np.flatnonzero(langs_arr == lang)
             lang_tokens = [tokens[i] for i in rows]
             self._vocab(lang).learn_many(lang_tokens)
             self.docs_by_lang[lang] = self.docs_by_lang.get(lang, 0) + len(rows)
             if self.xtra is not None and lang in self.xtra.cfg.vocab_sizes:
-                self.buffer.add_many(lang, self.vocabs[lang].transform(lang_tokens), embeddings[rows], clusters[rows])
+                bow = self.vocabs[lang].transform(lang_tokens)
+                if reseeded:
+                    self._restart_topics(lang, reseeded, bow, clusters[rows])
+                self.buffer.add_many(lang, bow, embeddings[rows], clusters[rows])
             else:
                 self._pending.setdefault(lang, []).extend(zip(lang_tokens, embeddings[rows]))
         self.n_docs += len(tokens)
@@ -136,6 +141,23 @@ class OnlineTopicModel:
                 self._admit_new_languages()
                 if self._since_refresh >= self.cfg.vocab_refresh_every:
                     self.refresh_vocabularies()
+
+    def _restart_topics(self, lang: str, slots: list[int], bow, clusters: np.ndarray) -> None:
+        """A re-seeded cluster is a new topic: restart its beta row from its documents' words.
+
+        This is XTRA's own initialisation (cluster word distributions, idf-weighted, z-scored)
+        applied to one topic, rescaled to the current spread of beta. Without it the topic would
+        keep its old words until enough gradient steps had moved them.
+        """
+        present = [k for k in slots if (clusters == k).sum() >= 2]
+        if not present:
+            return
+        fresh = init_beta_from_clusters(bow, clusters, self.cfg.num_topics)
+        with torch.no_grad():
+            beta = self.xtra.betas[lang]
+            mean, std = beta.mean().item(), beta.std(dim=1).mean().item()
+            for k in present:
+                beta[k] = torch.from_numpy(fresh[k] * std + mean)
 
     def _initialise(self) -> None:
         """End of warm-up: vocabularies, buffer and XTRA from the held documents."""
