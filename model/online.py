@@ -155,9 +155,10 @@ class OnlineTopicModel:
         fresh = init_beta_from_clusters(bow, clusters, self.cfg.num_topics)
         with torch.no_grad():
             beta = self.xtra.betas[lang]
-            mean, std = beta.mean().item(), beta.std(dim=1).mean().item()
+            columns = beta.mean(dim=0)   # keep each word's shared offset (invisible to the loss)
+            std = (beta - columns).std(dim=1).mean().item()
             for k in present:
-                beta[k] = torch.from_numpy(fresh[k] * std + mean)
+                beta[k] = torch.from_numpy(fresh[k] * std) + columns
 
     def _initialise(self) -> None:
         """End of warm-up: vocabularies, buffer and XTRA from the held documents."""

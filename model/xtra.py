@@ -117,7 +117,10 @@ def init_beta_from_clusters(bow, clusters: np.ndarray, num_topics: int) -> np.nd
     dist = sums / np.maximum(sums.sum(axis=1, keepdims=True), 1e-12) * idf
     dist /= np.maximum(dist.sum(axis=1, keepdims=True), 1e-12)
     z = (dist - dist.mean(axis=1, keepdims=True)) / np.maximum(dist.std(axis=1, keepdims=True), 1e-12)
-    return z.astype(np.float32)
+    # Centre every word's column across topics: the decoder's BatchNorm makes per-word offsets
+    # invisible to the loss, so an offset set here would never be trained away and would put the
+    # corpus' common words at the top of every topic.
+    return (z - z.mean(axis=0, keepdims=True)).astype(np.float32)
 
 
 class _SharedEncoder(nn.Module):
@@ -193,8 +196,15 @@ class XTRA(nn.Module):
         return F.softmax(self.decoder_bn[lang](theta @ self.betas[lang]), dim=1)
 
     def topic_word(self, lang: str) -> torch.Tensor:
-        """Topic-word distributions (K, V_l) for reading top words and drift."""
-        return F.softmax(self.betas[lang], dim=1)
+        """Topic-word distributions (K, V_l) for reading top words, drift and beta alignment.
+
+        ``x_hat = softmax(BN(theta @ beta))``: BatchNorm over each word removes any offset shared
+        by a word's column across topics, so ``beta`` is only defined up to those offsets. The
+        column-centred ``beta`` is the canonical representative; its softmax is what a topic
+        says about a word relative to the other topics (otherwise frequent words top every topic).
+        """
+        beta = self.betas[lang]
+        return F.softmax(beta - beta.mean(dim=0, keepdim=True), dim=1)
 
     def word_embeddings(self, lang: str) -> torch.Tensor:
         return getattr(self, f"word_embeddings_{lang}")
