@@ -24,7 +24,7 @@ from stream.dead_letter import dead_letter_headers
 from stream.errors import SinkError, SourceUnavailable
 from stream.records import offset_key
 from stream.schemas import EmbeddedDocument
-from stream.sinks import Sink
+from stream.sinks import Sink, close_sinks
 from stream.sources import Source
 
 from consumers.intake import TextIntake
@@ -111,12 +111,6 @@ class EmbeddingWorker:
             m.batches.inc()
 
     def close(self) -> None:
-        for sink in (self.embedded, self.dead_letters):
-            try:
-                sink.close()
-            except SinkError as exc:
-                logger.warning("closing a sink failed: %s", exc)
-        producer = getattr(self.embedded, "producer", None)
-        if producer is not None:
-            producer.close(timeout=10)
+        for exc in close_sinks(self.embedded, self.dead_letters):
+            logger.warning("closing a sink failed: %s", exc)
         self.source.close()

@@ -10,7 +10,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 
 import numpy as np
@@ -23,7 +23,7 @@ from stream.dead_letter import dead_letter_headers
 from stream.errors import SinkError, SourceUnavailable
 from stream.records import Record
 from stream.schemas import Assignment, LineageRecord, TopicSnapshot
-from stream.sinks import Sink
+from stream.sinks import Sink, close_sinks
 from stream.snapshot_store import SnapshotStore
 from stream.sources import Source
 
@@ -53,12 +53,9 @@ class ServiceStats:
 
 
 def online_config(settings: Settings) -> OnlineConfig:
+    """The model section's settings that the online model takes (same names on both sides)."""
     m = settings.model
-    return OnlineConfig(num_topics=m.num_topics, warmup_docs=m.warmup_docs, warmup_steps=m.warmup_steps,
-                        batch_size=m.batch_size, buffer_per_language=m.buffer_per_language,
-                        vocab_max_size=m.vocab_max_size, vocab_min_df=m.vocab_min_df,
-                        vocab_refresh_every=m.vocab_refresh_every, kmeans_decay=m.kmeans_decay, seed=m.seed,
-                        novelty_threshold=m.novelty_threshold, min_novel=m.min_novel)
+    return OnlineConfig(**{f.name: getattr(m, f.name) for f in fields(OnlineConfig) if f.name in type(m).model_fields})
 
 
 class TopicService:
@@ -457,15 +454,8 @@ class TopicService:
     def close(self) -> None:
         """Release the source, sinks (and their producer) and the snapshot store."""
         self._stop_trainer()
-        for sink in (self.assignments, self.dead_letters, self.snapshot_sink, self.lineage_sink):
-            if sink is not None:
-                try:
-                    sink.close()
-                except SinkError as exc:
-                    logger.warning("closing a sink failed: %s", exc)
-        producer = getattr(self.assignments, "producer", None)
-        if producer is not None:
-            producer.close(timeout=10)
+        for exc in close_sinks(self.assignments, self.dead_letters, self.snapshot_sink, self.lineage_sink):
+            logger.warning("closing a sink failed: %s", exc)
         self.source.close()
         self.store.close()
 

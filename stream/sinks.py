@@ -14,7 +14,7 @@ from pathlib import Path
 
 from stream.errors import SinkError
 
-__all__ = ["JsonlSink", "KafkaSink", "MemorySink", "Sink", "make_producer"]
+__all__ = ["JsonlSink", "KafkaSink", "MemorySink", "Sink", "close_sinks", "make_producer"]
 
 
 class Sink(ABC):
@@ -92,3 +92,21 @@ class KafkaSink(Sink):
 
     def close(self) -> None:
         self.flush()
+
+
+def close_sinks(*sinks: Sink | None) -> list[SinkError]:
+    """Close every sink (flushing it), then the Kafka producer they share; returns the errors."""
+    errors, producers = [], []
+    for sink in sinks:
+        if sink is None:
+            continue
+        try:
+            sink.close()
+        except SinkError as exc:
+            errors.append(exc)
+        producer = getattr(sink, "producer", None)
+        if producer is not None and all(producer is not p for p in producers):
+            producers.append(producer)
+    for producer in producers:
+        producer.close(timeout=10)
+    return errors
