@@ -64,17 +64,28 @@ def make_producer(bootstrap_servers: str, client_config: dict | None = None):
 
 
 class KafkaSink(Sink):
+    """One topic. ``flush()`` returns only when every record added so far is acknowledged.
+
+    A record whose delivery failed (e.g. the broker was gone past the producer's delivery timeout)
+    is sent again, and ``flush()`` raises until it is acknowledged: the checkpoint that depends on
+    the flush is postponed instead of covering an output that never arrived.
+    """
+
     def __init__(self, producer, topic: str, flush_timeout: float = 30.0) -> None:
         self.producer = producer
         self.topic = topic
         self.flush_timeout = flush_timeout
-        self._futures = []
+        self._pending: list[tuple[tuple, object]] = []   # ((value, key, headers), future)
+
+    def _send(self, value, key, headers):
+        return self.producer.send(self.topic, value=value, key=key, headers=headers)
 
     def add(self, value, key=None, headers=None) -> None:
         from kafka.errors import KafkaError
 
+        args = (value, key, list(headers or []))
         try:
-            self._futures.append(self.producer.send(self.topic, value=value, key=key, headers=list(headers or [])))
+            self._pending.append((args, self._send(*args)))
         except KafkaError as exc:
             raise SinkError(f"send to {self.topic} failed: {exc!r}") from exc
 
@@ -83,12 +94,18 @@ class KafkaSink(Sink):
 
         try:
             self.producer.flush(timeout=self.flush_timeout)
-            for fut in self._futures:   # surface any per-record delivery error
-                fut.get(timeout=self.flush_timeout)
         except KafkaError as exc:
-            raise SinkError(f"flush of {self.topic} failed: {exc!r}") from exc
-        finally:
-            self._futures = []
+            raise SinkError(f"flush of {self.topic} timed out: {exc!r}") from exc
+        still, failed = [], 0
+        for args, fut in self._pending:
+            if not fut.is_done:
+                still.append((args, fut))
+            elif fut.failed():
+                failed += 1
+                still.append((args, self._send(*args)))   # deliver it again
+        self._pending = still
+        if still:
+            raise SinkError(f"{len(still)} records to {self.topic} not acknowledged yet ({failed} re-sent)")
 
     def close(self) -> None:
         self.flush()
