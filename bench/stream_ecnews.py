@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--topics", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("bench/results/stream_ecnews.json"))
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="keep the service's data dir here (snapshot store for `xtream report`)")
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"dataset not found at {args.data} (see ../shared/data/README.md)")
@@ -107,7 +109,7 @@ def main() -> None:
         producer.flush()
         producer.close()
 
-        base = Settings(data_dir=work / "data")
+        base = Settings(data_dir=args.data_dir or work / "data")
         settings = base.model_copy(update={
             "kafka": base.kafka.model_copy(update=dict(bootstrap_servers=broker.bootstrap, input_topic="ecnews",
                                                        group_id="bench")),

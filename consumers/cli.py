@@ -175,6 +175,39 @@ def replay(
         _print_topics(latest)
 
 
+store_app = typer.Typer(help="The local snapshot store.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("rebuild")
+def store_rebuild(
+    from_kafka: Annotated[bool, typer.Option("--from-kafka", help="re-read the snapshots and lineage topics")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="TOML/JSON settings file")] = None,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="where snapshots.sqlite lives")] = None,
+) -> None:
+    """Rebuild the snapshot store (snapshots.sqlite) from the snapshots and lineage topics."""
+    from tqdm.auto import tqdm
+
+    from consumers.config import Settings
+    from stream.snapshot_store import SnapshotStore, rebuild_from_kafka
+
+    if not from_kafka:
+        raise typer.BadParameter("only --from-kafka is supported", param_hint="--from-kafka")
+    settings = Settings.load(config)
+    k = settings.kafka
+    servers = bootstrap or k.bootstrap_servers
+    if not servers:
+        raise typer.BadParameter("set --bootstrap or kafka.bootstrap_servers", param_hint="--bootstrap")
+    store = SnapshotStore((data_dir or settings.data_dir) / "snapshots.sqlite")
+    with tqdm(desc="rebuilding", unit="rec") as bar:
+        snaps, events = rebuild_from_kafka(store, servers, k.snapshots_topic, k.lineage_topic, k.client_config(),
+                                           progress=bar.update)
+    console.print(f"store {store.path}: {snaps} snapshots and {events} lineage events read; "
+                  f"{len(store)} snapshots held")
+    store.close()
+
+
 @app.command()
 def history(
     topic: Annotated[int, typer.Option(help="stable topic id")],

@@ -8,12 +8,13 @@ kill -9, and as-of queries are an index lookup.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 from stream.schemas import LineageRecord, TopicSnapshot
 
-__all__ = ["SnapshotStore"]
+__all__ = ["SnapshotStore", "rebuild_from_kafka"]
 
 
 class SnapshotStore:
@@ -74,3 +75,50 @@ class SnapshotStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def rebuild_from_kafka(store: SnapshotStore, bootstrap_servers: str, snapshots_topic: str, lineage_topic: str | None,
+                       client_config: dict | None = None, idle_ms: int = 3000,
+                       progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+    """Re-read the snapshots (and lineage) topics from the beginning into ``store``.
+
+    The store is derived data: if it is lost or corrupted, the topics hold everything. Reads
+    with no consumer group (nothing committed, no rebalance) until ``idle_ms`` pass without
+    records. Returns ``(snapshots, lineage events)`` written; inserts are idempotent.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    counts = []
+    for topic, model in ((snapshots_topic, TopicSnapshot), (lineage_topic, LineageRecord)):
+        if topic is None:
+            counts.append(0)
+            continue
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
+                                 **(client_config or {}))
+        try:
+            parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            if not tps:
+                counts.append(0)
+                continue
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            ends = consumer.end_offsets(tps)
+            n = 0
+            while any(consumer.position(tp) < ends[tp] for tp in tps):
+                polled = consumer.poll(timeout_ms=idle_ms)
+                if not polled:
+                    break
+                batch = [model.model_validate_json(r.value) for rs in polled.values() for r in rs if r.value]
+                if model is TopicSnapshot:
+                    for snap in batch:
+                        store.add(snap)
+                else:
+                    store.add_lineage(batch)
+                n += len(batch)
+                if progress is not None:
+                    progress(len(batch))
+            counts.append(n)
+        finally:
+            consumer.close()
+    return counts[0], counts[1]

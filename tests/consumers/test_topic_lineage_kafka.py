@@ -12,6 +12,7 @@ from test_service_kafka import run_until_committed
 
 from consumers.config import Settings
 from consumers.wiring import build_service
+from stream.snapshot_store import SnapshotStore, rebuild_from_kafka
 
 pytestmark = pytest.mark.kafka
 
@@ -74,3 +75,12 @@ def test_ids_stable_then_birth_then_death(kafka_bootstrap, unique_name, produce,
     assert died, f"the stopped theme died; events: {[(e['kind'], e['topic_id']) for e in events]}"
     print(f"\n{len(snaps)} snapshots, {len(events)} lineage events; climate born as {climate_id}, "
           f"sports ({sports_id}) {died[0]['kind']} at v{died[0]['model_version']}")
+
+    # The local store is derived data: rebuilt from the topics it equals the service's own.
+    rebuilt = SnapshotStore(tmp_path / "rebuilt.sqlite")
+    n_snaps, n_events = rebuild_from_kafka(rebuilt, kafka_bootstrap, names["snap"], names["lineage"])
+    original = SnapshotStore(settings.data_dir / "snapshots.sqlite")
+    assert (n_snaps, n_events) == (len(snaps), len(events))
+    assert rebuilt.versions() == original.versions()
+    assert rebuilt.latest() == original.latest()
+    assert [e.model_dump() for e in rebuilt.lineage()] == [e.model_dump() for e in original.lineage()]
