@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from stream.schemas import MAX_TEXT_CHARS, LineageRecord, SnapshotTopic, TopicSnapshot
 
-__all__ = ["ApiServer", "create_app"]
+__all__ = ["ApiServer", "create_app", "create_worker_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -214,11 +214,11 @@ def create_app(service) -> FastAPI:
 class ApiServer:
     """uvicorn in a daemon thread beside the processing loop."""
 
-    def __init__(self, service) -> None:
+    def __init__(self, service, http=None, app: FastAPI | None = None) -> None:
         import uvicorn
 
-        http = service.settings.http
-        self.config = uvicorn.Config(create_app(service), host=http.host, port=http.port, log_level="warning",
+        http = http or service.settings.http
+        self.config = uvicorn.Config(app or create_app(service), host=http.host, port=http.port, log_level="warning",
                                      access_log=False, lifespan="off")
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name="xtream-http", daemon=True)
@@ -239,3 +239,27 @@ class ApiServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def create_worker_app(worker) -> FastAPI:
+    """Health and metrics of a stateless ``--role embedder`` worker (it holds no topics)."""
+    app = FastAPI(title="xtream embedder", version="0.1.0")
+
+    @app.get("/healthz", tags=["health"])
+    def healthz():
+        stalled = time.monotonic() - worker.heartbeat
+        if stalled > LIVENESS_STALL_SECONDS:
+            raise HTTPException(503, f"processing loop stalled for {stalled:.0f}s")
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz():
+        if not worker.healthy_source:
+            return JSONResponse({"status": "not ready", "reasons": ["source unreachable"]}, status_code=503)
+        return {"status": "ready"}
+
+    @app.get("/metrics", tags=["health"])
+    def metrics():
+        return Response(generate_latest(worker.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -97,9 +97,16 @@ def run(
 
         worker = build_embedding_worker(settings)
         worker.install_signal_handlers()
+        api = None
+        if settings.http.enabled:
+            from consumers.api import ApiServer, create_worker_app
+
+            api = ApiServer(worker, http=settings.http, app=create_worker_app(worker)).start()
         try:
             worker.run()
         finally:
+            if api is not None:
+                api.stop()
             worker.close()
         console.print(f"embedder stopped after {worker.documents} documents ({worker.records} records)")
         return
