@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import committed_offsets, stream_documents
+from kafka_support import committed_offsets, stream_documents
 
 from consumers.checkpoint import CheckpointStore
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import DEMO
+from kafka_support import DEMO
 
 from consumers.api import ApiServer
 from consumers.config import HttpSettings, Settings

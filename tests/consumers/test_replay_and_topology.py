@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-from conftest import committed_offsets, read_topic, stream_documents
+from kafka_support import committed_offsets, read_topic, stream_documents
 from test_process_lifecycle import latest_checkpoint, service_env, start, wait_until
 
 from consumers.config import Settings

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import committed_offsets, read_topic, stream_documents
+from kafka_support import committed_offsets, read_topic, stream_documents
 
 from consumers.config import Settings
 from consumers.wiring import build_service

@@ -7,7 +7,7 @@ import json
 from collections import Counter
 
 import pytest
-from conftest import DEMO, read_topic
+from kafka_support import DEMO, read_topic
 from test_service_kafka import run_until_committed
 
 from consumers.config import Settings

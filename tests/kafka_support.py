@@ -1,0 +1,69 @@
+"""Helpers shared by the integration tests: real documents, reading topics, committed offsets.
+
+A plain module (not ``conftest``): ``tests/model/conftest.py`` exists too, and two modules both
+importable as ``conftest`` shadow each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+DEMO = Path(__file__).resolve().parents[1] / "consumers" / "demo" / "news.jsonl"
+
+
+def stream_documents(n: int, shared: Path | None = SHARED_DATA) -> list[dict]:
+    """``n`` real documents, en and zh interleaved: EC News train lines, or the demo stream cycled."""
+    import json as _json
+
+    ec = shared / "ecnews" if shared is not None else None
+    if ec is not None and ec.is_dir():
+        en = (ec / "train_texts_en.txt").read_text(encoding="utf-8").splitlines()
+        zh = (ec / "train_texts_cn.txt").read_text(encoding="utf-8").splitlines()
+        docs = []
+        for i in range(n):
+            lang, lines = ("en", en) if i % 2 == 0 else ("zh", zh)
+            docs.append({"id": f"ec-{lang}-{i // 2}", "text": lines[i // 2], "lang": lang})
+        return docs
+    demo = [_json.loads(line) for line in DEMO.read_text(encoding="utf-8").splitlines()]
+    return [{**demo[i % len(demo)], "id": f"{demo[i % len(demo)]['id']}-{i}"} for i in range(n)]
+
+
+def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout: float = 30.0) -> list:
+    """All records of ``topic`` (stops at ``expected`` or after 3 s without news)."""
+    import time as _time
+
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=None)
+    out, deadline, quiet_since = [], _time.monotonic() + timeout, _time.monotonic()
+    try:
+        while _time.monotonic() < deadline:
+            got = consumer.poll(timeout_ms=300)
+            for batch in got.values():
+                out.extend(batch)
+            if got:
+                quiet_since = _time.monotonic()
+            if expected is not None and len(out) >= expected:
+                break
+            if expected is None and out and _time.monotonic() - quiet_since > 3:
+                break
+    finally:
+        consumer.close()
+    return out
+
+
+def committed_offsets(bootstrap: str, topic: str, group: str) -> tuple[dict[int, int | None], dict[int, int]]:
+    """``(committed, end)`` offsets per partition of ``topic`` for ``group``."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        ends = consumer.end_offsets(tps)
+        return {tp.partition: consumer.committed(tp) for tp in tps}, {tp.partition: ends[tp] for tp in tps}
+    finally:
+        consumer.close()
