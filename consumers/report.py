@@ -25,23 +25,27 @@ def _series(snaps: list[TopicSnapshot]):
     # Event time when every snapshot has it (a replay of history plots on the history's own clock).
     use_stream = all(s.stream_time is not None for s in snaps)
     times = np.array([s.stream_time if use_stream else s.created_at for s in snaps])
-    k = max(len(s.topics) for s in snaps)
+    ids = sorted({t.topic_id for s in snaps for t in s.topics})   # stable ids: a column each
+    col = {tid: j for j, tid in enumerate(ids)}
     langs = sorted({lang for s in snaps for lang in s.languages})
-    prev = {lang: np.zeros((len(snaps), k)) for lang in ["all", *langs]}
-    drift = np.zeros((len(snaps), k))
+    prev = {lang: np.zeros((len(snaps), len(ids))) for lang in ["all", *langs]}
+    drift = np.full((len(snaps), len(ids)), np.nan)
     for i, s in enumerate(snaps):
         for t in s.topics:
-            prev["all"][i, t.topic_id] = t.prevalence
+            j = col[t.topic_id]
+            prev["all"][i, j] = t.prevalence
             for lang, p in t.prevalence_by_lang.items():
-                prev[lang][i, t.topic_id] = p
-            drift[i, t.topic_id] = max(t.drift.values()) if t.drift else np.nan
-    return times, langs, prev, drift
+                prev[lang][i, j] = p
+            drift[i, j] = max(t.drift.values()) if t.drift else np.nan
+    return times, langs, prev, drift, ids
 
 
-def _label(s: TopicSnapshot, topic: int, lang: str | None = None, n: int = 3) -> str:
-    t = s.topics[topic]
+def _label(s: TopicSnapshot, topic_id: int, lang: str | None = None, n: int = 3) -> str:
+    t = next((x for x in s.topics if x.topic_id == topic_id), None)
+    if t is None:
+        return f"{topic_id}"
     lang = lang if lang in t.words else (sorted(t.words)[0] if t.words else None)
-    return f"{topic}: " + (" ".join(t.words[lang].words[:n]) if lang else "")
+    return f"{topic_id}: " + (" ".join(t.words[lang].words[:n]) if lang else "")
 
 
 def write_report(store: SnapshotStore, out: Path, top_topics: int = 8) -> Path:
@@ -60,15 +64,15 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8) -> Path:
     cjk = [f.name for f in font_manager.fontManager.ttflist if any(x in f.name for x in ("CJK", "Noto Sans JP", "WenQuanYi"))]
     if cjk:
         plt.rcParams["font.family"] = [cjk[0], "DejaVu Sans"]
-    times, langs, prev, drift = _series(snaps)
+    times, langs, prev, drift, ids = _series(snaps)
     latest = snaps[-1]
-    top = np.argsort(-prev["all"][-1])[:top_topics]
+    top = np.argsort(-prev["all"][-1])[:top_topics]   # columns of the most prevalent topics now
 
     panels = langs if any(prev[lang].any() for lang in langs) else ["all"]
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.2 * len(panels)), sharex=True, squeeze=False)
     for ax, lang in zip(axes[:, 0], panels):
         for t in top:
-            ax.plot(times, prev[lang][:, t], marker=".", label=_label(latest, t, "en"))
+            ax.plot(times, prev[lang][:, t], marker=".", label=_label(latest, ids[t], "en"))
         ax.set_title(f"topic prevalence over time ({lang})")
         ax.set_ylabel("prevalence")
         ax.grid(alpha=0.3)
@@ -89,7 +93,7 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8) -> Path:
     ax1.grid(alpha=0.3)
     im = ax2.imshow(np.nan_to_num(drift).T, aspect="auto", cmap="magma", interpolation="nearest")
     ax2.set_xlabel("snapshot")
-    ax2.set_ylabel("topic")
+    ax2.set_ylabel("topic (stable id order)")
     fig.colorbar(im, ax=ax2, label="JS divergence")
     fig.tight_layout()
     fig.savefig(out / "drift.png", dpi=110)
@@ -109,8 +113,8 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8) -> Path:
     last_drift = drift[-1]
     if not np.isnan(last_drift).all():
         lines += ["", "## Most drifting topics in the last snapshot", ""]
-        for t in np.argsort(-np.nan_to_num(last_drift))[:5]:
-            lines.append(f"- topic {t} ({_label(latest, t, 'en', 6)}): JS divergence {last_drift[t]:.3f}")
+        for j in np.argsort(-np.nan_to_num(last_drift))[:5]:
+            lines.append(f"- topic {ids[j]} ({_label(latest, ids[j], 'en', 6)}): JS divergence {last_drift[j]:.3f}")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
