@@ -2,13 +2,15 @@
 
 File layout (``ckpt-<seq>.xck``)::
 
-    XTREAM-CKPT 1\n
-    {"sha256": ..., "size": ..., "offsets": {...}, "compat": {...}, ...}\n     <- one JSON line
+    XTREAM-CKPT 2\n
+    {"sha256": ..., "size": ..., "offsets": {...}, "compat": {...}, ..., "header_sha256": ...}\n  <- one JSON line
     <payload: torch.save of the state, tensors and plain containers only>
 
 Written to a temp file, fsync'd, renamed into place and the directory fsync'd, so a crash leaves
-either the old or the new checkpoint, never half of one. Loading verifies the checksum and falls
-back to the previous good file; payloads load with ``weights_only=True`` (no pickle code runs).
+either the old or the new checkpoint, never half of one. Loading verifies both checksums (the
+payload's, and the header's own, which covers the offsets the service seeks to) and falls back to
+the previous good file; payloads load with ``weights_only=True`` (no pickle code runs). Version 1
+files (no header checksum) still load.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,14 @@ __all__ = ["CheckpointStore", "IncompatibleCheckpoint"]
 
 logger = logging.getLogger(__name__)
 
-MAGIC = b"XTREAM-CKPT 1\n"
+MAGIC_V1 = b"XTREAM-CKPT 1\n"
+MAGIC = b"XTREAM-CKPT 2\n"   # adds "header_sha256"
+
+
+def _header_digest(header: dict) -> str:
+    """SHA-256 of the header's canonical JSON, without the digest itself."""
+    rest = {k: v for k, v in header.items() if k != "header_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
 
 
 class IncompatibleCheckpoint(RuntimeError):
@@ -74,6 +84,7 @@ class CheckpointStore:
         payload = buf.getvalue()
         header = {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload), "offsets": offsets,
                   "compat": compat, "created": time.time(), **info}
+        header["header_sha256"] = _header_digest(header)
         files = self._files()
         seq = int(files[-1].stem.split("-")[1]) + 1 if files else 1
         final = self.directory / f"ckpt-{seq:09d}.xck"
@@ -96,14 +107,21 @@ class CheckpointStore:
     def read(path: Path) -> tuple[dict, dict]:
         """``(header, state)`` of one file; raises ``ValueError`` if it is damaged."""
         data = path.read_bytes()
-        if not data.startswith(MAGIC):
+        if not data.startswith((MAGIC, MAGIC_V1)):
             raise ValueError("bad magic")
         end = data.index(b"\n", len(MAGIC))
         header = json.loads(data[len(MAGIC):end])
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        if data.startswith(MAGIC) and header.get("header_sha256") != _header_digest(header):
+            raise ValueError("header checksum mismatch")
         payload = data[end + 1:]
         if len(payload) != header["size"] or hashlib.sha256(payload).hexdigest() != header["sha256"]:
             raise ValueError(f"checksum mismatch ({len(payload)} of {header['size']} bytes)")
-        state = torch.load(io.BytesIO(payload), weights_only=True)
+        try:
+            state = torch.load(io.BytesIO(payload), weights_only=True)
+        except pickle.UnpicklingError:   # torch's message suggests weights_only=False: never
+            raise ValueError("payload holds objects other than tensors and plain containers; refused") from None
         return header, _decode(state)
 
     def load_latest(self, compat: dict[str, Any] | None = None) -> tuple[dict, dict] | None:

@@ -110,7 +110,13 @@ def run(
             worker.close()
         console.print(f"embedder stopped after {worker.documents} documents ({worker.records} records)")
         return
-    service = build_service(settings, role=role)
+    from consumers.checkpoint import IncompatibleCheckpoint
+
+    try:
+        service = build_service(settings, role=role)
+    except IncompatibleCheckpoint as exc:
+        console.print(f"[red]cannot start:[/red] {exc}")
+        raise typer.Exit(2) from None
     service.install_signal_handlers()
     api = None
     if settings.http.enabled and not demo:

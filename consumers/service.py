@@ -52,10 +52,22 @@ class ServiceStats:
     started: float = field(default_factory=time.monotonic)
 
 
+def _utc_from_ms(ms: int) -> datetime:
+    """A record timestamp as an aware datetime; values past year 9999 clamp instead of raising."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return datetime.max.replace(tzinfo=timezone.utc)
+
+
 def online_config(settings: Settings) -> OnlineConfig:
     """The model section's settings that the online model takes (same names on both sides)."""
     m = settings.model
     return OnlineConfig(**{f.name: getattr(m, f.name) for f in fields(OnlineConfig) if f.name in type(m).model_fields})
+
+
+class _AfterLearning(Exception):
+    """A failure after the model learned a batch: the batch must not be retried (it would count twice)."""
 
 
 class TopicService:
@@ -214,6 +226,8 @@ class TopicService:
         if len(batch):
             try:
                 self._learn_and_assign(batch)
+            except _AfterLearning as exc:   # the model has the batch: never learn it twice
+                logger.exception("publishing the assignments of a learned batch failed: %s", exc.__cause__)
             except (ValueError, RuntimeError, FloatingPointError) as exc:
                 # A batch the model rejects as a whole: retry one by one, dead-lettering the culprits.
                 logger.exception("batch of %d failed (%s); retrying document by document", len(batch), exc)
@@ -244,10 +258,21 @@ class TopicService:
                 embeddings = self.centering.transform_many(embeddings, langs)
             with m.stage_seconds.labels("assign").time():
                 self.model.learn_many(tokens, embeddings, langs)
-            with m.stage_seconds.labels("infer").time():
-                clusters, theta = self.model.predict_many(tokens, embeddings, langs)
-                self.model.observe_topics(theta, langs)
+            try:
+                with m.stage_seconds.labels("infer").time():
+                    clusters, theta = self.model.predict_many(tokens, embeddings, langs)
+                    self.model.observe_topics(theta, langs)
+            except (ValueError, RuntimeError, FloatingPointError) as exc:
+                raise _AfterLearning() from exc
             version = self.model.version
+        try:
+            self._publish(items, clusters, theta, version)
+        except (ValueError, RuntimeError, OverflowError) as exc:
+            raise _AfterLearning() from exc
+
+    def _publish(self, items, clusters, theta, version) -> None:
+        m = self.metrics
+        langs = [it.lang for it in items]
         now = datetime.now(timezone.utc)
         top = np.argsort(-theta, axis=1)[:, :3]
         for i, it in enumerate(items):
@@ -259,7 +284,7 @@ class TopicService:
             self.assignments.add(a.model_dump_json().encode(), key=it.id.encode())
         record_times = [it.source_timestamp_ms for it in items if it.source_timestamp_ms and it.source_timestamp_ms > 0]
         event_times = [it.timestamp for it in items if it.timestamp is not None]
-        event_times += [datetime.fromtimestamp(ms / 1000, timezone.utc) for ms in record_times]
+        event_times += [_utc_from_ms(ms) for ms in record_times]
         if event_times:
             latest_event = min(max(event_times), now)   # a timestamp from the future is clamped to now
             self.stream_time = latest_event if self.stream_time is None else max(self.stream_time, latest_event)
@@ -459,7 +484,3 @@ class TopicService:
         self.source.close()
         self.store.close()
 
-    def on_partitions_revoked(self, partitions: list[str]) -> None:
-        """Rebalance: make the work on the departing partitions durable before they move."""
-        if self._dirty:
-            self.checkpoint()

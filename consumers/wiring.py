@@ -93,7 +93,6 @@ def build_service(settings: Settings, replay: tuple[str, str | None] | None = No
     start_offsets = resumed[0]["offsets"] if resumed else {}
     store = SnapshotStore(data / "snapshots.sqlite")
     k = settings.kafka
-    service_ref: list[TopicService] = []
     if replay is not None:
         if not k.bootstrap_servers:
             raise ValueError("a replay reads Kafka: set kafka.bootstrap_servers")
@@ -109,7 +108,6 @@ def build_service(settings: Settings, replay: tuple[str, str | None] | None = No
         client = k.client_config()
         topic, group = (k.embedded_topic, k.group_id + ".trainer") if role == "trainer" else (k.input_topic, k.group_id)
         source = KafkaSource(k.bootstrap_servers, [topic], group, start_offsets=start_offsets,
-                             on_revoke=lambda parts: service_ref[0].on_partitions_revoked(parts),
                              auto_offset_reset=k.auto_offset_reset, max_poll_interval_ms=k.max_poll_interval_ms,
                              session_timeout_ms=k.session_timeout_ms, client_config=client)
         sinks = _kafka_sinks(settings, client)
@@ -122,7 +120,6 @@ def build_service(settings: Settings, replay: tuple[str, str | None] | None = No
                      lineage=JsonlSink(data / "lineage.jsonl"))
     service = TopicService(settings, source, embedder, snapshot_store=store, checkpoints=checkpoints,
                            start_offsets=start_offsets, role=role, **sinks)
-    service_ref.append(service)
     if resumed:
         service.load_state_dict(resumed[1])
     return service

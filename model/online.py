@@ -167,6 +167,8 @@ class OnlineTopicModel:
             if len(held) < 2:
                 continue
             self.vocabs[lang].refresh()
+            if len(self.vocabs[lang]) == 0:   # too few documents for any word to qualify: wait
+                continue
             toks = [t for t, _ in held]
             emb = np.stack([e for _, e in held])
             bow = self.vocabs[lang].transform(toks)
@@ -196,6 +198,9 @@ class OnlineTopicModel:
         return {lang: self._embed(self.vocabs[lang].words) for lang in langs}
 
     def _embed(self, words: list[str]) -> np.ndarray:
+        if not words:
+            dim = self.xtra.cfg.word_embedding_dim if self.xtra else self.embedding_dim
+            return np.zeros((0, dim), np.float32)
         if self.embed_words is None:
             return np.zeros((len(words), self.xtra.cfg.word_embedding_dim if self.xtra else self.embedding_dim), np.float32)
         return np.asarray(self.embed_words(words), dtype=np.float32).reshape(len(words), -1)

@@ -106,7 +106,9 @@ rootLogger.appenderRef.file.ref = file
 class LocalKafkaBroker:
     """One KRaft broker+controller process on loopback, with its data under ``data_dir``.
 
-    ``extra_config`` adds or overrides ``server.properties`` entries (e.g. SASL listeners).
+    ``extra_config`` adds or overrides ``server.properties`` entries (e.g. SASL listeners);
+    ``format_args`` are appended to ``kafka-storage format`` (e.g. ``["--add-scram", "SCRAM-SHA-512=[...]"]``
+    to create users before the first start; kept out of ``repr`` since they may hold passwords).
     Ports are chosen once and kept, so ``stop()`` + ``restart()`` reuses the same address and data.
     """
 
@@ -114,6 +116,7 @@ class LocalKafkaBroker:
     port: int = 0
     controller_port: int = 0
     extra_config: dict[str, str] = field(default_factory=dict)
+    format_args: list[str] = field(default_factory=list, repr=False)
     heap: str = "512m"
     log_level: str = "WARN"
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
@@ -187,7 +190,7 @@ class LocalKafkaBroker:
         """Format the KRaft storage directory with a new cluster id (``kafka-storage format``)."""
         cfg = self._write_config()
         proc = self._java("kafka.tools.StorageTool", "format", "-t", _kafka_uuid(), "-c", str(cfg),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          *self.format_args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         out, _ = proc.communicate(timeout=120)
         if proc.returncode != 0:
             raise KafkaSetupError(f"kafka-storage format failed:\n{out[-4000:]}")

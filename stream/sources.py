@@ -81,8 +81,9 @@ class KafkaSource(Source):
         Offsets from the service's checkpoint; partitions found here are sought to them on
         assignment, others resume from the group's committed offset (or ``auto_offset_reset``).
     on_revoke
-        Called with the partitions being taken away, before they go: the service checkpoints and
-        commits there, so the next owner starts exactly where this one stopped.
+        Called with the partitions being taken away. It runs on kafka-python's IO thread and must
+        not block on Kafka. Partitions handed back to this process resume where it got to (not at
+        the last commit), so a rebalance never makes the model learn a record twice.
     client_config
         Extra kafka-python settings (security: ``security_protocol``, ``sasl_*``, ``ssl_*``).
     """
@@ -95,6 +96,7 @@ class KafkaSource(Source):
         from kafka import ConsumerRebalanceListener, KafkaConsumer
 
         self.start_offsets = dict(start_offsets or {})
+        self._positions: dict[str, int] = {}   # next offset after what poll_batch handed out
         self._on_revoke = on_revoke
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False,
@@ -108,6 +110,8 @@ class KafkaSource(Source):
         source = self
 
         class _Listener(ConsumerRebalanceListener):
+            # kafka-python 3 calls these on its IO thread: nothing here may block on the network
+            # (a commit or a producer flush from here deadlocks), so they only seek.
             def on_partitions_revoked(self, revoked):
                 if revoked and source._on_revoke is not None:
                     source._on_revoke([offset_key(tp.topic, tp.partition) for tp in revoked])
@@ -115,8 +119,12 @@ class KafkaSource(Source):
             def on_partitions_assigned(self, assigned):
                 for tp in assigned:
                     key = offset_key(tp.topic, tp.partition)
-                    if key in source.start_offsets:
-                        source._consumer.seek(tp, source.start_offsets[key])
+                    # Where this process got to (a rebalance that hands a partition back must not
+                    # re-read what the model already holds), else the checkpoint's offset, else the
+                    # group's committed offset.
+                    target = source._positions.get(key, source.start_offsets.get(key))
+                    if target is not None:
+                        source._consumer.seek(tp, target)
                 logger.info("partitions assigned: %s", sorted(offset_key(tp.topic, tp.partition) for tp in assigned))
 
         self._consumer.subscribe(topics=topics, listener=_Listener())
@@ -132,6 +140,8 @@ class KafkaSource(Source):
                       tuple((k, v if v is not None else b"") for k, v in (r.headers or ())), r.timestamp)
                for batch in polled.values() for r in batch]
         out.sort(key=lambda r: (r.topic, r.partition, r.offset))
+        for r in out:
+            self._positions[r.position] = r.offset + 1
         return out
 
     def commit(self, offsets: dict[str, int]) -> None:

@@ -2,7 +2,7 @@
 
 The broker gets a third listener, ``SASL_SSL``, with a certificate for 127.0.0.1 signed by a CA made
 here with the ``openssl`` CLI; the SCRAM user is created when the storage is formatted
-(``kafka-storage format --add-scram``). Its PLAINTEXT listener stays for the controller and the
+(``kafka-storage format --add-scram``). It logs at INFO, so a refused login shows in its log. Its PLAINTEXT listener stays for the controller and the
 broker's own readiness probe. The service reaches it through :class:`KafkaSettings` alone, with the
 password in a file, and must never write that password to a log line or a settings dump.
 """
@@ -17,11 +17,12 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import stream_documents
+from kafka_support import stream_documents
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import SecretStr
@@ -80,7 +81,7 @@ def _wait_for_port(port: int, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def secure(tmp_path_factory) -> SimpleNamespace:
+def secure(tmp_path_factory) -> Iterator[SimpleNamespace]:
     """A broker with a SASL_SSL listener; ``settings`` is a KafkaSettings for it (password in a file)."""
     if shutil.which("openssl") is None:
         pytest.skip("the `openssl` CLI is needed to make the test CA")
@@ -100,7 +101,7 @@ def secure(tmp_path_factory) -> SimpleNamespace:
             "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
             "listener.name.sasl_ssl.ssl.keystore.location": str(pki.keystore),
         },
-        format_args=["--add-scram", f"SCRAM-SHA-512=[name={USER},password={PASSWORD}]"])
+        format_args=["--add-scram", f"SCRAM-SHA-512=[name={USER},password={PASSWORD}]"], log_level="INFO")
     try:
         _wait_for_port(sasl_port)
         password_file = root / "sasl-password"
@@ -145,6 +146,14 @@ def test_client_config_carries_tls_and_scram_settings(secure):
         KafkaSettings(sasl_password=SecretStr("x"), sasl_password_file=Path("/dev/null"))
 
 
+def test_an_unreadable_password_file_is_a_clear_error(tmp_path):
+    missing = tmp_path / "no-such-secret"
+    k = KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username=USER,
+                      sasl_password_file=missing)
+    with pytest.raises(ValueError, match="no-such-secret"):
+        k.client_config()
+
+
 def test_produce_and_consume_over_sasl_ssl(secure, unique_name):
     values = [json.dumps({"seq": i}).encode() for i in range(50)]
     client = secure.settings.client_config()
@@ -155,20 +164,29 @@ def test_produce_and_consume_over_sasl_ssl(secure, unique_name):
 
 
 REFUSALS = {
-    # name: (client settings that must be refused, what kafka-python logs about it)
+    # name: (client settings that must be refused, where the cause shows: (kafka-python log | broker log, text))
     "wrong_password": (dict(sasl_password=SecretStr("not-the-password"), sasl_password_file=None),
-                       "SaslAuthenticationFailedError"),
-    "plaintext_to_the_tls_port": (dict(security_protocol="PLAINTEXT", sasl_mechanism=None, ssl_cafile=None), ""),
-    "tls_without_sasl": (dict(security_protocol="SSL", sasl_mechanism=None), ""),
-    "broker_certificate_from_another_ca": (dict(ssl_cafile="OTHER"), "CERTIFICATE_VERIFY_FAILED"),
+                       ("broker", "due to invalid credentials with SASL mechanism SCRAM-SHA-512")),
+    "plaintext_to_the_tls_port": (dict(security_protocol="PLAINTEXT", sasl_mechanism=None, ssl_cafile=None), None),
+    "tls_without_sasl": (dict(security_protocol="SSL", sasl_mechanism=None), None),
+    "broker_certificate_from_another_ca": (dict(ssl_cafile="OTHER"), ("client", "CERTIFICATE_VERIFY_FAILED")),
 }
+
+
+def broker_log_shows(broker: LocalKafkaBroker, text: str, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in broker.log_file.read_text(errors="replace"):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_a_client_without_the_right_credentials_gets_an_error_and_no_data(secure, unique_name, case, caplog):
     topic = f"{unique_name}-data"
     produce(secure.sasl_bootstrap, topic, [b"secret-record"], **secure.settings.client_config())
-    update, logged = REFUSALS[case]
+    update, cause = REFUSALS[case]
     if update.get("ssl_cafile") == "OTHER":
         update = {**update, "ssl_cafile": secure.pki.other_ca}
     client = secure.settings.model_copy(update=update).client_config()
@@ -185,8 +203,10 @@ def test_a_client_without_the_right_credentials_gets_an_error_and_no_data(secure
     assert got == []
     with pytest.raises(KafkaError):
         KafkaProducer(bootstrap_servers=secure.sasl_bootstrap, bootstrap_timeout_ms=REFUSED_WITHIN_MS, **client)
-    if logged:
-        assert logged in caplog.text
+    if cause is not None:
+        where, text = cause
+        assert (text in caplog.text) if where == "client" else broker_log_shows(secure.broker, text), \
+            f"the refusal's cause ({text}) is not in the {where} log"
     assert PASSWORD not in caplog.text
 
 
@@ -240,7 +260,8 @@ def test_the_service_runs_over_sasl_ssl_and_never_reveals_the_password(secure, u
         "kafka-python's DEBUG lines were captured, so the check below covers them"
     assert PASSWORD not in caplog.text
     assert not any(PASSWORD in r.getMessage() for r in caplog.records)
-    for dump in (repr(settings), str(settings), settings.model_dump_json(), repr(settings.kafka), repr(service.settings)):
+    for dump in (repr(settings), str(settings), settings.model_dump_json(), repr(settings.kafka), repr(service.settings),
+                 repr(secure.broker), secure.broker.log_file.read_text(errors="replace")):
         assert PASSWORD not in dump
 
     # The same through the environment: a SecretStr that prints as stars.
