@@ -1,0 +1,228 @@
+"""Run every peer benchmark and write ``bench/RESULTS.md`` with tables and charts.
+
+    python -m bench.all [--quick] [--reuse] [--only cost,quality_peers,scaling,latency]
+
+Each benchmark runs as its own subprocess (``python -m bench.<name> [--quick]``), its stderr going
+to ``bench/results/logs/<name>[_quick].log``; its last stdout line (one JSON object) is collected.
+``--reuse`` takes a benchmark's figures from its existing ``bench/results/<name>[_quick].json``
+instead of running it again. ``bench/results/stream_ecnews.json`` (the service end to end, embedder
+included, from ``python -m bench.stream_ecnews``) is added when present; it is never re-run here.
+Writes ``bench/RESULTS.md`` (``RESULTS_quick.md`` with ``--quick``), ``bench/results/cost.png`` and
+``bench/results/quality.png``; ``bench.scaling`` draws its own chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench._common import RESULTS, emit, setup_logging
+
+logger = logging.getLogger("bench.all")
+
+BENCHES = ("cost", "quality_peers", "scaling", "latency")
+BENCH_DIR = Path(__file__).resolve().parent
+QUALITY_COLS = ("tu", "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en", "clf_intra_zh", "clf_cross_en",
+                "clf_cross_zh")
+
+
+def run_one(name: str, quick: bool, reuse: bool) -> dict | None:
+    suffix = "_quick" if quick else ""
+    path = RESULTS / f"{name}{suffix}.json"
+    if reuse and path.is_file():
+        logger.info("%s: reusing %s", name, path)
+        return json.loads(path.read_text(encoding="utf-8"))["summary"] | {"_reused": str(path)}
+    log = RESULTS / "logs" / f"{name}{suffix}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", f"bench.{name}"] + (["--quick"] if quick else [])
+    logger.info("%s: running %s (log %s)", name, " ".join(cmd[1:]), log)
+    started = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as err:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, check=False,
+                              cwd=BENCH_DIR.parent)
+    if proc.returncode != 0:
+        logger.error("%s failed (exit %d) after %.0f s; see %s", name, proc.returncode,
+                     time.perf_counter() - started, log)
+        return {"_failed": f"exit {proc.returncode}, see {log}"}
+    lines = [line for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+    logger.info("%s: done in %.0f s", name, time.perf_counter() - started)
+    return json.loads(lines[-1]) if lines else {"_failed": "no JSON line on stdout"}
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}g}" if abs(v) >= 1 else f"{v:.{digits}f}"
+    return str(v)
+
+
+def _table(columns: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
+    out += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def cost_section(s: dict) -> list[str]:
+    c = s["contenders"]
+    rows = [[name, m.get("docs"), m.get("docs_per_s"), m.get("cpu_us_per_doc"), m.get("mem_mib"),
+             " / ".join(_fmt(x) for x in m.get("docs_per_s_runs", [])) or m.get("derived", "-")]
+            for name, m in c.items()]
+    lines = ["## Cost after the embedder (`bench.cost`)", "",
+             f"Same EC News stream and cached USE embeddings for all; {s['threads']} thread(s) per child; "
+             f"median of {s['repeats']} alternating rounds. `mem` = peak RSS growth after the data was loaded.", "",
+             _table(["contender", "docs", "docs/s", "CPU µs/doc", "mem MiB", "docs/s per round"], rows), "",
+             _table(["ratio (docs/s ÷ docs/s)", "value"], [[k, v] for k, v in s.get("ratios", {}).items()]), ""]
+    if s.get("targets"):
+        lines += [_table(["target", "measured", "wanted", "met"],
+                         [[k, t["value"], t["target"], t["met"]] for k, t in s["targets"].items()]), ""]
+    lines += ["![cost](results/cost.png)" if not s.get("quick") else "![cost](results/cost_quick.png)", ""]
+    return lines
+
+
+def quality_section(s: dict) -> list[str]:
+    rows = [[name, *[m.get(k) for k in QUALITY_COLS], m.get("fit_seconds"), m.get("theta_kind")]
+            for name, m in s["systems"].items()]
+    lines = ["## Topic quality (`bench.quality_peers`)", "",
+             f"Train docs {s['data']['train']}, test docs {s['data']['test']}; offline XTRA "
+             f"{s['epochs_xtra_offline']} epochs, InfoCTM {s['epochs_infoctm']} epochs, BERTopic batches of "
+             f"{s['bertopic_batch']}. NPMI on the test texts; clf = RBF SVC accuracy on theta.", "",
+             _table(["system", *QUALITY_COLS, "fit s", "theta"], rows), ""]
+    for name, why in s.get("skipped", {}).items():
+        lines += [f"- **{name} skipped:** {why}"]
+    lines += ["", "![quality](results/quality.png)" if not s.get("quick") else "![quality](results/quality_quick.png)", ""]
+    return lines
+
+
+def scaling_section(s: dict) -> list[str]:
+    rows = [[p["sweep"], p["mode"], p["docs"], p["k"], p["docs_per_s"], p["cpu_us_per_doc"], p["mem_mib"], p["rss_mib"]]
+            for p in s["points"]]
+    chart = Path(s["chart"]).name
+    return ["## Scaling of the path after the embedder (`bench.scaling`)", "",
+            f"One child process per point, {s['threads']} thread(s); streams past 77,480 documents are EC News "
+            f"resampled with noise σ={s['noise']}.", "",
+            _table(["sweep", "mode", "docs", "K", "docs/s", "CPU µs/doc", "mem MiB", "RSS MiB"], rows), "",
+            f"![scaling](results/{chart})", ""]
+
+
+def latency_section(s: dict) -> list[str]:
+    keys = ("max_docs_per_s", "offered_docs_per_s", "achieved_docs_per_s", "paced_docs", "p50_s", "p90_s", "p99_s",
+            "max_s", "hist_p50_s", "hist_p99_s")
+    return ["## End-to-end latency through Kafka (`bench.latency`)", "",
+            f"Service in-process with a real local Kafka, embedder included, {s['threads']} thread(s); "
+            f"{s['seconds']:.0f} s of paced load at {s['load']:.0%} of the measured maximum.", "",
+            _table(["figure", "value"], [[k, s.get(k)] for k in keys]), ""]
+
+
+def stream_section(s: dict) -> list[str]:
+    keys = ("documents", "embedder_docs_per_s", "service_docs_per_s", "service_over_embedder_throughput",
+            "rss_peak_mb_during_service", "tu", "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en",
+            "clf_intra_zh", "clf_cross_en", "clf_cross_zh")
+    return ["## For reference: the service end to end, embedder included (`bench.stream_ecnews`)", "",
+            "From `bench/results/stream_ecnews.json` (not re-run by `bench.all`).", "",
+            _table(["figure", "value"], [[k, s.get(k)] for k in keys if k in s]), ""]
+
+
+def charts(results: dict, quick: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    suffix = "_quick" if quick else ""
+    cost = results.get("cost")
+    if cost and "contenders" in cost:
+        items = [(n, m["docs_per_s"]) for n, m in cost["contenders"].items()]
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(items) + 1.5))
+        colors = ["tab:blue" if n.startswith(("xtream", "kmeans", "tokenizer")) else "tab:orange" for n, _ in items]
+        ax.barh([n for n, _ in items], [v for _, v in items], color=colors)
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_xlabel("documents / s after the embedder (log scale; blue = xtream)")
+        for i, (_, v) in enumerate(items):
+            ax.text(v, i, f" {v:,.0f}", va="center", fontsize=8)
+        ax.set_title(f"Cost per document, EC News stream, {cost['threads']} thread(s)")
+        fig.tight_layout()
+        fig.savefig(RESULTS / f"cost{suffix}.png", dpi=110)
+        plt.close(fig)
+    quality = results.get("quality_peers")
+    if quality and "systems" in quality:
+        systems = list(quality["systems"])
+        fig, ax = plt.subplots(figsize=(11, 4.5))
+        width = 0.8 / max(len(systems), 1)
+        for j, name in enumerate(systems):
+            vals = [quality["systems"][name].get(k) or 0.0 for k in QUALITY_COLS]
+            ax.bar([i + j * width for i in range(len(QUALITY_COLS))], vals, width, label=name)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(QUALITY_COLS))], QUALITY_COLS, rotation=20)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.legend(fontsize=8)
+        ax.set_title("Topic quality on EC News (higher is better)")
+        fig.tight_layout()
+        fig.savefig(RESULTS / f"quality{suffix}.png", dpi=110)
+        plt.close(fig)
+
+
+def write_markdown(results: dict, quick: bool, path: Path) -> None:
+    lines = [f"# xtream against its peers{' (quick sizes)' if quick else ''}", "",
+             f"Written by `python -m bench.all{' --quick' if quick else ''}` on "
+             f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. See `bench/README.md` for what each "
+             "figure means. All figures are from one 2-core host shared with other jobs; ratios measured in the same "
+             "run are more trustworthy than absolute rates.", ""]
+    sections = {"cost": cost_section, "quality_peers": quality_section, "scaling": scaling_section,
+                "latency": latency_section, "stream_ecnews": stream_section}
+    for name, fn in sections.items():
+        s = results.get(name)
+        if s is None:
+            continue
+        if "_failed" in s:
+            lines += [f"## {name}", "", f"Failed: {s['_failed']}", ""]
+            continue
+        lines += fn(s)
+        if "_reused" in s:
+            lines += [f"_(figures reused from `{Path(s['_reused']).relative_to(BENCH_DIR.parent)}`)_", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="pass --quick to every benchmark (each < 2 min)")
+    p.add_argument("--reuse", action="store_true", help="use existing bench/results/<name>.json where present")
+    p.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of " + ",".join(BENCHES))
+    args = p.parse_args(argv)
+    setup_logging()
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    if unknown := [x for x in only if x not in BENCHES]:
+        p.error(f"unknown benchmarks {unknown}")
+    results: dict[str, dict] = {}
+    for name in only:
+        r = run_one(name, args.quick, args.reuse)
+        if r is not None:
+            results[name] = r
+    stream = RESULTS / "stream_ecnews.json"
+    if stream.is_file():
+        results["stream_ecnews"] = json.loads(stream.read_text(encoding="utf-8")) | {"_reused": str(stream)}
+    charts(results, args.quick)
+    md = BENCH_DIR / f"RESULTS{'_quick' if args.quick else ''}.md"
+    write_markdown(results, args.quick, md)
+    logger.info("wrote %s", md)
+    summary = {"benchmark": "all", "quick": args.quick, "written": str(md),
+               "failed": [n for n, r in results.items() if "_failed" in r],
+               "results": {n: {k: v for k, v in r.items() if k in ("ratios", "targets", "total_seconds", "p50_s",
+                                                                   "p99_s", "_reused", "_failed")}
+                           for n, r in results.items()}}
+    emit(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+"""Topic quality of xtream against its peers on the same EC News stream and test split.
+
+    python -m bench.quality_peers [--quick] [--epochs 10] [--infoctm-epochs 3] [--threads 1]
+        [--only xtream_stream,xtream_offline,bertopic_online,infoctm] [--bertopic-batch 1000]
+        [--out bench/results/quality_peers.json]
+
+Systems (all see the cached multilingual-USE embeddings where they use embeddings at all):
+
+``xtream_stream``    one pass of the interleaved training stream through ``OnlineTopicModel`` with
+                     the service's defaults (batches of 256, 10 XTRA steps every 512 documents after
+                     a 2,000-document warm-up), then ``predict_many`` theta for train and test. Its
+                     vocabularies are the ones it grew online (at most 5,000 words per language).
+``xtream_offline``   ``model.quality.fit_xtra`` on the dataset's BoW (its 5,000-word vocabularies),
+                     clusters from ``joint_kmeans`` of the same embeddings, ``--epochs`` epochs.
+``bertopic_online``  ``BERTopic.partial_fit`` over the same stream in batches of ``--bertopic-batch``
+                     with its documented online recipe (IncrementalPCA(5), MiniBatchKMeans(50),
+                     OnlineCountVectorizer(decay=.01)); documents are xtream's tokens joined by
+                     spaces. Topic-word = its c-TF-IDF matrix; the one shared vocabulary is split
+                     into English and Chinese columns by script. Theta for classification: the
+                     one-hot topic of ``transform`` (MiniBatchKMeans gives no probabilities);
+                     ``bertopic_online_approx`` is the same model scored with the topic
+                     distributions of ``approximate_distribution`` instead.
+``infoctm``          InfoCTM (AAAI 2023) from the ``topmost`` package, offline on the dataset's BoW with
+                     the dataset's word2vec embeddings and the zh-en dictionary, trained by a loop that
+                     follows topmost's ``CrosslingualTrainer`` (Adam 0.002, batch 200); theta = the
+                     encoder mean, as topmost's ``infer_theta``. ``topmost`` is loaded without running
+                     its package ``__init__`` (which imports torchvision; see bench/README.md).
+                     Its default budget is 3 epochs (the paper trains 500): its word-level contrast
+                     builds several 5,000 x 5,000 tensors per step, ~1.3 s a step on one thread
+                     here, 200 steps an epoch.
+
+Each system is fitted and scored in its own child process (its own peak RSS; the glibc malloc
+settings of ``MALLOC_ENV``, which keep large freed blocks for reuse, for all of them alike).
+
+Metrics (``model.quality.quality_metrics``): TU over top-15 words; NPMI of the top-10 words on the
+test texts of each language; dictionary alignment (zh_en.tsv, reversed, English on the left);
+RBF-SVC accuracy trained on train theta and tested on test theta of the same language (intra) and
+of the other language (cross). The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from bench._common import (DATA, DICTIONARY, FILE_LANG, RESULTS, VocabularyWordEmbedder, emit, load_split,
+                           load_stream, peak_rss_mib, pin_threads, print_table, read_lines, service_defaults,
+                           setup_logging, split_by_script, write_json)
+
+logger = logging.getLogger("bench.quality_peers")
+
+SYSTEMS = ("xtream_stream", "xtream_offline", "bertopic_online", "infoctm")
+LANGS = ("en", "zh")
+SCORES = ("tu", "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en", "clf_intra_zh", "clf_cross_en",
+          "clf_cross_zh")
+QUICK_TRAIN, QUICK_TEST = 3000, 1000   # documents per language with --quick
+
+
+class Data:
+    """The stream, the test split and the dataset's BoW, cut to the same documents."""
+
+    def __init__(self, per_lang_train: int | None, per_lang_test: int | None) -> None:
+        stream = load_stream()
+        if per_lang_train is not None:
+            stream = stream.take(2 * per_lang_train)   # interleaved: the first n of each language
+        self.stream = stream
+        langs = np.asarray(stream.langs)
+        self.train_rows = {lang: np.flatnonzero(langs == lang) for lang in LANGS}
+        self.train_labels = {lang: stream.labels[rows] for lang, rows in self.train_rows.items()}
+        self.test_texts, self.test_labels, self.test_emb, self.train_bow, self.test_bow, self.vocab = {}, {}, {}, {}, {}, {}
+        for lang in LANGS:
+            texts, labels, emb = load_split("test", lang)
+            n_test = len(texts) if per_lang_test is None else per_lang_test
+            self.test_texts[lang], self.test_labels[lang], self.test_emb[lang] = texts[:n_test], labels[:n_test], emb[:n_test]
+            f = FILE_LANG[lang]
+            n_train = len(self.train_rows[lang])
+            if not np.array_equal(stream.index[self.train_rows[lang]], np.arange(n_train)):
+                raise ValueError("stream rows of a language are not the split's first rows in order")
+            self.train_bow[lang] = sp.load_npz(DATA / f"train_bow_matrix_{f}.npz").tocsr()[:n_train]
+            self.test_bow[lang] = sp.load_npz(DATA / f"test_bow_matrix_{f}.npz").tocsr()[:n_test]
+            self.vocab[lang] = read_lines(DATA / f"vocab_{f}")
+        self.test_tokens = {lang: [t.split() for t in self.test_texts[lang]] for lang in LANGS}
+
+    def sizes(self) -> dict:
+        return {"train": {lang: int(len(r)) for lang, r in self.train_rows.items()},
+                "test": {lang: len(t) for lang, t in self.test_texts.items()}}
+
+
+# -- the systems ----------------------------------------------------------------------------------------
+def run_xtream_stream(data: Data, args) -> dict:
+    from model.online import OnlineTopicModel
+    from model.text import Tokenizer
+
+    d = service_defaults()
+    s, tokenizer = data.stream, Tokenizer()
+    tokens = tokenizer.tokenize_many(s.texts, s.langs)
+    model = OnlineTopicModel(d["online"], 512, embed_words=VocabularyWordEmbedder())
+    batch, every, steps = d["batch"], d["train_every_docs"], d["train_steps"]
+    since = 0
+    started = time.perf_counter()
+    for i in range(0, len(tokens), batch):
+        tok, x, lg = tokens[i:i + batch], s.embeddings[i:i + batch], s.langs[i:i + batch]
+        model.learn_many(tok, x, lg)
+        _, theta = model.predict_many(tok, x, lg)
+        model.observe_topics(theta, lg)
+        since += len(tok)
+        if model.is_warm and since >= every:
+            since = 0
+            model.train(steps)
+    seconds = time.perf_counter() - started
+    _, theta_stream = model.predict_many(tokens, s.embeddings, s.langs)
+    theta = {}
+    for lang in LANGS:
+        test_tok = tokenizer.tokenize_many(data.test_texts[lang], lang)
+        _, th_test = model.predict_many(test_tok, data.test_emb[lang], [lang] * len(test_tok))
+        theta[lang] = (theta_stream[data.train_rows[lang]], th_test)
+    return {"topic_word": {lang: model.topic_distribution(lang) for lang in LANGS},
+            "vocab": {lang: model.vocabs[lang].words for lang in LANGS}, "theta": theta,
+            "fit_seconds": seconds, "train_steps": model.trainer.steps,
+            "vocab_size": {lang: len(model.vocabs[lang]) for lang in LANGS},
+            "theta_kind": "XTRA encoder theta (predict_many)"}
+
+
+def run_xtream_offline(data: Data, args) -> dict:
+    import torch
+
+    from model.quality import fit_xtra, joint_kmeans
+    from model.training import LanguageCorpus, infer_theta
+
+    emb = {lang: data.stream.embeddings[data.train_rows[lang]] for lang in LANGS}
+    words = VocabularyWordEmbedder()
+    started = time.perf_counter()
+    clusters = joint_kmeans(emb, n_clusters=50, n_init=3, seed=args.seed)
+    corpora = {lang: LanguageCorpus(data.train_bow[lang], emb[lang], clusters[lang]) for lang in LANGS}
+    trained = fit_xtra(corpora, epochs=args.epochs, num_topics=50, seed=args.seed,
+                       word_embeddings={lang: words(data.vocab[lang]) for lang in LANGS}, progress=False)
+    seconds = time.perf_counter() - started
+    model = trained.model
+    theta = {lang: (infer_theta(model, data.train_bow[lang], lang), infer_theta(model, data.test_bow[lang], lang))
+             for lang in LANGS}
+    with torch.no_grad():
+        topic_word = {lang: model.topic_word(lang).numpy() for lang in LANGS}
+    return {"topic_word": topic_word, "vocab": dict(data.vocab), "theta": theta, "fit_seconds": seconds,
+            "train_seconds": trained.train_seconds, "epochs": args.epochs,
+            "final_loss": float(trained.history[-1]["total"]), "theta_kind": "XTRA encoder theta (infer_theta)"}
+
+
+def run_bertopic(data: Data, args) -> tuple[dict, dict]:
+    from model.text import Tokenizer
+
+    from bench.cost import make_bertopic
+
+    s = data.stream
+    tokenizer = Tokenizer()
+    docs = [" ".join(t) for t in tokenizer.tokenize_many(s.texts, s.langs)]
+    emb = s.embeddings.astype(np.float64)
+    model = make_bertopic(args.seed)
+    started = time.perf_counter()
+    for i in range(0, len(docs), args.bertopic_batch):
+        model.partial_fit(docs[i:i + args.bertopic_batch], embeddings=emb[i:i + args.bertopic_batch])
+    seconds = time.perf_counter() - started
+    k = model.c_tf_idf_.shape[0] - model._outliers
+    vocab = list(model.vectorizer_model.get_feature_names_out())
+    ctfidf = model.c_tf_idf_.toarray()[model._outliers:]
+    sides = split_by_script(ctfidf, vocab)
+    test_docs = {lang: [" ".join(t) for t in tokenizer.tokenize_many(data.test_texts[lang], lang)] for lang in LANGS}
+
+    def onehot(topics) -> np.ndarray:
+        topics = np.asarray(topics)
+        out = np.zeros((len(topics), k), np.float32)
+        ok = (topics >= 0) & (topics < k)
+        out[np.flatnonzero(ok), topics[ok]] = 1.0
+        return out
+
+    started = time.perf_counter()
+    theta, theta_approx = {}, {}
+    for lang in LANGS:
+        rows = data.train_rows[lang]
+        train_docs = [docs[i] for i in rows]
+        tr, _ = model.transform(train_docs, embeddings=emb[rows])
+        te, _ = model.transform(test_docs[lang], embeddings=data.test_emb[lang].astype(np.float64))
+        theta[lang] = (onehot(tr), onehot(te))
+        if args.bertopic_approx:
+            a_tr, _ = model.approximate_distribution(train_docs)
+            a_te, _ = model.approximate_distribution(test_docs[lang])
+            theta_approx[lang] = (np.asarray(a_tr, np.float32), np.asarray(a_te, np.float32))
+    infer_seconds = time.perf_counter() - started
+    import bertopic
+
+    base = {"topic_word": {lang: m for lang, (m, _) in sides.items()},
+            "vocab": {lang: v for lang, (_, v) in sides.items()}, "fit_seconds": seconds,
+            "infer_seconds": infer_seconds, "topics": int(k), "batch": args.bertopic_batch,
+            "vocab_size": {lang: len(v) for lang, (_, v) in sides.items()}, "version": bertopic.__version__}
+    one = base | {"theta": theta, "theta_kind": "one-hot topic of transform()"}
+    approx = base | {"theta": theta_approx, "theta_kind": "approximate_distribution() (c-TF-IDF token windows)"}
+    return one, approx
+
+
+def import_infoctm():
+    """topmost's InfoCTM class without running ``topmost/__init__`` (it imports torchvision,
+    gensim and fastopic, none of which InfoCTM uses)."""
+    spec = importlib.util.find_spec("topmost")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("topmost is not installed: pip install --no-deps 'topmost==1.0.2' (see bench/README.md)")
+    if "topmost" not in sys.modules:
+        pkg = types.ModuleType("topmost")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["topmost"] = pkg
+    from topmost.models.crosslingual.InfoCTM.InfoCTM import InfoCTM
+
+    return InfoCTM
+
+
+def run_infoctm(data: Data, args) -> dict:
+    import torch
+
+    from model.evaluation import load_bilingual_dictionary
+
+    InfoCTM = import_infoctm()
+    vocab_en, vocab_zh = data.vocab["en"], data.vocab["zh"]
+    en_id = {w: i for i, w in enumerate(vocab_en)}
+    zh_id = {w: i for i, w in enumerate(vocab_zh)}
+    trans_e2c = np.zeros((len(vocab_en), len(vocab_zh)), dtype=np.float32)
+    for zh, en in load_bilingual_dictionary(DICTIONARY):   # lines are zh<TAB>en, as topmost parses them
+        if zh in zh_id and en in en_id:
+            trans_e2c[en_id[en], zh_id[zh]] = 1.0
+    we = {lang: sp.load_npz(DATA / f"word2vec_{FILE_LANG[lang]}.npz").toarray().astype(np.float32) for lang in LANGS}
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    model = InfoCTM(trans_e2c, we["en"], we["zh"], len(vocab_en), len(vocab_zh), num_topics=50)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.002)
+    bow = {lang: data.train_bow[lang].astype(np.float32) for lang in LANGS}
+    n = {lang: bow[lang].shape[0] for lang in LANGS}
+    size, batch = max(n.values()), 200
+    dense = lambda m, idx: torch.from_numpy(m[idx].toarray())  # noqa: E731
+    epochs = args.infoctm_epochs
+    started = time.perf_counter()
+    losses = []
+    for epoch in range(epochs):
+        model.train()
+        order = rng.permutation(size)
+        total = 0.0
+        for i in range(0, size, batch):
+            idx = order[i:i + batch]
+            if len(idx) < 2:      # BatchNorm needs two rows (topmost's loader would crash on one)
+                continue
+            loss = model(dense(bow["en"], idx % n["en"]), dense(bow["zh"], idx % n["zh"]))["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss)
+        losses.append(total / size)
+        logger.info("InfoCTM epoch %d/%d: loss %.3f (%.0f s)", epoch + 1, epochs, losses[-1], time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    model.eval()
+
+    def theta_of(m: sp.csr_matrix, lang: str) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([model.get_theta(torch.from_numpy(m[i:i + 2048].toarray().astype(np.float32)),
+                                                   "en" if lang == "en" else "cn").numpy()
+                                   for i in range(0, m.shape[0], 2048)])
+
+    theta = {lang: (theta_of(data.train_bow[lang], lang), theta_of(data.test_bow[lang], lang)) for lang in LANGS}
+    with torch.no_grad():
+        beta_en, beta_zh = (b.numpy() for b in model.get_beta())
+    return {"topic_word": {"en": beta_en, "zh": beta_zh}, "vocab": dict(data.vocab), "theta": theta,
+            "fit_seconds": seconds, "epochs": epochs, "seconds_per_epoch": seconds / max(epochs, 1),
+            "final_loss": losses[-1] if losses else None, "dictionary_pairs_in_vocab": int(trans_e2c.sum()),
+            "theta_kind": "encoder mean (topmost infer_theta, eval mode)"}
+
+
+# -- scoring -------------------------------------------------------------------------------------------
+def score(result: dict, data: Data, dictionary) -> dict:
+    from model.evaluation import top_words
+    from model.quality import quality_metrics
+
+    started = time.perf_counter()
+    clf = {lang: (result["theta"][lang][0], data.train_labels[lang], result["theta"][lang][1], data.test_labels[lang])
+           for lang in LANGS}
+    metrics = quality_metrics(result["topic_word"], result["vocab"], data.test_tokens, dictionary=dictionary,
+                              dictionary_langs=("en", "zh"), classification=clf)
+    metrics["eval_seconds"] = time.perf_counter() - started
+    metrics["top_words"] = {lang: [" ".join(t) for t in top_words(np.asarray(result["topic_word"][lang]),
+                                                                  result["vocab"][lang], n=10)[:10]]
+                            for lang in LANGS}
+    return metrics
+
+
+#: glibc keeps freed large blocks for reuse instead of unmapping them and faulting fresh pages in
+#: on the next allocation. InfoCTM allocates several 5,000 x 5,000 tensors per step; with these its
+#: step took 1.3 s instead of 2.6 s here. Set for every system's child alike.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "17179869184",
+              "MALLOC_TOP_PAD_": "1073741824"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help=f"{QUICK_TRAIN} train + {QUICK_TEST} test docs per language, 2 epochs")
+    p.add_argument("--epochs", type=int, default=None, help="offline XTRA epochs (default 10; 2 quick)")
+    p.add_argument("--infoctm-epochs", type=int, default=None, help="InfoCTM epochs (default 3; 1 quick): one step takes ~1.3 s on one thread here, 200 steps an epoch")
+    p.add_argument("--bertopic-batch", type=int, default=1000, help="documents per partial_fit (its docs' example)")
+    p.add_argument("--no-bertopic-approx", dest="bertopic_approx", action="store_false",
+                   help="skip the approximate_distribution theta of BERTopic")
+    p.add_argument("--threads", type=int, default=1, help="torch/BLAS/OpenMP/numba threads (default 1)")
+    p.add_argument("--only", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="default bench/results/quality_peers[_quick].json")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.epochs = args.epochs or (2 if args.quick else 10)
+    args.infoctm_epochs = args.infoctm_epochs or (1 if args.quick else 3)
+    args.only = [x.strip() for x in args.only.split(",") if x.strip()]
+    if unknown := [x for x in args.only if x not in SYSTEMS]:
+        p.error(f"unknown systems {unknown}; choose from {SYSTEMS}")
+    if args.threads < 1 or args.epochs < 1 or args.infoctm_epochs < 1 or args.bertopic_batch < 50:
+        p.error("--threads, --epochs, --infoctm-epochs must be >= 1 and --bertopic-batch >= 50")
+    return args
+
+
+def worker(name: str, args: argparse.Namespace) -> dict:
+    """Fit and score one system in this process; returns {system name: figures}."""
+    from model.evaluation import load_bilingual_dictionary
+
+    pin_threads(args.threads)
+    data = Data(QUICK_TRAIN if args.quick else None, QUICK_TEST if args.quick else None)
+    dictionary = load_bilingual_dictionary(DICTIONARY, reverse=True)
+    logger.info("%s on %s", name, data.sizes())
+    results = {}
+
+    def record(key: str, result: dict) -> None:
+        metrics = score(result, data, dictionary)
+        keep = {k: v for k, v in result.items() if k not in ("topic_word", "vocab", "theta")}
+        results[key] = {**{k: v for k, v in metrics.items() if k != "top_words"}, **keep,
+                        "top_words": metrics["top_words"], "peak_rss_mib": peak_rss_mib()}
+        logger.info("%s: %s", key, {k: round(results[key][k], 4) for k in SCORES if k in results[key]})
+
+    if name == "xtream_stream":
+        record(name, run_xtream_stream(data, args))
+    elif name == "xtream_offline":
+        record(name, run_xtream_offline(data, args))
+    elif name == "bertopic_online":
+        one, approx = run_bertopic(data, args)
+        record(name, one)
+        if args.bertopic_approx:
+            record("bertopic_online_approx", approx)
+    elif name == "infoctm":
+        record(name, run_infoctm(data, args))
+    return {"systems": results, "data": data.sizes()}
+
+
+def _child(name: str, args: argparse.Namespace, argv: list[str]) -> dict:
+    """Run one system in a child process (own memory, the malloc settings above)."""
+    env = dict(os.environ) | MALLOC_ENV
+    cmd = [sys.executable, "-m", "bench.quality_peers", *argv, "--worker", name]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        return {"error": f"exit {proc.returncode} after {time.perf_counter() - started:.0f} s (its stderr is above)"}
+    lines = [line for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+    return json.loads(lines[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    setup_logging()
+    if args.worker:
+        try:
+            out = worker(args.worker, args)
+        except ImportError as exc:     # a peer that is not installed is reported, not fatal
+            out = {"skipped": f"ImportError: {exc}"}
+        emit(out)
+        return out
+    started = time.perf_counter()
+    out = args.out or RESULTS / f"quality_peers{'_quick' if args.quick else ''}.json"
+    results: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    sizes: dict = {}
+
+    def summary() -> dict:
+        return {"benchmark": "quality_peers", "quick": args.quick, "threads": args.threads, "seed": args.seed,
+                "epochs_xtra_offline": args.epochs, "epochs_infoctm": args.infoctm_epochs,
+                "bertopic_batch": args.bertopic_batch, "data": sizes, "embedder": "use-multilingual-v3",
+                "npmi_reference": "test texts of the same language", "classifier": "sklearn SVC() (RBF)",
+                "malloc_env": MALLOC_ENV, "systems": results, "skipped": skipped}
+
+    for name in args.only:
+        logger.info("system %s (child process)", name)
+        r = _child(name, args, argv)
+        if "systems" in r:
+            results.update(r["systems"])
+            sizes = r["data"]
+        else:
+            skipped[name] = r.get("skipped") or r.get("error", "no result")
+            logger.warning("%s: %s", name, skipped[name])
+        write_json(out, {"summary": summary(), "partial": True})
+    rows = [[name, *[m.get(k) for k in SCORES], m.get("fit_seconds")] for name, m in results.items()]
+    print_table(f"Topic quality on EC News (test split; {args.threads} thread(s))",
+                ["system", *SCORES, "fit s"], rows)
+    final = summary() | {"total_seconds": round(time.perf_counter() - started, 1)}
+    write_json(out, {"summary": final})
+    logger.info("results written to %s", out)
+    emit({**final, "systems": {n: {k: v for k, v in m.items() if k != "top_words"} for n, m in results.items()}})
+    return final
+
+
+if __name__ == "__main__":
+    main()
