@@ -29,7 +29,16 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+def _enable_stack_dumps() -> None:
+    """``kill -USR1 <pid>`` prints every thread's stack to stderr: the first tool for a stuck service."""
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 def _configure_logging(level: str, json_logs: bool) -> None:
+    _enable_stack_dumps()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if json_logs else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import random
 import signal
 import subprocess
@@ -93,7 +94,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(kafka_bootstrap,
     model = final["state"]["model"]
     print(f"\n{kills} SIGKILLs; final model count {model['n_docs']} for {len(docs)} documents")
     assert model["n_docs"] == len(docs), "each document counted exactly once"
-    assert model["docs_by_lang"] == {"en": 2500, "zh": 2500}
+    assert model["docs_by_lang"] == dict(Counter(d["lang"] for d in docs))
 
 
 def test_sigterm_finishes_batch_checkpoints_commits_and_exits_zero(kafka_bootstrap, unique_name, produce, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections import Counter
 import time
 from datetime import datetime, timezone
 
@@ -79,7 +80,10 @@ def test_two_embedders_one_trainer_survive_an_embedder_kill_exactly_once(kafka_b
         assert wait_until(done, 240), "the surviving embedder did not take over the partitions"
         emb_done = lambda: (lambda c, e: all(c[p] == e[p] for p in e))(  # noqa: E731
             *committed_offsets(kafka_bootstrap, f"{unique_name}-emb", f"{group}.trainer"))
-        assert wait_until(emb_done, 240), "the trainer did not drain the embedded topic"
+        if not wait_until(emb_done, 240):
+            procs["trainer"].send_signal(signal.SIGUSR1)   # stack dump into procs.log, for diagnosis
+            time.sleep(2)
+            raise AssertionError("the trainer did not drain the embedded topic (stacks in procs.log)")
         for name in ("e2", "trainer"):
             procs[name].send_signal(signal.SIGTERM)
         assert procs["trainer"].wait(30) == 0 and procs["e2"].wait(30) == 0
@@ -92,4 +96,4 @@ def test_two_embedders_one_trainer_survive_an_embedder_kill_exactly_once(kafka_b
     print(f"\nembedded records {len(embedded)} for {len(docs)} documents; trainer learned {final['model']['n_docs']}")
     assert len(embedded) >= len(docs), "every document was embedded (some perhaps twice)"
     assert final["model"]["n_docs"] == len(docs), "each document learned exactly once"
-    assert final["model"]["docs_by_lang"] == {"en": 2000, "zh": 2000}
+    assert final["model"]["docs_by_lang"] == dict(Counter(d["lang"] for d in docs))
