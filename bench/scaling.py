@@ -153,8 +153,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="sizes 2,500 and 5,000; K 20 and 50 at 2,500 docs")
     p.add_argument("--full", action="store_true", help="add the 1,000,000-document point (slow)")
-    p.add_argument("--sizes", default=None, help="comma-separated stream lengths (default 10000,100000)")
-    p.add_argument("--ks", default=None, help="comma-separated K values (default 20,50,100,200)")
+    p.add_argument("--sizes", default=None, help="comma-separated stream lengths (default 10000,100000; 'none' for no length sweep)")
+    p.add_argument("--ks", default=None, help="comma-separated K values (default 20,50,100,200; 'none' for no K sweep)")
     p.add_argument("--k-docs", type=int, default=None, help="stream length of the K sweep (default 20000)")
     p.add_argument("--modes", default="train,no_train", help="train, no_train or both")
     p.add_argument("--noise", type=float, default=0.005, help="std of the noise added to resampled embeddings")
@@ -163,7 +163,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="default bench/results/scaling[_quick].json (+ .png)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
+    ints = lambda s: [] if s == "none" else [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
     args.sizes = ints(args.sizes) if args.sizes else ([2500, 5000] if args.quick else [10_000, 100_000])
     if args.full and 1_000_000 not in args.sizes:
         args.sizes.append(1_000_000)

