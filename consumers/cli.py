@@ -34,7 +34,10 @@ def _enable_stack_dumps() -> None:
     import faulthandler
     import signal
 
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, ValueError, OSError):   # stderr without a file descriptor (captured)
+        pass
 
 
 def _configure_logging(level: str, json_logs: bool) -> None:
