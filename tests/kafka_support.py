@@ -67,3 +67,28 @@ def committed_offsets(bootstrap: str, topic: str, group: str) -> tuple[dict[int,
         return {tp.partition: consumer.committed(tp) for tp in tps}, {tp.partition: ends[tp] for tp in tps}
     finally:
         consumer.close()
+
+
+def run_until_committed(service, bootstrap: str, topic: str, group: str, timeout: float = 240.0) -> None:
+    """Run the service in a thread until every input offset is committed; it must stay alive throughout.
+
+    Stops the service (it finishes its batch and checkpoints); closing it is the caller's job.
+    """
+    import threading
+    import time
+
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            committed, ends = committed_offsets(bootstrap, topic, group)
+            if all(committed[p] == ends[p] for p in ends):
+                break
+            assert thread.is_alive(), "the service stopped early"
+            time.sleep(1.0)
+        assert thread.is_alive(), "the service stopped early"
+    finally:
+        service.stop()
+        thread.join(60)
+    assert not thread.is_alive()

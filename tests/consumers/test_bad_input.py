@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pytest
-from kafka_support import committed_offsets, read_topic, stream_documents
+from kafka_support import committed_offsets, read_topic, run_until_committed, stream_documents
 from kafka import KafkaAdminClient, KafkaProducer
 
 from consumers.config import Settings
@@ -243,26 +243,6 @@ def small_settings(bootstrap: str, name: str, tmp_path) -> Settings:
     })
 
 
-def run_until_committed(service, bootstrap: str, topic: str, group: str, timeout: float = 240.0) -> None:
-    """Run the service in a thread until every offset is committed; it must stay alive throughout."""
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            committed, ends = committed_offsets(bootstrap, topic, group)
-            if all(committed[p] == ends[p] for p in ends):
-                break
-            assert thread.is_alive(), "the service crashed"
-            time.sleep(1.0)
-        assert thread.is_alive(), "the service crashed"
-    finally:
-        service.stop()
-        thread.join(60)
-        service.close()
-    assert not thread.is_alive(), "the service did not stop"
-
-
 def test_the_kinds_are_many_and_the_expectations_machine_readable():
     assert len(BAD) >= 20 and len(VALID) >= 15
     assert len({k.name for k in BAD + VALID}) == len(BAD + VALID)
@@ -286,7 +266,10 @@ def test_a_hostile_stream_is_dead_lettered_by_reason_and_the_rest_assigned(kafka
     caplog.set_level(logging.WARNING)
     started = time.monotonic()
     service = build_service(settings)
-    run_until_committed(service, kafka_bootstrap, k.input_topic, k.group_id)
+    try:
+        run_until_committed(service, kafka_bootstrap, k.input_topic, k.group_id)
+    finally:
+        service.close()
     elapsed = time.monotonic() - started
 
     errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records

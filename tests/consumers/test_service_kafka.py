@@ -4,11 +4,9 @@ snapshots published, offsets committed."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import pytest
-from kafka_support import committed_offsets, read_topic, stream_documents
+from kafka_support import committed_offsets, read_topic, run_until_committed, stream_documents
 
 from consumers.config import Settings
 from consumers.wiring import build_service
@@ -40,23 +38,6 @@ def small_settings(bootstrap: str, name: str, tmp_path, **model) -> Settings:
         "checkpoint": s.checkpoint.model_copy(update=dict(every_seconds=2.0, every_docs=1000)),
         "batch": s.batch.model_copy(update=dict(max_records=200, max_wait_ms=200)),
     })
-
-
-def run_until_committed(service, bootstrap, topic, group, timeout=240.0):
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            committed, ends = committed_offsets(bootstrap, topic, group)
-            if all(committed[p] == ends[p] for p in ends):
-                break
-            assert thread.is_alive(), "service stopped early"
-            time.sleep(1.0)
-    finally:
-        service.stop()
-        thread.join(60)
-    assert not thread.is_alive()
 
 
 def test_service_consumes_everything_and_dead_letters_the_malformed(kafka_bootstrap, unique_name, produce, tmp_path):

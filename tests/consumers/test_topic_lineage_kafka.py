@@ -7,8 +7,7 @@ import json
 from collections import Counter
 
 import pytest
-from kafka_support import DEMO, read_topic
-from test_service_kafka import run_until_committed
+from kafka_support import DEMO, read_topic, run_until_committed
 
 from consumers.config import Settings
 from consumers.wiring import build_service
