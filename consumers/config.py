@@ -110,6 +110,8 @@ class SnapshotSettings(BaseModel):
     every_docs: int = 5000
     every_seconds: float = 300.0
     top_words: int = 15
+    drift_window_seconds: float = Field(300.0, ge=0, description=(
+        "drift compares a topic with the snapshot in force this many seconds of stream time earlier"))
     drift_threshold: float = Field(0.2, description="JS divergence above which a topic counts as drifting")
     alive_share: float = Field(0.2, description="a topic is alive while its cluster holds this share of the mean size")
     match_threshold: float = Field(0.7, description="centroid cosine above which a topic keeps its id")

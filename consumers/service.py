@@ -31,7 +31,7 @@ from consumers.checkpoint import CheckpointStore
 from consumers.intake import EmbeddedIntake, PreparedBatch, TextIntake
 from consumers.config import Settings
 from consumers.metrics import ServiceMetrics
-from consumers.snapshots import build_snapshot
+from consumers.snapshots import DriftBaseline, build_snapshot
 
 __all__ = ["ServiceStats", "TopicService"]
 
@@ -94,7 +94,7 @@ class TopicService:
         self.offsets: dict[str, int] = dict(start_offsets or {})   # next offset per partition, processed
         self.stats = ServiceStats()
         self._stop = threading.Event()
-        self._prev_dists = None
+        self._drift_baseline = DriftBaseline(settings.snapshots.drift_window_seconds)
         self._snapshot_version = -1
         self._docs_since_train = 0
         self._docs_since_snapshot = 0
@@ -126,8 +126,8 @@ class TopicService:
                 "num_topics": self.settings.model.num_topics}
 
     def state_dict(self) -> dict:
-        prev = None if self._prev_dists is None else {l: {"words": w, "dist": d} for l, (w, d) in self._prev_dists.items()}
-        return {"model": self.model.state_dict(), "offsets": dict(self.offsets), "prev_dists": prev,
+        return {"model": self.model.state_dict(), "offsets": dict(self.offsets),
+                "drift_baseline": self._drift_baseline.state_dict(),
                 "snapshot_version": self._snapshot_version, "tracker": self.tracker.state_dict(),
                 "intake": self.intake.state_dict() if isinstance(self.intake, EmbeddedIntake) else None,
                 "stream_time": None if self.stream_time is None else self.stream_time.timestamp(),
@@ -136,8 +136,8 @@ class TopicService:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.offsets = dict(state["offsets"])
-        prev = state["prev_dists"]
-        self._prev_dists = None if prev is None else {l: (p["words"], p["dist"]) for l, p in prev.items()}
+        if state.get("drift_baseline"):
+            self._drift_baseline.load_state_dict(state["drift_baseline"])
         self._snapshot_version = int(state["snapshot_version"])
         if state.get("tracker"):
             self.tracker.load_state_dict(state["tracker"])
@@ -370,8 +370,11 @@ class TopicService:
             signature = [tuple(w for lang in sorted(model.xtra.cfg.vocab_sizes) for w in model.topic_words(lang, 5)[0][k])
                          for k in range(model.cfg.num_topics)]
             ids, events = self.tracker.update(model.kmeans.centers, alive, signature)
-            snap, self._prev_dists = build_snapshot(model, self._prev_dists, self.offsets, top_n=s.top_words,
-                                                    stream_time=self.stream_time, topic_ids=ids, alive=alive)
+            now = datetime.now(timezone.utc)
+            at = (self.stream_time or now).timestamp()
+            snap, dists = build_snapshot(model, self._drift_baseline.reference(at), self.offsets, top_n=s.top_words,
+                                         now=now, stream_time=self.stream_time, topic_ids=ids, alive=alive)
+            self._drift_baseline.add(at, dists)
         records = [LineageRecord(kind=e.kind, topic_id=e.topic_id, related_topic_id=e.related_topic_id,
                                  model_version=snap.model_version, at=snap.created_at, words=list(e.words),
                                  previous_words=list(e.previous_words)) for e in events]

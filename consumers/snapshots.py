@@ -1,12 +1,16 @@
-"""Turning the online model's state into a :class:`TopicSnapshot`, with drift against the last one.
+"""Turning the online model's state into a :class:`TopicSnapshot`, with drift against a recent past.
 
 Drift of topic k in language l is the Jensen-Shannon divergence (base 2, so in [0, 1]) between its
-word distribution now and at the previous snapshot. Vocabularies change between snapshots, so the
-previous distribution is re-indexed onto the current words first (words new since then get 0).
+word distribution now and in the snapshot in force ``window`` seconds of stream time earlier
+(:class:`DriftBaseline`). Measuring against consecutive snapshots would make the figure depend on the
+snapshot cadence: the same change spread over ten snapshots looks ten times smaller, and no alert
+threshold would fit both cadences. Vocabularies change between snapshots, so the baseline
+distribution is re-indexed onto the current words first (words new since then get 0).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from datetime import datetime, timezone
 
 import numpy as np
@@ -14,7 +18,7 @@ import numpy as np
 from model.online import OnlineTopicModel
 from stream.schemas import SnapshotTopic, TopicSnapshot, TopicWords
 
-__all__ = ["build_snapshot", "js_divergence"]
+__all__ = ["DriftBaseline", "build_snapshot", "js_divergence"]
 
 WordDists = dict[str, tuple[list[str], np.ndarray]]
 
@@ -28,6 +32,52 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
         kl_pm = np.where(p > 0, p * np.log2(p / m), 0.0).sum(1)
         kl_qm = np.where(q > 0, q * np.log2(q / m), 0.0).sum(1)
     return np.clip(0.5 * (kl_pm + kl_qm), 0.0, 1.0)
+
+
+class DriftBaseline:
+    """Word distributions of past snapshots, to diff each new snapshot against the one in force
+    ``window_seconds`` earlier (the oldest kept one while the stream is younger than the window).
+
+    Kept entries are spaced at least ``window_seconds / resolution`` apart, so memory stays at about
+    ``resolution + 1`` snapshots' worth of distributions whatever the snapshot cadence.
+    """
+
+    def __init__(self, window_seconds: float, resolution: int = 8) -> None:
+        if window_seconds < 0 or resolution < 1:
+            raise ValueError("window_seconds must be >= 0 and resolution >= 1")
+        self.window = float(window_seconds)
+        self.spacing = self.window / resolution
+        self._entries: deque[tuple[float, WordDists]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def reference(self, at: float) -> WordDists | None:
+        """The distributions in force ``window`` seconds before ``at``."""
+        chosen = None
+        for t, dists in self._entries:
+            if t > at - self.window and chosen is not None:
+                break
+            chosen = dists
+        return chosen
+
+    def add(self, at: float, dists: WordDists) -> None:
+        if self._entries and at < self._entries[-1][0]:
+            at = self._entries[-1][0]        # stream time never runs backwards here
+        if len(self._entries) >= 2 and self._entries[-1][0] - self._entries[-2][0] < self.spacing:
+            self._entries.pop()              # too close to its predecessor: the newer one replaces it
+        self._entries.append((at, dists))
+        # Drop what no future reference can need: entries older than the newest one past the window.
+        while len(self._entries) >= 2 and self._entries[1][0] <= at - self.window:
+            self._entries.popleft()
+
+    def state_dict(self) -> dict:
+        return {"window": self.window, "entries": [
+            (t, {lang: {"words": w, "dist": d} for lang, (w, d) in dists.items()}) for t, dists in self._entries]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._entries = deque(
+            (float(t), {lang: (p["words"], p["dist"]) for lang, p in dists.items()}) for t, dists in state["entries"])
 
 
 def _align(prev_words: list[str], prev: np.ndarray, words: list[str]) -> np.ndarray:
