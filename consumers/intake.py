@@ -52,6 +52,8 @@ class PreparedBatch:
     tokens: list[list[str]] = field(default_factory=list)
     embeddings: np.ndarray | None = None
     dead: list[tuple[Record, str, str]] = field(default_factory=list)
+    #: The consumed record each item came from (for an embedded record, not the original input).
+    records: list[Record] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -114,6 +116,7 @@ class TextIntake:
         batch.tokens = tokens
         batch.items = [PreparedItem(docs[i].id, docs[i].lang, docs[i].timestamp, good[i].topic, good[i].partition,
                                     good[i].offset, good[i].timestamp_ms) for i in keep]
+        batch.records = [good[i] for i in keep]
         return batch
 
 
@@ -152,6 +155,7 @@ class EmbeddedIntake:
             self.source_hwm[key] = doc.source_offset
             rows.append(vec)
             batch.tokens.append(list(doc.tokens))
+            batch.records.append(rec)
             batch.items.append(PreparedItem(doc.id, doc.lang, doc.timestamp, doc.source_topic, doc.source_partition,
                                             doc.source_offset, doc.source_timestamp_ms))
         batch.embeddings = np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)

@@ -231,15 +231,12 @@ class TopicService:
             except (ValueError, RuntimeError, FloatingPointError) as exc:
                 # A batch the model rejects as a whole: retry one by one, dead-lettering the culprits.
                 logger.exception("batch of %d failed (%s); retrying document by document", len(batch), exc)
-                by_position = {(r.topic, r.partition, r.offset): r for r in records}
                 for i, item in enumerate(batch.items):
                     one = PreparedBatch(items=[item], tokens=[batch.tokens[i]], embeddings=batch.embeddings[i:i + 1])
                     try:
                         self._learn_and_assign(one)
                     except (ValueError, RuntimeError, FloatingPointError) as err:
-                        rec = by_position.get((item.source_topic, item.source_partition, item.source_offset))
-                        if rec is not None:
-                            self._dead_letter(rec, "processing_error", repr(err)[:500])
+                        self._dead_letter(batch.records[i], "processing_error", repr(err)[:500])
         for rec in records:
             self.offsets[rec.position] = max(self.offsets.get(rec.position, 0), rec.offset + 1)
         self.stats.records += len(records)

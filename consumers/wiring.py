@@ -116,7 +116,7 @@ def build_service(settings: Settings, replay: tuple[str, str | None] | None = No
             raise ValueError("--role trainer needs Kafka: set kafka.bootstrap_servers")
         source = JsonlFileSource(settings.input_file or DEMO_STREAM, start_offsets=start_offsets)
         sinks = dict(assignments=JsonlSink(data / "assignments.jsonl"),
-                     dead_letters=JsonlSink(data / "dead_letters.jsonl"), snapshots=None,
+                     dead_letters=JsonlSink(data / "dead_letters.jsonl", envelope=True), snapshots=None,
                      lineage=JsonlSink(data / "lineage.jsonl"))
     service = TopicService(settings, source, embedder, snapshot_store=store, checkpoints=checkpoints,
                            start_offsets=start_offsets, role=role, **sinks)

@@ -8,6 +8,8 @@ before committing offsets, so nothing committed can be missing downstream).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -37,12 +39,21 @@ class MemorySink(Sink):
 
 
 class JsonlSink(Sink):
-    def __init__(self, path: str | Path) -> None:
+    """One line per record. Plain mode writes the value (it must be one line of JSON already);
+    ``envelope=True`` writes ``{"value", "key", "headers"}`` so that dead letters, whose value may
+    be anything, keep their bytes (text if UTF-8, else ``value_base64``), key and reason headers."""
+
+    def __init__(self, path: str | Path, envelope: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.envelope = envelope
         self._f = open(self.path, "ab")
 
     def add(self, value, key=None, headers=None) -> None:
+        if self.envelope:
+            value = json.dumps({**_as_text("value", value), **_as_text("key", key),
+                                "headers": [[k, (v or b"").decode("utf-8", "replace")] for k, v in headers or ()]},
+                               ensure_ascii=False).encode()
         self._f.write(value.rstrip(b"\n") + b"\n")
 
     def flush(self) -> None:
@@ -52,6 +63,15 @@ class JsonlSink(Sink):
     def close(self) -> None:
         self.flush()
         self._f.close()
+
+
+def _as_text(name: str, raw: bytes | None) -> dict:
+    if raw is None:
+        return {name: None}
+    try:
+        return {name: raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {f"{name}_base64": base64.b64encode(raw).decode("ascii")}
 
 
 def make_producer(bootstrap_servers: str, client_config: dict | None = None):

@@ -69,6 +69,13 @@ def committed_offsets(bootstrap: str, topic: str, group: str) -> tuple[dict[int,
         consumer.close()
 
 
+def fully_committed(bootstrap: str, topic: str, group: str) -> bool:
+    """Whether ``group`` has committed the end of every partition of ``topic`` (an empty partition,
+    which nobody ever commits, counts as done)."""
+    committed, end = committed_offsets(bootstrap, topic, group)
+    return all((committed[p] or 0) == end[p] for p in end)
+
+
 def run_until_committed(service, bootstrap: str, topic: str, group: str, timeout: float = 240.0) -> None:
     """Run the service in a thread until every input offset is committed; it must stay alive throughout.
 

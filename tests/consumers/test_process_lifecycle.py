@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from kafka_support import committed_offsets, stream_documents
+from kafka_support import committed_offsets, fully_committed, stream_documents
 
 from consumers.checkpoint import CheckpointStore
 
@@ -83,7 +83,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(kafka_bootstrap,
 
     proc = start(data_dir, env, log)
     try:
-        assert wait_until(lambda: (lambda c, e: all(c[p] == e[p] for p in e))(*committed_offsets(kafka_bootstrap, topic, group)),
+        assert wait_until(lambda: fully_committed(kafka_bootstrap, topic, group),
                           timeout=300), "the restarted service did not finish the stream"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
