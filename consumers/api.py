@@ -94,7 +94,7 @@ def create_app(service) -> FastAPI:
     def readyz():
         """Ready when the broker answers, partitions are assigned and the model is warm."""
         reasons = []
-        if not service.healthy_source:
+        if not service.source_reachable:
             reasons.append("source unreachable")
         elif not service.source.assigned():
             reasons.append("no partitions assigned")
@@ -254,7 +254,7 @@ def create_worker_app(worker) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     def readyz():
-        if not worker.healthy_source:
+        if not worker.source_reachable:
             return JSONResponse({"status": "not ready", "reasons": ["source unreachable"]}, status_code=503)
         return {"status": "ready"}
 

@@ -50,6 +50,12 @@ class EmbeddingWorker:
         self.heartbeat = time.monotonic()
         self.healthy_source = True
         self._stop = threading.Event()
+        metrics.source_up.set_function(lambda: float(self.source_reachable))
+
+    @property
+    def source_reachable(self) -> bool:
+        """The last poll did not fail and the broker answers now (see TopicService.source_reachable)."""
+        return self.healthy_source and self.source.reachable()
 
     def stop(self, *_args) -> None:
         self._stop.set()
@@ -65,10 +71,8 @@ class EmbeddingWorker:
             try:
                 records = self.source.poll_batch(self.max_records, self.max_wait_ms)
                 self.healthy_source = True
-                m.source_up.set(1)
             except SourceUnavailable as exc:
                 self.healthy_source = False
-                m.source_up.set(0)
                 logger.warning("source unavailable: %s", exc)
                 time.sleep(1.0)
                 continue

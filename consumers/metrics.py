@@ -68,7 +68,7 @@ class ServiceMetrics:
         self.model_version = Gauge("xtream_model_version", "Version of the topic model", registry=r)
         self.model_documents = Gauge("xtream_model_documents", "Documents the durable model has learned", registry=r)
         self.ready = Gauge("xtream_ready", "1 when consuming with a warm model", registry=r)
-        self.source_up = Gauge("xtream_source_up", "1 when the last poll reached the broker", registry=r)
+        self.source_up = Gauge("xtream_source_up", "1 when polls succeed and the group coordinator answers heartbeats", registry=r)
         for lang in languages:
             self.documents_processed.labels(lang)
             self.buffer_documents.labels(lang)

@@ -108,6 +108,9 @@ class TopicService:
         self.intake = (EmbeddedIntake(embedder.dim) if role == "trainer" else
                        TextIntake(embedder, self.tokenizer, self._languages, settings.batch.max_record_bytes))
         self.metrics = metrics or ServiceMetrics(sorted(self._languages))
+        # Read at scrape time, so they stay true while the loop is blocked (e.g. flushing to a dead broker).
+        self.metrics.source_up.set_function(lambda: float(self.source_reachable))
+        self.metrics.ready.set_function(lambda: float(self.ready and self.model.is_warm))
         #: Held while the model changes; the HTTP API takes it to read a consistent model.
         self.lock = threading.RLock()
         self.heartbeat = time.monotonic()
@@ -158,7 +161,13 @@ class TopicService:
 
     @property
     def ready(self) -> bool:
-        return self.healthy_source and self.source.assigned()
+        return self.source_reachable and self.source.assigned()
+
+    @property
+    def source_reachable(self) -> bool:
+        """The last poll did not fail and the broker answers now (checked live: the loop may be
+        blocked in a flush while the broker is gone, and must not be reported ready meanwhile)."""
+        return self.healthy_source and self.source.reachable()
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, max_idle_polls: int | None = None) -> ServiceStats:
@@ -174,13 +183,9 @@ class TopicService:
                 self.healthy_source = True
             except SourceUnavailable as exc:
                 self.healthy_source = False
-                m.source_up.set(0)
-                m.ready.set(0)
                 logger.warning("source unavailable: %s", exc)
                 time.sleep(1.0)
                 continue
-            m.source_up.set(1)
-            m.ready.set(1 if self.ready and self.model.is_warm else 0)
             if time.monotonic() - last_lag > 5.0:
                 for part, lag in self.source.lag().items():
                     m.consumer_lag.labels(part.rsplit(":", 1)[1]).set(lag)

@@ -21,6 +21,12 @@ from stream.records import Record, offset_key
 
 __all__ = ["JsonlFileSource", "KafkaSource", "Source"]
 
+COMMIT_TIMEOUT_MS = 10_000
+#: Heartbeats every second (kafka-python's default is 3 s): a gone or frozen broker shows within
+#: ~4 s as silence of more than three heartbeats.
+HEARTBEAT_INTERVAL_MS = 1_000
+HEARTBEAT_SILENCE_SECONDS = 3.5
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,6 +40,10 @@ class Source(ABC):
         """Commit ``{"topic:partition": next offset}``; called only after that work is durable."""
 
     def assigned(self) -> bool:
+        return True
+
+    def reachable(self) -> bool:
+        """Whether the system behind the source answers (a file always does)."""
         return True
 
     def lag(self) -> dict[str, int]:
@@ -97,11 +107,13 @@ class KafkaSource(Source):
 
         self.start_offsets = dict(start_offsets or {})
         self._positions: dict[str, int] = {}   # next offset after what poll_batch handed out
+        self._reachable = True
         self._on_revoke = on_revoke
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False,
             auto_offset_reset=auto_offset_reset, max_poll_interval_ms=max_poll_interval_ms,
-            session_timeout_ms=session_timeout_ms, metadata_max_age_ms=30_000, **(client_config or {}))
+            session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            metadata_max_age_ms=30_000, **(client_config or {}))
         # Join the group only once the topics' partitions are known: a group leader that assigns
         # from metadata lacking the topic hands out nothing until the next metadata refresh.
         for topic in topics:
@@ -158,24 +170,41 @@ class KafkaSource(Source):
         if not payload:
             return
         try:
-            self._consumer.commit(payload)
+            # Bounded: with the broker gone, commit would otherwise wait for it indefinitely; the
+            # caller's checkpoint holds the offsets and the next checkpoint commits them.
+            self._consumer.commit(payload, timeout_ms=COMMIT_TIMEOUT_MS)
         except KafkaError as exc:
             raise SourceUnavailable(f"commit failed: {exc!r}") from exc
 
     def assigned(self) -> bool:
         return bool(self._consumer.assignment())
 
-    def lag(self) -> dict[str, int]:
-        from kafka.errors import KafkaError
+    def reachable(self) -> bool:
+        """Whether the group coordinator answered a heartbeat recently.
 
-        tps = list(self._consumer.assignment())
-        if not tps:
-            return {}
+        poll() does not fail while the broker is down or stalled: it returns nothing. The
+        heartbeats (every ``heartbeat_interval_ms``, from kafka-python's IO thread) do stop being
+        answered, and that tells a dead or frozen broker from a quiet topic.
+        """
         try:
-            ends = self._consumer.end_offsets(tps)
-            return {offset_key(tp.topic, tp.partition): max(0, ends[tp] - self._consumer.position(tp)) for tp in tps}
-        except KafkaError:
-            return {}
+            ago = self._consumer.metrics()["consumer-coordinator-metrics"]["last-heartbeat-seconds-ago"]
+        except (KeyError, TypeError):
+            return True    # a client without that metric: rely on poll errors alone
+        except RuntimeError:   # read from another thread while the IO thread adds a sensor
+            return self._reachable
+        self._reachable = ago < HEARTBEAT_SILENCE_SECONDS
+        return self._reachable
+
+    def lag(self) -> dict[str, int]:
+        """From the high-water marks of the last fetch responses: no request, so no blocking
+        (``end_offsets`` waits up to ``request_timeout_ms`` when the broker is gone)."""
+        out = {}
+        for tp in self._consumer.assignment():
+            key = offset_key(tp.topic, tp.partition)
+            high, pos = self._consumer.highwater(tp), self._positions.get(key, self.start_offsets.get(key))
+            if high is not None and pos is not None:
+                out[key] = max(0, high - pos)
+        return out
 
     def close(self) -> None:
         self._consumer.close()

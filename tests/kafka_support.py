@@ -89,8 +89,7 @@ def run_until_committed(service, bootstrap: str, topic: str, group: str, timeout
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            committed, ends = committed_offsets(bootstrap, topic, group)
-            if all(committed[p] == ends[p] for p in ends):
+            if fully_committed(bootstrap, topic, group):
                 break
             assert thread.is_alive(), "the service stopped early"
             time.sleep(1.0)

@@ -1,0 +1,134 @@
+"""The broker goes away (stopped for 20 s) and then freezes (SIGSTOP for 10 s) while the service
+streams: the service never crashes, says it is not ready while the broker is gone, resumes within
+30 s of the broker's return, and in the end has learned every document exactly once.
+
+It runs its own broker: stopping the session's broker would disturb the other tests.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from kafka_support import fully_committed, read_topic, stream_documents
+
+from consumers.config import Settings
+from consumers.wiring import build_service
+from stream.kafka_broker import LocalKafkaBroker
+
+pytestmark = pytest.mark.kafka
+
+RESUME_WITHIN_S = 30.0
+
+
+def settings_for(bootstrap: str, name: str, tmp_path) -> Settings:
+    base = Settings(data_dir=tmp_path / "data")
+    return base.model_copy(update={
+        "kafka": base.kafka.model_copy(update=dict(
+            bootstrap_servers=bootstrap, input_topic=f"{name}-in", group_id=name, assignments_topic=f"{name}-a",
+            snapshots_topic=f"{name}-s", lineage_topic=f"{name}-l", dead_letter_topic=f"{name}-d")),
+        "model": base.model.model_copy(update=dict(
+            num_topics=8, warmup_docs=200, warmup_steps=5, batch_size=32, vocab_max_size=1000,
+            train_every_docs=300, train_steps=2)),
+        "snapshots": base.snapshots.model_copy(update=dict(every_docs=500)),
+        "checkpoint": base.checkpoint.model_copy(update=dict(every_seconds=1.0)),
+        "batch": base.batch.model_copy(update=dict(max_records=50, max_wait_ms=200)),
+    })
+
+
+def send(bootstrap: str, topic: str, docs: list[dict]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for d in docs:
+        producer.send(topic, json.dumps(d).encode(), key=d["id"].encode())
+    producer.flush()
+    producer.close()
+
+
+def watch(service, thread, seconds: float) -> dict:
+    """Sample readiness every 0.25 s for ``seconds``; the service thread must stay alive throughout."""
+    seen, first_not_ready, start = set(), None, time.monotonic()
+    while time.monotonic() - start < seconds:
+        assert thread.is_alive(), "the service crashed"
+        ready = service.ready
+        seen.add(ready)
+        if not ready and first_not_ready is None:
+            first_not_ready = time.monotonic() - start
+        time.sleep(0.25)
+    return {"seen": seen, "not_ready_after_s": first_not_ready}
+
+
+def time_to_progress(service, thread, timeout: float) -> float | None:
+    """Seconds until the service learns another document."""
+    start, before = time.monotonic(), service.model.n_docs
+    while time.monotonic() - start < timeout:
+        assert thread.is_alive(), "the service crashed"
+        if service.model.n_docs > before:
+            return time.monotonic() - start
+        time.sleep(0.2)
+    return None
+
+
+def test_broker_stop_and_stall_lose_nothing_and_readiness_follows_the_broker(tmp_path, unique_name, produce):
+    broker = LocalKafkaBroker.start_new(tmp_path / "kafka")
+    docs = stream_documents(3000)
+    first, second, third = docs[:1400], docs[1400:2200], docs[2200:]
+    settings = settings_for(broker.bootstrap, unique_name, tmp_path)
+    topic = settings.kafka.input_topic
+    service = thread = None
+    try:
+        produce(broker.bootstrap, topic, [json.dumps(d).encode() for d in first], partitions=2,
+                keys=[d["id"].encode() for d in first])
+        service = build_service(settings)
+        thread = threading.Thread(target=service.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 180
+        while not (service.ready and service.model.n_docs >= 400) and time.monotonic() < deadline:
+            assert thread.is_alive(), "the service crashed"
+            time.sleep(0.2)
+        assert service.ready and service.model.n_docs >= 400, "the service did not get going"
+
+        # 1. The broker stops (clean shutdown) for 20 s.
+        broker.stop()
+        outage = watch(service, thread, 20.0)
+        broker.restart()
+        send(broker.bootstrap, topic, second)
+        resumed_after_stop = time_to_progress(service, thread, 60.0)
+
+        # 2. The broker freezes (SIGSTOP) for 10 s while records are waiting.
+        send(broker.bootstrap, topic, third)
+        broker.pause()
+        stall = watch(service, thread, 10.0)
+        broker.resume()
+        resumed_after_stall = time_to_progress(service, thread, 60.0)
+
+        deadline = time.monotonic() + 240
+        while not fully_committed(broker.bootstrap, topic, unique_name) and time.monotonic() < deadline:
+            assert thread.is_alive(), "the service crashed"
+            time.sleep(1.0)
+        print(f"\nbroker stopped 20 s: not ready after {outage['not_ready_after_s']} s, resumed "
+              f"{resumed_after_stop} s after restart; stalled 10 s: not ready after {stall['not_ready_after_s']} s, "
+              f"resumed {resumed_after_stall} s after SIGCONT; learned {service.model.n_docs} of {len(docs)}")
+        assert fully_committed(broker.bootstrap, topic, unique_name), "the service did not finish the stream"
+        assert service.ready, "ready again once the broker is back"
+        service.stop()
+        thread.join(60)
+
+        assert False in outage["seen"], "readiness stayed true while the broker was down"
+        assert False in stall["seen"], "readiness stayed true while the broker was frozen"
+        assert resumed_after_stop is not None and resumed_after_stop < RESUME_WITHIN_S
+        assert resumed_after_stall is not None and resumed_after_stall < RESUME_WITHIN_S
+        assert service.model.n_docs == len(docs), "every document learned exactly once"
+        assigned = {json.loads(r.value)["document_id"] for r in read_topic(broker.bootstrap, settings.kafka.assignments_topic)}
+        assert assigned == {d["id"] for d in docs}, "every document has a published assignment"
+    finally:
+        if service is not None:
+            service.stop()
+            if thread is not None:
+                thread.join(60)
+            service.close()
+        broker.resume()
+        broker.stop()
