@@ -9,6 +9,8 @@ Two implementations behind one small interface:
 - :class:`SentenceTransformerEmbedder` — any sentence-transformers model name or local path
   (e.g. ``BAAI/bge-m3``). Models trained with per-language offsets (e5-style) cluster by language
   rather than topic; :class:`LanguageCentering` removes the per-language mean to fix that.
+- :class:`HashingEmbedder` (``"hashing:512"``) — hashed character n-grams, ~50x faster than USE and
+  *not* cross-lingual: for load, soak and fault tests of everything around the embedder.
 
 :func:`load_embedder` picks one from a string so configuration stays a plain setting.
 """
@@ -24,6 +26,7 @@ import numpy as np
 __all__ = [
     "DEFAULT_EMBEDDER",
     "Embedder",
+    "HashingEmbedder",
     "LanguageCentering",
     "SentenceTransformerEmbedder",
     "UniversalSentenceEncoder",
@@ -84,6 +87,27 @@ class UniversalSentenceEncoder(Embedder):
     def _encode(self, texts: list[str]) -> np.ndarray:
         parts = [self._use.encode(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
         return np.concatenate(parts, axis=0)
+
+
+class HashingEmbedder(Embedder):
+    """Signed feature hashing of character 1-3-grams within words: no model, any script.
+
+    Similar texts in one language land near each other; translations do not. Use it to exercise
+    the service at rates USE cannot feed (soak and load tests), never for real topics.
+    """
+
+    def __init__(self, dim: int = 512) -> None:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        self.dim = int(dim)
+        self.name = f"hashing:{self.dim}"
+        self._vectorizer = HashingVectorizer(n_features=self.dim, analyzer="char_wb", ngram_range=(1, 3),
+                                             alternate_sign=True, norm=None, dtype=np.float32)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        x = self._vectorizer.transform(texts).toarray()
+        x[~x.any(axis=1), 0] = 1.0    # an empty text still gets a unit vector
+        return x
 
 
 class SentenceTransformerEmbedder(Embedder):
@@ -172,8 +196,11 @@ class LanguageCentering:
 
 def load_embedder(spec: str = DEFAULT_EMBEDDER, *, threads: int = 1, batch_size: int = 64,
                   device: str = "cpu") -> Embedder:
-    """``"use-multilingual-v3"`` (default, offline) or a sentence-transformers name/path."""
+    """``"use-multilingual-v3"`` (default, offline), ``"hashing:<dim>"`` (load tests only) or a
+    sentence-transformers name/path."""
     if spec in (DEFAULT_EMBEDDER, "use", "default"):
         return UniversalSentenceEncoder(threads=threads, batch_size=batch_size)
+    if spec.startswith("hashing:"):
+        return HashingEmbedder(int(spec.split(":", 1)[1]))
     logger.info("loading sentence-transformers model %s", spec)
     return SentenceTransformerEmbedder(spec, device=device, batch_size=batch_size)

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from kafka_support import committed_offsets, fully_committed, stream_documents
+from kafka_support import committed_offsets, fully_committed, read_topic, stream_documents
 
 from consumers.checkpoint import CheckpointStore
 
@@ -95,6 +95,74 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(kafka_bootstrap,
     print(f"\n{kills} SIGKILLs; final model count {model['n_docs']} for {len(docs)} documents")
     assert model["n_docs"] == len(docs), "each document counted exactly once"
     assert model["docs_by_lang"] == dict(Counter(d["lang"] for d in docs))
+
+
+def malformed(i: int) -> bytes:
+    """One of several kinds of record the service must dead-letter."""
+    return [b"{not json", b"[1, 2, 3]", json.dumps({"id": f"bad-{i}", "text": "   "}).encode(),
+            json.dumps({"id": f"bad-{i}", "text": "hello", "lang": "xx-nonsense"}).encode(),
+            b"\xff\xfe not utf-8", json.dumps({"text": "no id"}).encode()][i % 6]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_chaos_50k_documents_20_sigkills_nothing_lost_nothing_twice(kafka_bootstrap, unique_name, produce, tmp_path):
+    """50,000 valid documents with 1% malformed records interleaved, over 4 partitions; the service is
+    SIGKILLed at 20 random moments (start-up included) and restarted each time."""
+    rng = random.Random(50_000)
+    docs = stream_documents(50_000, shared=None)    # the short demo texts: the point is the kills, not the text
+    values, keys, bad_at = [], [], set()
+    for doc in docs:
+        if rng.random() < 0.01:
+            bad_at.add(len(values))
+            values.append(malformed(len(values)))
+            keys.append(f"bad-{len(values)}".encode())
+        values.append(json.dumps(doc).encode())
+        keys.append(doc["id"].encode())
+    env = service_env(kafka_bootstrap, unique_name, XTREAM_MODEL__TRAIN_EVERY_DOCS="2000",
+                      XTREAM_MODEL__TRAIN_STEPS="2", XTREAM_SNAPSHOTS__EVERY_DOCS="5000",
+                      XTREAM_CHECKPOINT__EVERY_SECONDS="2", XTREAM_BATCH__MAX_RECORDS="200")
+    topic, group = f"{unique_name}-in", f"{unique_name}-g"
+    produce(kafka_bootstrap, topic, values, partitions=4, keys=keys)
+    data_dir = tmp_path / "data"
+    log = open(tmp_path / "service.log", "ab")
+    kills, started = 0, time.monotonic()
+    while kills < 20:
+        proc = start(data_dir, env, log)
+        time.sleep(rng.uniform(2.0, 16.0))   # start-up takes ~5 s: some kills land during it
+        if proc.poll() is not None:
+            pytest.fail(f"the service exited by itself with {proc.returncode} (see service.log)")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        kills += 1
+    proc = start(data_dir, env, log)
+    try:
+        assert wait_until(lambda: fully_committed(kafka_bootstrap, topic, group), timeout=900), \
+            "the service did not finish the stream after the kills"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    elapsed = time.monotonic() - started
+
+    model = latest_checkpoint(data_dir)["state"]["model"]
+    assignments = read_topic(kafka_bootstrap, f"{unique_name}-assign")
+    assigned = Counter(json.loads(r.value)["document_id"] for r in assignments)
+    dead = read_topic(kafka_bootstrap, f"{unique_name}-dlq")
+    dead_positions = Counter((dict(r.headers)["xtream.source.partition"], dict(r.headers)["xtream.source.offset"])
+                             for r in dead)
+    dead_values = Counter(r.value for r in dead)
+    print(f"\nchaos: {kills} SIGKILLs over {elapsed:.0f}s; {len(docs)} valid + {len(bad_at)} malformed records; "
+          f"model learned {model['n_docs']}; {len(assigned)} distinct documents assigned "
+          f"({sum(assigned.values()) - len(assigned)} assignment re-deliveries); dead letters {len(dead_positions)} "
+          f"distinct ({sum(dead_positions.values()) - len(dead_positions)} re-deliveries)")
+    assert model["n_docs"] == len(docs), "every valid document learned exactly once"
+    assert model["docs_by_lang"] == dict(Counter(d["lang"] for d in docs))
+    assert set(assigned) == {d["id"] for d in docs}, "every valid document has an assignment, and nothing else"
+    assert len(dead_positions) == len(bad_at), "each malformed record dead-lettered, and nothing else"
+    assert set(dead_values) == {values[i] for i in bad_at}
+    assert all(dict(r.headers).get("xtream.error.reason") for r in dead), "every dead letter says why"
 
 
 def test_sigterm_finishes_batch_checkpoints_commits_and_exits_zero(kafka_bootstrap, unique_name, produce, tmp_path):
