@@ -27,6 +27,7 @@ from stream.schemas import EmbeddedDocument
 from stream.sinks import Sink, close_sinks
 from stream.sources import Source
 
+from consumers.backpressure import AdaptiveBatchSize
 from consumers.intake import TextIntake
 from consumers.metrics import ServiceMetrics
 
@@ -37,12 +38,13 @@ logger = logging.getLogger(__name__)
 
 class EmbeddingWorker:
     def __init__(self, source: Source, intake: TextIntake, embedded: Sink, dead_letters: Sink,
-                 max_records: int, max_wait_ms: int, metrics: ServiceMetrics) -> None:
+                 max_records: int, max_wait_ms: int, metrics: ServiceMetrics,
+                 max_poll_interval_ms: int = 300_000) -> None:
         self.source = source
         self.intake = intake
         self.embedded = embedded
         self.dead_letters = dead_letters
-        self.max_records = max_records
+        self.sizing = AdaptiveBatchSize.for_poll_interval(max_records, max_poll_interval_ms)
         self.max_wait_ms = max_wait_ms
         self.metrics = metrics
         self.documents = 0
@@ -69,8 +71,9 @@ class EmbeddingWorker:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
-                records = self.source.poll_batch(self.max_records, self.max_wait_ms)
+                records = self.source.poll_batch(self.sizing.next(), self.max_wait_ms)
                 self.healthy_source = True
+                turn_started = time.perf_counter()
             except SourceUnavailable as exc:
                 self.healthy_source = False
                 logger.warning("source unavailable: %s", exc)
@@ -109,6 +112,8 @@ class EmbeddingWorker:
             except (SinkError, SourceUnavailable) as exc:
                 # Not committed: this batch will be read again (here or by whoever gets the partition).
                 logger.error("batch not committed, it will be re-read: %s", exc)
+            self.sizing.observe(len(records), time.perf_counter() - turn_started)
+            m.batch_records_limit.set(self.sizing.next())
             self.records += len(records)
             self.documents += len(batch)
             m.records_consumed.inc(len(records))

@@ -34,6 +34,11 @@ class ServiceMetrics:
         self.dead_lettered = Counter("xtream_documents_dead_lettered_total",
                                      "Records sent to the dead-letter topic", ["reason"], registry=r)
         self.batches = Counter("xtream_batches_total", "Processing batches", registry=r)
+        self.rebalances = Counter("xtream_consumer_rebalances_total",
+                                  "Partition assignments received from the consumer group", registry=r)
+        self.batch_records_limit = Gauge("xtream_batch_records_limit",
+                                         "Records asked for per poll (shrinks when processing slows, to stay "
+                                         "within max.poll.interval.ms)", registry=r)
         self.stage_seconds = Histogram("xtream_stage_seconds", "Time per batch spent in each stage", ["stage"],
                                        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
                                        registry=r)

@@ -31,6 +31,7 @@ from consumers.checkpoint import CheckpointStore
 from consumers.intake import EmbeddedIntake, PreparedBatch, TextIntake
 from consumers.config import Settings
 from consumers.metrics import ServiceMetrics
+from consumers.backpressure import AdaptiveBatchSize
 from consumers.snapshots import DriftBaseline, build_snapshot
 
 __all__ = ["ServiceStats", "TopicService"]
@@ -172,15 +173,21 @@ class TopicService:
     # -- the loop -----------------------------------------------------------------------------
     def run(self, max_idle_polls: int | None = None) -> ServiceStats:
         """Process until ``stop()``, or until a finite source is drained."""
-        max_records, wait_ms = self.settings.batch.max_records, self.settings.batch.max_wait_ms
-        idle = 0
+        wait_ms = self.settings.batch.max_wait_ms
+        sizing = AdaptiveBatchSize.for_poll_interval(self.settings.batch.max_records,
+                                                     self.settings.kafka.max_poll_interval_ms)
+        idle = rebalances = 0
         m = self.metrics
         last_lag = 0.0
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
-                records = self.source.poll_batch(max_records, wait_ms)
+                records = self.source.poll_batch(sizing.next(), wait_ms)
                 self.healthy_source = True
+                turn_started = time.perf_counter()
+                if self.source.rebalances > rebalances:
+                    m.rebalances.inc(self.source.rebalances - rebalances)
+                    rebalances = self.source.rebalances
             except SourceUnavailable as exc:
                 self.healthy_source = False
                 logger.warning("source unavailable: %s", exc)
@@ -200,6 +207,8 @@ class TopicService:
             self.maybe_train()
             self.maybe_snapshot(force=self._snapshot_requested.is_set())
             self.maybe_checkpoint()
+            sizing.observe(len(records), time.perf_counter() - turn_started)
+            m.batch_records_limit.set(sizing.next())
             if not records and (self.source.exhausted() or (max_idle_polls is not None and idle >= max_idle_polls)):
                 break
         self.finish()

@@ -75,7 +75,7 @@ def build_embedding_worker(settings: Settings) -> EmbeddingWorker:
     intake = TextIntake(embedder, Tokenizer(), frozenset(settings.model.languages), settings.batch.max_record_bytes)
     return EmbeddingWorker(source, intake, KafkaSink(producer, k.embedded_topic), KafkaSink(producer, k.dead_letter_topic),
                            settings.batch.max_records, settings.batch.max_wait_ms,
-                           ServiceMetrics(sorted(settings.model.languages)))
+                           ServiceMetrics(sorted(settings.model.languages)), k.max_poll_interval_ms)
 
 
 def build_service(settings: Settings, replay: tuple[str, str | None] | None = None, role: str = "all") -> TopicService:

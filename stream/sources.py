@@ -42,6 +42,9 @@ class Source(ABC):
     def assigned(self) -> bool:
         return True
 
+    #: Times partitions were (re)assigned to this consumer; sources without groups stay at 0.
+    rebalances: int = 0
+
     def reachable(self) -> bool:
         """Whether the system behind the source answers (a file always does)."""
         return True
@@ -108,6 +111,8 @@ class KafkaSource(Source):
         self.start_offsets = dict(start_offsets or {})
         self._positions: dict[str, int] = {}   # next offset after what poll_batch handed out
         self._reachable = True
+        #: Partition assignments received (the first one included): a storm shows as a fast climb.
+        self.rebalances = 0
         self._on_revoke = on_revoke
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False,
@@ -129,6 +134,7 @@ class KafkaSource(Source):
                     source._on_revoke([offset_key(tp.topic, tp.partition) for tp in revoked])
 
             def on_partitions_assigned(self, assigned):
+                source.rebalances += 1
                 for tp in assigned:
                     key = offset_key(tp.topic, tp.partition)
                     # Where this process got to (a rebalance that hands a partition back must not

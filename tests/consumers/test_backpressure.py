@@ -1,0 +1,43 @@
+"""Batch sizing keeps each loop turn within its share of max.poll.interval.ms."""
+
+import pytest
+
+from consumers.backpressure import AdaptiveBatchSize
+
+
+def test_starts_cautiously_then_grows_at_most_twofold_per_turn_up_to_the_ceiling():
+    size = AdaptiveBatchSize(max_records=256, budget_seconds=10.0, start=32)
+    seen = [size.next()]
+    for _ in range(5):
+        size.observe(size.next(), seconds=0.001 * size.next())   # 1 ms per record: everything fits
+        seen.append(size.next())
+    assert seen == [32, 64, 128, 256, 256, 256]
+
+
+def test_a_slowdown_shrinks_the_next_batch_at_once_to_what_fits_the_budget():
+    size = AdaptiveBatchSize(max_records=256, budget_seconds=1.5, start=256)
+    size.observe(256, seconds=0.256)          # 1 ms per record
+    size.observe(256, seconds=256 * 0.2)      # a throttled stage: 200 ms per record
+    assert size.next() == 7                   # 1.5 s / 0.2 s
+    assert size.next() * 0.2 <= 1.5
+
+
+def test_a_speed_up_is_believed_gradually():
+    size = AdaptiveBatchSize(max_records=1000, budget_seconds=1.0, start=10, smoothing=0.5)
+    size.observe(10, seconds=1.0)             # 100 ms per record -> 10
+    size.observe(10, seconds=0.1)             # 10 ms per record once: average 55 ms -> 18
+    assert size.next() == 18
+
+
+def test_never_below_one_record_and_empty_turns_change_nothing():
+    size = AdaptiveBatchSize(max_records=50, budget_seconds=0.1, start=8)
+    size.observe(0, seconds=30.0)
+    assert size.next() == 8
+    size.observe(8, seconds=80.0)
+    assert size.next() == 1
+
+
+def test_budget_is_a_share_of_the_poll_interval():
+    assert AdaptiveBatchSize.for_poll_interval(256, 300_000).budget == pytest.approx(75.0)
+    with pytest.raises(ValueError):
+        AdaptiveBatchSize(0, 1.0)
