@@ -1,4 +1,7 @@
-"""How many records to ask for per poll, so a slow stage never outlives ``max.poll.interval.ms``.
+"""Keeping ingestion healthy: batch sizes that respect ``max.poll.interval.ms`` and a duty cycle
+that keeps training from starving ingestion of CPU.
+
+How many records to ask for per poll, so a slow stage never outlives ``max.poll.interval.ms``:
 
 A consumer that does not call poll() within ``max.poll.interval.ms`` is thrown out of its group: its
 partitions move to another member, which re-reads everything not yet committed (duplicate work)
@@ -10,7 +13,7 @@ by default), growing at most 2x per turn after a cautious start.
 
 from __future__ import annotations
 
-__all__ = ["AdaptiveBatchSize"]
+__all__ = ["AdaptiveBatchSize", "DutyCycle"]
 
 
 class AdaptiveBatchSize:
@@ -56,3 +59,27 @@ class AdaptiveBatchSize:
             self.seconds_per_record = self.smoothing * spr + (1 - self.smoothing) * self.seconds_per_record
         fits = int(self.budget / max(self.seconds_per_record, 1e-9))
         self._size = max(1, min(self.max_records, fits, 2 * self._size))
+
+
+class DutyCycle:
+    """Keeps a background activity (XTRA training) within ``share`` of wall time.
+
+    After a run of ``t`` seconds the next may start ``t * (1 - share) / share`` seconds later, so on
+    a host where ingestion needs the CPU the model trains on what is left instead of halving the
+    throughput; on an idle stream the slices simply come as often as documents ask for them.
+    """
+
+    def __init__(self, share: float) -> None:
+        if not 0 < share <= 1:
+            raise ValueError("share must be in (0, 1]")
+        self.share = share
+        self._next_allowed = float("-inf")
+
+    def ready(self, now: float) -> bool:
+        return now >= self._next_allowed
+
+    def wait_seconds(self, now: float) -> float:
+        return max(0.0, self._next_allowed - now)
+
+    def ran(self, started: float, ended: float) -> None:
+        self._next_allowed = ended + (ended - started) * (1 - self.share) / self.share

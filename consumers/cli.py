@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -104,11 +106,18 @@ def run(
         shutil.rmtree(settings.data_dir, ignore_errors=True)
         console.print(f"[bold]xtream demo[/bold]: no Kafka configured, streaming the bundled demo "
                       f"(en/zh/ja news) through the service; outputs in {settings.data_dir}")
+    # A SIGTERM while the process is still starting (imports, model load, group join) must not
+    # kill it mid-way with -15: note it, and stop cleanly as soon as the loop could start.
+    early_stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: early_stop.set())
     if role == "embedder":
         from consumers.wiring import build_embedding_worker
 
         worker = build_embedding_worker(settings)
         worker.install_signal_handlers()
+        if early_stop.is_set():
+            worker.stop()
         api = None
         if settings.http.enabled:
             from consumers.api import ApiServer, create_worker_app
@@ -130,6 +139,8 @@ def run(
         console.print(f"[red]cannot start:[/red] {exc}")
         raise typer.Exit(2) from None
     service.install_signal_handlers()
+    if early_stop.is_set():
+        service.stop()
     api = None
     if settings.http.enabled and not demo:
         from consumers.api import ApiServer

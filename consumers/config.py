@@ -31,6 +31,10 @@ class KafkaSettings(BaseModel):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 45_000
+    group_instance_id: str | None = Field(None, description=(
+        "static group membership (KIP-345): a restarted process with the same id takes its partitions back "
+        "at once instead of waiting session_timeout_ms for its dead predecessor; unique per replica "
+        "(e.g. the pod name)"))
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -103,6 +107,8 @@ class ModelSettings(BaseModel):
     train_steps: int = Field(10, description="gradient steps per slice")
     train_budget_seconds: float = Field(5.0, description="a slice stops early past this, to keep polling")
     train_in_background: bool = Field(True, description="train on a worker thread, overlapping embedding")
+    train_max_share: float = Field(1.0, gt=0, le=1, description=(
+        "most of the wall time training may take (a duty cycle); below 1 it leaves CPU to ingestion"))
     seed: int = 0
 
 

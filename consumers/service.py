@@ -31,7 +31,7 @@ from consumers.checkpoint import CheckpointStore
 from consumers.intake import EmbeddedIntake, PreparedBatch, TextIntake
 from consumers.config import Settings
 from consumers.metrics import ServiceMetrics
-from consumers.backpressure import AdaptiveBatchSize
+from consumers.backpressure import AdaptiveBatchSize, DutyCycle
 from consumers.snapshots import DriftBaseline, build_snapshot
 
 __all__ = ["ServiceStats", "TopicService"]
@@ -119,6 +119,7 @@ class TopicService:
         self._train_due = threading.Event()
         self._stop_training = threading.Event()
         self._trainer_thread: threading.Thread | None = None
+        self._training_duty = DutyCycle(settings.model.train_max_share)
         snap_cfg = settings.snapshots
         self.tracker = TopicTracker(match_threshold=snap_cfg.match_threshold, death_horizon=snap_cfg.death_horizon)
         self.stream_time: datetime | None = None   # latest event time processed
@@ -326,10 +327,12 @@ class TopicService:
         m = self.settings.model
         if not self.model.is_warm or self._docs_since_train < m.train_every_docs:
             return
-        self._docs_since_train = 0
         if not m.train_in_background:
-            self._train_slice()
+            if self._training_duty.ready(time.monotonic()):
+                self._docs_since_train = 0
+                self._train_slice()
             return
+        self._docs_since_train = 0
         if self._trainer_thread is None:
             self._trainer_thread = threading.Thread(target=self._train_worker, name="xtream-train", daemon=True)
             self._trainer_thread.start()
@@ -337,6 +340,10 @@ class TopicService:
 
     def _train_worker(self) -> None:
         while not self._stop_training.is_set():
+            rest = self._training_duty.wait_seconds(time.monotonic())
+            if rest > 0:
+                self._stop_training.wait(min(rest, 0.2))
+                continue
             if self._train_due.wait(0.2) and not self._stop_training.is_set():
                 self._train_due.clear()
                 try:
@@ -353,7 +360,8 @@ class TopicService:
     def _train_slice(self) -> None:
         """``train_steps`` steps, cut short past ``train_budget_seconds``, one lock hold per step."""
         m = self.settings.model
-        deadline = time.monotonic() + m.train_budget_seconds
+        started = time.monotonic()
+        deadline = started + m.train_budget_seconds
         done = 0
         with self.metrics.stage_seconds.labels("train").time():
             while done < m.train_steps and time.monotonic() < deadline and not self._stop_training.is_set():
@@ -361,6 +369,7 @@ class TopicService:
                     self.model.train(1)
                     self._dirty = True
                 done += 1
+        self._training_duty.ran(started, time.monotonic())
         self._observe_model(done)
         self.stats.train_slices += 1
 

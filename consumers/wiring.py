@@ -70,7 +70,7 @@ def build_embedding_worker(settings: Settings) -> EmbeddingWorker:
     client = k.client_config()
     source = KafkaSource(k.bootstrap_servers, [k.input_topic], k.group_id, auto_offset_reset=k.auto_offset_reset,
                          max_poll_interval_ms=k.max_poll_interval_ms, session_timeout_ms=k.session_timeout_ms,
-                         client_config=client)
+                         group_instance_id=k.group_instance_id, client_config=client)
     producer = make_producer(k.bootstrap_servers, client)
     intake = TextIntake(embedder, Tokenizer(), frozenset(settings.model.languages), settings.batch.max_record_bytes)
     return EmbeddingWorker(source, intake, KafkaSink(producer, k.embedded_topic), KafkaSink(producer, k.dead_letter_topic),
@@ -109,7 +109,8 @@ def build_service(settings: Settings, replay: tuple[str, str | None] | None = No
         topic, group = (k.embedded_topic, k.group_id + ".trainer") if role == "trainer" else (k.input_topic, k.group_id)
         source = KafkaSource(k.bootstrap_servers, [topic], group, start_offsets=start_offsets,
                              auto_offset_reset=k.auto_offset_reset, max_poll_interval_ms=k.max_poll_interval_ms,
-                             session_timeout_ms=k.session_timeout_ms, client_config=client)
+                             session_timeout_ms=k.session_timeout_ms, group_instance_id=k.group_instance_id,
+                             client_config=client)
         sinks = _kafka_sinks(settings, client)
     else:
         if role == "trainer":

@@ -97,6 +97,8 @@ class KafkaSource(Source):
         Called with the partitions being taken away. It runs on kafka-python's IO thread and must
         not block on Kafka. Partitions handed back to this process resume where it got to (not at
         the last commit), so a rebalance never makes the model learn a record twice.
+    group_instance_id
+        Static membership: a restart with the same id resumes its partitions without a rebalance.
     client_config
         Extra kafka-python settings (security: ``security_protocol``, ``sasl_*``, ``ssl_*``).
     """
@@ -105,7 +107,8 @@ class KafkaSource(Source):
                  start_offsets: dict[str, int] | None = None,
                  on_revoke: Callable[[list[str]], None] | None = None,
                  auto_offset_reset: str = "earliest", max_poll_interval_ms: int = 300_000,
-                 session_timeout_ms: int = 45_000, client_config: dict | None = None) -> None:
+                 session_timeout_ms: int = 45_000, group_instance_id: str | None = None,
+                 client_config: dict | None = None) -> None:
         from kafka import ConsumerRebalanceListener, KafkaConsumer
 
         self.start_offsets = dict(start_offsets or {})
@@ -118,6 +121,7 @@ class KafkaSource(Source):
             bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False,
             auto_offset_reset=auto_offset_reset, max_poll_interval_ms=max_poll_interval_ms,
             session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            group_instance_id=group_instance_id,
             metadata_max_age_ms=30_000, **(client_config or {}))
         # Join the group only once the topics' partitions are known: a group leader that assigns
         # from metadata lacking the topic hands out nothing until the next metadata refresh.

@@ -2,7 +2,7 @@
 
 import pytest
 
-from consumers.backpressure import AdaptiveBatchSize
+from consumers.backpressure import AdaptiveBatchSize, DutyCycle
 
 
 def test_starts_cautiously_then_grows_at_most_twofold_per_turn_up_to_the_ceiling():
@@ -41,3 +41,17 @@ def test_budget_is_a_share_of_the_poll_interval():
     assert AdaptiveBatchSize.for_poll_interval(256, 300_000).budget == pytest.approx(75.0)
     with pytest.raises(ValueError):
         AdaptiveBatchSize(0, 1.0)
+
+
+def test_a_duty_cycle_spaces_runs_so_they_take_their_share_of_wall_time():
+    duty = DutyCycle(share=0.25)
+    assert duty.ready(0.0)
+    duty.ran(started=10.0, ended=11.0)          # a 1 s slice: 3 s of rest for a 25% share
+    assert not duty.ready(13.9) and duty.wait_seconds(12.0) == pytest.approx(2.0)
+    assert duty.ready(14.0)
+
+
+def test_a_full_share_never_waits():
+    duty = DutyCycle(share=1.0)
+    duty.ran(0.0, 5.0)
+    assert duty.ready(5.0)
