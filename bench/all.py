@@ -6,7 +6,9 @@ Each benchmark runs as its own subprocess (``python -m bench.<name> [--quick]``)
 to ``bench/results/logs/<name>[_quick].log``; its last stdout line (one JSON object) is collected.
 ``--reuse`` takes a benchmark's figures from its existing ``bench/results/<name>[_quick].json``
 instead of running it again. ``bench/results/stream_ecnews.json`` (the service end to end, embedder
-included, from ``python -m bench.stream_ecnews``) is added when present; it is never re-run here.
+included, from ``python -m bench.stream_ecnews``) and ``bench/results/soak.json`` (a million documents
+through the service process, ``python -m bench.soak``, ~30 min) are added when present; they are
+never re-run here.
 Writes ``bench/RESULTS.md`` (``RESULTS_quick.md`` with ``--quick``), ``bench/results/cost.png`` and
 ``bench/results/quality.png``; ``bench.scaling`` draws its own chart.
 """
@@ -133,6 +135,18 @@ def stream_section(s: dict) -> list[str]:
             _table(["figure", "value"], [[k, s.get(k)] for k in keys if k in s]), ""]
 
 
+def soak_section(s: dict) -> list[str]:
+    rows = [[x["documents"], x["seconds"], x["rss_mib"], x["fds"], x["threads"]] for x in s["samples"]]
+    return ["## Soak: memory, file descriptors and threads over a long stream (`bench.soak`)", "",
+            f"{s['documents']:,} synthetic EC-News-vocabulary documents through the service process "
+            f"(embedder `{s['embedder']}`, default model settings), {s['docs_per_second']:,.0f} docs/s. "
+            f"RSS {s['rss_mib_at_base']:,.0f} MiB at {s['base_documents']:,} documents -> "
+            f"{s['rss_mib_at_end']:,.0f} MiB at the end ({s['rss_growth_ratio']:+.1%}); "
+            f"open fds {s['fds_at_base']} -> {s['fds_at_end']}, threads {s['threads_at_base']} -> {s['threads_at_end']}.",
+            "", _table(["documents", "seconds", "RSS MiB", "open fds", "threads"], rows), "",
+            "![soak](results/soak.png)", ""]
+
+
 def charts(results: dict, quick: bool) -> None:
     import matplotlib
 
@@ -179,7 +193,7 @@ def write_markdown(results: dict, quick: bool, path: Path) -> None:
              "figure means. All figures are from one 2-core host shared with other jobs; ratios measured in the same "
              "run are more trustworthy than absolute rates.", ""]
     sections = {"cost": cost_section, "quality_peers": quality_section, "scaling": scaling_section,
-                "latency": latency_section, "stream_ecnews": stream_section}
+                "latency": latency_section, "stream_ecnews": stream_section, "soak": soak_section}
     for name, fn in sections.items():
         s = results.get(name)
         if s is None:
@@ -208,9 +222,10 @@ def main(argv: list[str] | None = None) -> dict:
         r = run_one(name, args.quick, args.reuse)
         if r is not None:
             results[name] = r
-    stream = RESULTS / "stream_ecnews.json"
-    if stream.is_file():
-        results["stream_ecnews"] = json.loads(stream.read_text(encoding="utf-8")) | {"_reused": str(stream)}
+    for name in ("stream_ecnews", "soak"):
+        found = RESULTS / f"{name}.json"
+        if found.is_file():
+            results[name] = json.loads(found.read_text(encoding="utf-8")) | {"_reused": str(found)}
     charts(results, args.quick)
     md = BENCH_DIR / f"RESULTS{'_quick' if args.quick else ''}.md"
     write_markdown(results, args.quick, md)
