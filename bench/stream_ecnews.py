@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="documents per language (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--topics", type=int, default=50)
+    parser.add_argument("--train-max-share", type=float, default=None,
+                        help="model.train_max_share for the service (default: the service's default)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/stream_ecnews.json"))
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="keep the service's data dir here (snapshot store for `xtream report`)")
@@ -113,7 +115,9 @@ def main() -> None:
         settings = base.model_copy(update={
             "kafka": base.kafka.model_copy(update=dict(bootstrap_servers=broker.bootstrap, input_topic="ecnews",
                                                        group_id="bench")),
-            "model": base.model.model_copy(update=dict(num_topics=args.topics, threads=args.threads)),
+            "model": base.model.model_copy(update=dict(
+                num_topics=args.topics, threads=args.threads,
+                train_max_share=args.train_max_share or base.model.train_max_share)),
             "snapshots": base.snapshots.model_copy(update=dict(every_docs=10_000)),
             "checkpoint": base.checkpoint.model_copy(update=dict(every_seconds=30.0, every_docs=20_000)),
         })
@@ -136,6 +140,8 @@ def main() -> None:
         figures["service_over_embedder_throughput"] = figures["service_docs_per_s"] / figures["embedder_docs_per_s"]
         figures["rss_peak_mb_during_service"] = max(rss_peak)
         figures["train_steps"] = service.model.trainer.steps
+        figures["train_max_share"] = settings.model.train_max_share
+        figures["train_steps_per_1000_docs"] = 1000 * service.model.trainer.steps / len(docs)
         figures["snapshots"] = service.stats.snapshots
     finally:
         broker.stop()

@@ -69,6 +69,22 @@ def committed_offsets(bootstrap: str, topic: str, group: str) -> tuple[dict[int,
         consumer.close()
 
 
+def service_settings(bootstrap: str, name: str, data_dir: Path, **sections: dict):
+    """Settings for a service under test: every topic and the group named after ``name``
+    (``<name>-in``, ``<name>-g``, ``<name>-assign``...), then per-section overrides, e.g.
+    ``model=dict(num_topics=6)``, ``batch=dict(max_records=50)``."""
+    from consumers.config import Settings
+
+    base = Settings(data_dir=data_dir)
+    kafka = dict(bootstrap_servers=bootstrap, input_topic=f"{name}-in", group_id=f"{name}-g",
+                 assignments_topic=f"{name}-assign", snapshots_topic=f"{name}-snap", dead_letter_topic=f"{name}-dlq",
+                 lineage_topic=f"{name}-lineage", embedded_topic=f"{name}-emb") | sections.pop("kafka", {})
+    update = {"kafka": base.kafka.model_copy(update=kafka)}
+    for section, values in sections.items():
+        update[section] = getattr(base, section).model_copy(update=values)
+    return base.model_copy(update=update)
+
+
 def fully_committed(bootstrap: str, topic: str, group: str) -> bool:
     """Whether ``group`` has committed the end of every partition of ``topic`` (an empty partition,
     which nobody ever commits, counts as done)."""

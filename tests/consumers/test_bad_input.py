@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pytest
-from kafka_support import committed_offsets, read_topic, run_until_committed, stream_documents
+from kafka_support import committed_offsets, read_topic, run_until_committed, service_settings, stream_documents
 from kafka import KafkaAdminClient, KafkaProducer
 
 from consumers.config import Settings
@@ -227,20 +227,12 @@ def produce_corpus(bootstrap: str, topic: str, corpus: list[tuple[Kind | None, R
 
 
 def small_settings(bootstrap: str, name: str, tmp_path) -> Settings:
-    s = Settings(data_dir=tmp_path / "data")
-    return s.model_copy(update={
-        "kafka": s.kafka.model_copy(update=dict(bootstrap_servers=bootstrap, input_topic=f"{name}-in",
-                                                group_id=f"{name}-g", assignments_topic=f"{name}-assign",
-                                                snapshots_topic=f"{name}-snap", dead_letter_topic=f"{name}-dlq",
-                                                lineage_topic=f"{name}-lineage")),
-        "model": s.model.model_copy(update=dict(num_topics=20, warmup_docs=400, warmup_steps=20, batch_size=64,
-                                                vocab_max_size=2000, train_every_docs=1000, train_steps=4,
-                                                vocab_refresh_every=2000)),
-        "snapshots": s.snapshots.model_copy(update=dict(every_docs=3000, every_seconds=3600)),
-        "checkpoint": s.checkpoint.model_copy(update=dict(every_seconds=3.0, every_docs=3000)),
-        "batch": s.batch.model_copy(update=dict(max_records=250, max_wait_ms=200)),
-        "http": s.http.model_copy(update=dict(enabled=False)),
-    })
+    return service_settings(
+        bootstrap, name, tmp_path / "data",
+        model=dict(num_topics=20, warmup_docs=400, warmup_steps=20, batch_size=64, vocab_max_size=2000,
+                   train_every_docs=1000, train_steps=4, vocab_refresh_every=2000),
+        snapshots=dict(every_docs=3000, every_seconds=3600), checkpoint=dict(every_seconds=3.0, every_docs=3000),
+        batch=dict(max_records=250, max_wait_ms=200), http=dict(enabled=False))
 
 
 def test_the_kinds_are_many_and_the_expectations_machine_readable():

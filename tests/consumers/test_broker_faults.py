@@ -12,9 +12,8 @@ import threading
 import time
 
 import pytest
-from kafka_support import fully_committed, read_topic, stream_documents
+from kafka_support import fully_committed, read_topic, service_settings, stream_documents
 
-from consumers.config import Settings
 from consumers.wiring import build_service
 from stream.kafka_broker import LocalKafkaBroker
 
@@ -23,19 +22,12 @@ pytestmark = pytest.mark.kafka
 RESUME_WITHIN_S = 30.0
 
 
-def settings_for(bootstrap: str, name: str, tmp_path) -> Settings:
-    base = Settings(data_dir=tmp_path / "data")
-    return base.model_copy(update={
-        "kafka": base.kafka.model_copy(update=dict(
-            bootstrap_servers=bootstrap, input_topic=f"{name}-in", group_id=name, assignments_topic=f"{name}-a",
-            snapshots_topic=f"{name}-s", lineage_topic=f"{name}-l", dead_letter_topic=f"{name}-d")),
-        "model": base.model.model_copy(update=dict(
-            num_topics=8, warmup_docs=200, warmup_steps=5, batch_size=32, vocab_max_size=1000,
-            train_every_docs=300, train_steps=2)),
-        "snapshots": base.snapshots.model_copy(update=dict(every_docs=500)),
-        "checkpoint": base.checkpoint.model_copy(update=dict(every_seconds=1.0)),
-        "batch": base.batch.model_copy(update=dict(max_records=50, max_wait_ms=200)),
-    })
+def settings_for(bootstrap: str, name: str, tmp_path):
+    return service_settings(
+        bootstrap, name, tmp_path / "data",
+        model=dict(num_topics=8, warmup_docs=200, warmup_steps=5, batch_size=32, vocab_max_size=1000,
+                   train_every_docs=300, train_steps=2),
+        snapshots=dict(every_docs=500), checkpoint=dict(every_seconds=1.0), batch=dict(max_records=50, max_wait_ms=200))
 
 
 def send(bootstrap: str, topic: str, docs: list[dict]) -> None:
@@ -106,13 +98,13 @@ def test_broker_stop_and_stall_lose_nothing_and_readiness_follows_the_broker(tmp
         resumed_after_stall = time_to_progress(service, thread, 60.0)
 
         deadline = time.monotonic() + 240
-        while not fully_committed(broker.bootstrap, topic, unique_name) and time.monotonic() < deadline:
+        while not fully_committed(broker.bootstrap, topic, settings.kafka.group_id) and time.monotonic() < deadline:
             assert thread.is_alive(), "the service crashed"
             time.sleep(1.0)
         print(f"\nbroker stopped 20 s: not ready after {outage['not_ready_after_s']} s, resumed "
               f"{resumed_after_stop} s after restart; stalled 10 s: not ready after {stall['not_ready_after_s']} s, "
               f"resumed {resumed_after_stall} s after SIGCONT; learned {service.model.n_docs} of {len(docs)}")
-        assert fully_committed(broker.bootstrap, topic, unique_name), "the service did not finish the stream"
+        assert fully_committed(broker.bootstrap, topic, settings.kafka.group_id), "the service did not finish the stream"
         assert service.ready, "ready again once the broker is back"
         service.stop()
         thread.join(60)

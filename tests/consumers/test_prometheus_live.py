@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from kafka_support import DEMO
+from kafka_support import DEMO, service_settings
+from pydantic import SecretStr
 
 from consumers.api import ApiServer
-from consumers.config import HttpSettings, Settings
 from consumers.wiring import build_service
 from stream.kafka_broker import free_port
 
@@ -43,19 +43,12 @@ def poll(pred, timeout, interval=1.0):
 
 @pytest.fixture
 def running_service(kafka_bootstrap, unique_name, produce, tmp_path):
-    base = Settings(data_dir=tmp_path / "data")
-    settings = base.model_copy(update={
-        "kafka": base.kafka.model_copy(update=dict(
-            bootstrap_servers=kafka_bootstrap, input_topic=f"{unique_name}-in", group_id=unique_name,
-            assignments_topic=f"{unique_name}-a", snapshots_topic=f"{unique_name}-s",
-            lineage_topic=f"{unique_name}-l", dead_letter_topic=f"{unique_name}-d")),
-        "model": base.model.model_copy(update=dict(
-            num_topics=6, warmup_docs=200, warmup_steps=10, batch_size=32, vocab_max_size=1500, vocab_min_df=2,
-            train_every_docs=100, train_steps=2, kmeans_decay=0.9)),
-        "snapshots": base.snapshots.model_copy(update=dict(every_docs=200, every_seconds=2.0)),
-        "batch": base.batch.model_copy(update=dict(max_records=100)),
-        "http": HttpSettings(port=0, token="t0ken", max_body_bytes=10_000),
-    })
+    settings = service_settings(
+        kafka_bootstrap, unique_name, tmp_path / "data",
+        model=dict(num_topics=6, warmup_docs=200, warmup_steps=10, batch_size=32, vocab_max_size=1500, vocab_min_df=2,
+                   train_every_docs=100, train_steps=2, kmeans_decay=0.9),
+        snapshots=dict(every_docs=200, every_seconds=2.0), batch=dict(max_records=100),
+        http=dict(port=0, token=SecretStr("t0ken"), max_body_bytes=10_000))
     produce(kafka_bootstrap, settings.kafka.input_topic, [json.dumps(d).encode() for d in themed(["sports", "technology"], 1200, "a")])
     service = build_service(settings)
     api = ApiServer(service).start()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from kafka_support import committed_offsets, read_topic, run_until_committed, stream_documents
+from kafka_support import committed_offsets, read_topic, run_until_committed, service_settings, stream_documents
 
 from consumers.config import Settings
 from consumers.wiring import build_service
@@ -26,18 +26,12 @@ EXPECTED_REASON = {"wrong_type": "invalid_field"}
 
 
 def small_settings(bootstrap: str, name: str, tmp_path, **model) -> Settings:
-    s = Settings(data_dir=tmp_path / "data")
-    return s.model_copy(update={
-        "kafka": s.kafka.model_copy(update=dict(bootstrap_servers=bootstrap, input_topic=f"{name}-in",
-                                                group_id=f"{name}-g", assignments_topic=f"{name}-assign",
-                                                snapshots_topic=f"{name}-snap", dead_letter_topic=f"{name}-dlq")),
-        "model": s.model.model_copy(update=dict(num_topics=20, warmup_docs=400, warmup_steps=20, batch_size=64,
-                                                vocab_max_size=2000, train_every_docs=256, train_steps=4,
-                                                vocab_refresh_every=1000) | model),
-        "snapshots": s.snapshots.model_copy(update=dict(every_docs=500, every_seconds=3600)),
-        "checkpoint": s.checkpoint.model_copy(update=dict(every_seconds=2.0, every_docs=1000)),
-        "batch": s.batch.model_copy(update=dict(max_records=200, max_wait_ms=200)),
-    })
+    return service_settings(
+        bootstrap, name, tmp_path / "data",
+        model=dict(num_topics=20, warmup_docs=400, warmup_steps=20, batch_size=64, vocab_max_size=2000,
+                   train_every_docs=256, train_steps=4, vocab_refresh_every=1000) | model,
+        snapshots=dict(every_docs=500, every_seconds=3600), checkpoint=dict(every_seconds=2.0, every_docs=1000),
+        batch=dict(max_records=200, max_wait_ms=200))
 
 
 def test_service_consumes_everything_and_dead_letters_the_malformed(kafka_bootstrap, unique_name, produce, tmp_path):

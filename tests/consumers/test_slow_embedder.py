@@ -1,5 +1,5 @@
-"""A throttled embedder (50 ms per document, so a batch of 200 would take 10 s) against a group with
-max.poll.interval.ms = 8 s: batches shrink to fit, the consumer is never thrown out of its group, and
+"""A throttled embedder (100 ms per document, so a batch of 200 would take 20 s) against a group with
+max.poll.interval.ms = 12 s: batches shrink to fit, the consumer is never thrown out of its group, and
 no document is processed twice."""
 
 from __future__ import annotations
@@ -9,14 +9,13 @@ import time
 from collections import Counter
 
 import pytest
-from kafka_support import read_topic, run_until_committed, stream_documents
+from kafka_support import read_topic, run_until_committed, service_settings, stream_documents
 
-from consumers.config import Settings
 from consumers.wiring import build_service
 
 pytestmark = pytest.mark.kafka
 
-SECONDS_PER_DOCUMENT = 0.05
+SECONDS_PER_DOCUMENT = 0.1
 
 
 class Throttled:
@@ -32,23 +31,16 @@ class Throttled:
 
 
 def test_a_slow_embedder_causes_no_rebalance_and_no_duplicate(kafka_bootstrap, unique_name, produce, tmp_path):
-    docs = stream_documents(600)
-    base = Settings(data_dir=tmp_path / "data")
-    settings = base.model_copy(update={
-        "kafka": base.kafka.model_copy(update=dict(
-            bootstrap_servers=kafka_bootstrap, input_topic=f"{unique_name}-in", group_id=unique_name,
-            assignments_topic=f"{unique_name}-a", snapshots_topic=f"{unique_name}-s",
-            lineage_topic=f"{unique_name}-l", dead_letter_topic=f"{unique_name}-d",
-            max_poll_interval_ms=8000, session_timeout_ms=6000)),
-        "model": base.model.model_copy(update=dict(num_topics=6, warmup_docs=150, warmup_steps=3, batch_size=32,
-                                                train_every_docs=200, train_steps=1)),
-        "batch": base.batch.model_copy(update=dict(max_records=200)),
-    })
+    docs = stream_documents(400)
+    settings = service_settings(
+        kafka_bootstrap, unique_name, tmp_path / "data", kafka=dict(max_poll_interval_ms=12_000, session_timeout_ms=10_000),
+        model=dict(num_topics=6, warmup_docs=150, warmup_steps=3, batch_size=32, train_every_docs=200, train_steps=1),
+        batch=dict(max_records=200))
     produce(kafka_bootstrap, settings.kafka.input_topic, [json.dumps(d).encode() for d in docs], partitions=2)
     service = build_service(settings)
     service.intake.embedder = Throttled(service.intake.embedder)
     try:
-        run_until_committed(service, kafka_bootstrap, settings.kafka.input_topic, unique_name, timeout=300)
+        run_until_committed(service, kafka_bootstrap, settings.kafka.input_topic, settings.kafka.group_id, timeout=300)
     finally:
         service.close()
     assignments = Counter(json.loads(r.value)["document_id"] for r in
