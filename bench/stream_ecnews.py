@@ -139,6 +139,12 @@ def main() -> None:
         figures["service_seconds"] = elapsed
         figures["service_over_embedder_throughput"] = figures["service_docs_per_s"] / figures["embedder_docs_per_s"]
         figures["rss_peak_mb_during_service"] = max(rss_peak)
+        # Per-stage time shares of the service's wall time, from its own xtream_stage_seconds sums
+        # ("train" runs on its own thread, so the shares may add up to more than 1).
+        for metric in service.metrics.stage_seconds.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_sum"):
+                    figures[f"share_{sample.labels['stage']}"] = sample.value / elapsed
         figures["train_steps"] = service.model.trainer.steps
         figures["train_max_share"] = settings.model.train_max_share
         figures["train_steps_per_1000_docs"] = 1000 * service.model.trainer.steps / len(docs)
