@@ -128,11 +128,15 @@ def latency_section(s: dict) -> list[str]:
 
 def stream_section(s: dict) -> list[str]:
     keys = ("documents", "embedder_docs_per_s", "service_docs_per_s", "service_over_embedder_throughput",
-            "rss_peak_mb_during_service", "tu", "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en",
+            "rss_peak_mb_during_service", "train_steps_per_1000_docs", "tu", "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en",
             "clf_intra_zh", "clf_cross_en", "clf_cross_zh")
     return ["## For reference: the service end to end, embedder included (`bench.stream_ecnews`)", "",
             "From `bench/results/stream_ecnews.json` (not re-run by `bench.all`).", "",
-            _table(["figure", "value"], [[k, s.get(k)] for k in keys if k in s]), ""]
+            _table(["figure", "value"], [[k, s.get(k)] for k in keys if k in s]), "",
+            "Share of the service's wall time per stage (its own `xtream_stage_seconds`; `train` runs on "
+            "its own thread, so the shares add up to more than 1):", "",
+            _table(["stage", "share"], [[k.removeprefix("share_"), v] for k, v in s.items() if k.startswith("share_")]),
+            ""]
 
 
 def soak_section(s: dict) -> list[str]:
