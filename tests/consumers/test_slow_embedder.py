@@ -5,6 +5,7 @@ no document is processed twice."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
 
@@ -39,6 +40,16 @@ def test_a_slow_embedder_causes_no_rebalance_and_no_duplicate(kafka_bootstrap, u
     produce(kafka_bootstrap, settings.kafka.input_topic, [json.dumps(d).encode() for d in docs], partitions=2)
     service = build_service(settings)
     service.intake.embedder = Throttled(service.intake.embedder)
+    # The group may assign twice while the consumer first joins (metadata of a new topic settling);
+    # what counts is that nothing is re-assigned once documents flow.
+    at_first_batch = {}
+
+    def note_first_batch():
+        while service.stats.records == 0:
+            time.sleep(0.05)
+        at_first_batch["rebalances"] = service.source.rebalances
+
+    threading.Thread(target=note_first_batch, daemon=True).start()
     try:
         run_until_committed(service, kafka_bootstrap, settings.kafka.input_topic, settings.kafka.group_id, timeout=300)
     finally:
@@ -47,6 +58,6 @@ def test_a_slow_embedder_causes_no_rebalance_and_no_duplicate(kafka_bootstrap, u
                           read_topic(kafka_bootstrap, settings.kafka.assignments_topic))
     print(f"\nthrottled embedder: {service.intake.embedder.calls} embedding calls for {len(docs)} documents, "
           f"{service.source.rebalances} partition assignment(s), {sum(assignments.values())} assignments published")
-    assert service.source.rebalances == 1, "the consumer was never thrown out of its group"
+    assert service.source.rebalances == at_first_batch["rebalances"], "the consumer was never thrown out of its group"
     assert service.model.n_docs == len(docs)
     assert set(assignments) == {d["id"] for d in docs} and max(assignments.values()) == 1, "nothing processed twice"
