@@ -92,6 +92,24 @@ def fully_committed(bootstrap: str, topic: str, group: str) -> bool:
     return all((committed[p] or 0) == end[p] for p in end)
 
 
+def run_until_records(service, n: int, timeout: float = 60.0) -> None:
+    """Run the service in a thread until it has handled ``n`` records (or ``timeout``), then stop and
+    close it: for tests judged on what the service did with the records, not on commits."""
+    import threading
+    import time
+
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while service.stats.records < n and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.5)
+    finally:
+        service.stop()
+        thread.join(60)
+        service.close()
+
+
 def run_until_committed(service, bootstrap: str, topic: str, group: str, timeout: float = 240.0) -> None:
     """Run the service in a thread until every input offset is committed; it must stay alive throughout.
 

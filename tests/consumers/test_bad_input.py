@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,7 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pytest
-from kafka_support import committed_offsets, read_topic, run_until_committed, service_settings, stream_documents
+from kafka_support import (committed_offsets, read_topic, run_until_committed, run_until_records, service_settings,
+                           stream_documents)
 from kafka import KafkaAdminClient, KafkaProducer
 
 from consumers.config import Settings
@@ -318,16 +318,7 @@ def test_a_kafka_timestamp_beyond_year_9999_is_valid_and_counted_once(kafka_boot
               for i, d in enumerate(docs)]
     produce_corpus(kafka_bootstrap, k.input_topic, corpus)
     service = build_service(settings)
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    try:   # judged on what the service did with the 40 records, not on commits
-        deadline = time.monotonic() + 60
-        while service.stats.records < len(docs) and time.monotonic() < deadline and thread.is_alive():
-            time.sleep(0.5)
-    finally:
-        service.stop()
-        thread.join(60)
-        service.close()
+    run_until_records(service, len(docs))   # judged on what the service did with the records, not on commits
     assert service.stats.records == len(docs)
     assert service.stats.dead_letters == {}, "a valid document was dead-lettered"
     assert service.model.n_docs == len(docs), "each document learned once"
@@ -356,16 +347,7 @@ def test_a_language_seen_twice_before_the_warm_up_ends_is_learned_once(kafka_boo
     finally:
         producer.close()
     service = build_service(settings)
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while service.stats.records < len(docs) and time.monotonic() < deadline and thread.is_alive():
-            time.sleep(0.5)
-    finally:
-        service.stop()
-        thread.join(60)
-        service.close()
+    run_until_records(service, len(docs))
     assert service.stats.records == len(docs)
     assert service.stats.dead_letters == {}, "a valid document was dead-lettered"
     assert service.model.n_docs == len(docs), "each document learned once"
