@@ -360,8 +360,8 @@ class OnlineTopicModel:
                 self.trainer = XTRATrainer(self.xtra, lr=self.cfg.lr, lr_step=self.cfg.lr_step,
                                            batch_size=self.cfg.batch_size, seed=self.cfg.seed)
             self.xtra.load_state_dict(x["weights"])
-            self.trainer.optimizer.load_state_dict(copy.deepcopy(x["optimizer"]))
-            self.trainer.scheduler.load_state_dict(x["scheduler"])
+            if self.trainer.load_optimizer_state(copy.deepcopy(x["optimizer"])):
+                self.trainer.scheduler.load_state_dict(x["scheduler"])
             self.trainer.steps = int(x["steps"])
         if "torch_rng" in state:   # absent from checkpoints written before it was kept
             self._torch_rng = torch.from_numpy(np.asarray(state["torch_rng"], dtype=np.uint8).copy())

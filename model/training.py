@@ -91,6 +91,21 @@ class XTRATrainer:
         self.optimizer = torch.optim.Adam(params, lr=self.lr, fused=True)  # fused: ~2x faster step on CPU
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=self.lr_step, gamma=self.lr_gamma)
 
+    def load_optimizer_state(self, state: dict) -> bool:
+        """Restore Adam's moments if they fit the parameters; otherwise start Adam afresh.
+
+        Moments saved by an older parameter layout (a projection stored (P, V) instead of (V, P))
+        cannot be reused; starting Adam again costs a few noisy steps, not the model.
+        """
+        self.optimizer.load_state_dict(state)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        fits = all(t.shape == p.shape for p in params for k, t in self.optimizer.state.get(p, {}).items()
+                   if k != "step" and isinstance(t, torch.Tensor))
+        if not fits:
+            logger.warning("saved optimizer state does not fit the model's parameters; Adam restarts")
+            self.reset_optimizer()
+        return fits
+
     def step(self, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
         """One gradient step on ``batch`` (see :meth:`XTRA.forward`); returns the loss parts."""
         self.model.train()

@@ -119,3 +119,50 @@ def test_a_failed_save_leaves_the_previous_model_untouched(tmp_path, trained, mo
 def test_save_creates_missing_parent_directories(tmp_path, trained):
     path = save_xtra(tmp_path / "a" / "b" / "m", trained, vocabularies())
     assert path == tmp_path / "a" / "b" / "m" and (path / "model.safetensors").is_file()
+
+
+def test_a_model_saved_with_linear_projections_loads_with_the_same_theta(trained):
+    """Models written before projections were stored one row per word had ``nn.Linear`` weights (P, V)."""
+    old_layout = {}
+    for key, value in trained.state_dict().items():
+        if key.endswith(".word_weight"):
+            old_layout[key.removesuffix("word_weight") + "weight"] = value.T.contiguous()
+        else:
+            old_layout[key] = value
+    loaded = XTRA(XTRAConfig(**{**trained.cfg.to_dict(), "vocab_sizes": dict(VOCABS)}))
+    loaded.load_state_dict(old_layout)
+    loaded.eval()
+    probe = batch(seed=9)
+    for lang in VOCABS:
+        assert torch.equal(loaded.theta(probe[lang]["bow"], lang), trained.theta(probe[lang]["bow"], lang))
+
+
+def test_sparse_and_dense_bags_of_words_give_the_same_theta_and_gradients(trained):
+    probe = batch(seed=4)
+    for lang in VOCABS:
+        dense = probe[lang]["bow"]
+        proj = trained.projections[lang][0]
+        outs, grads = [], []
+        for bow in (dense, dense.to_sparse()):
+            proj.zero_grad()
+            h = proj(bow)
+            (h * torch.linspace(-1, 1, h.shape[1])).sum().backward()
+            outs.append(h.detach())
+            grads.append(proj.word_weight.grad.clone())
+        torch.testing.assert_close(outs[0], outs[1])
+        torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_optimizer_state_of_another_parameter_layout_restarts_adam(trained):
+    trainer = XTRATrainer(trained, seed=0)
+    trainer.step(batch(1))
+    state = trainer.optimizer.state_dict()
+    assert trainer.load_optimizer_state(state)
+    for moments in state["state"].values():
+        for key in ("exp_avg", "exp_avg_sq"):
+            if moments[key].dim() == 2:
+                moments[key] = moments[key].T.contiguous() if moments[key].shape[0] != moments[key].shape[1] \
+                    else moments[key][:, :1]
+    assert not trainer.load_optimizer_state(state)
+    assert trainer.optimizer.state == {}
+    trainer.step(batch(2))   # and it still trains

@@ -86,7 +86,7 @@ def test_gradients_reach_every_language_projection_and_the_shared_encoder():
     net = model()
     net(random_batch(VOCABS)).loss.backward()
     for lang in VOCABS:
-        assert net.projections[lang][0].weight.grad.abs().sum() > 0
+        assert net.projections[lang][0].word_weight.grad.abs().sum() > 0
         assert net.betas[lang].grad.abs().sum() > 0
     assert net.encoder.fc1.weight.grad.abs().sum() > 0
 
@@ -340,11 +340,11 @@ def test_add_language_gives_a_new_language_its_own_parameters_and_training_conti
     assert net.cfg.vocab_sizes["fr"] == 25
     assert net.betas["fr"].shape == (K, 25) and net.word_embeddings("fr").shape == (25, WORD_EMB)
     trainer.reset_optimizer()
-    before = net.projections["fr"][0].weight.detach().clone()
+    before = net.projections["fr"][0].word_weight.detach().clone()
     for step in range(3):
         parts = trainer.step(random_batch(dict(VOCABS, fr=25), seed=step))
         assert math.isfinite(parts["total"]) and "recon_kl_fr" in parts
-    assert not torch.equal(net.projections["fr"][0].weight, before)
+    assert not torch.equal(net.projections["fr"][0].word_weight, before)
     net.eval()
     assert net.theta(random_batch({"fr": 25})["fr"]["bow"], "fr").shape == (8, K)
 
