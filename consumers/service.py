@@ -358,17 +358,21 @@ class TopicService:
             self._trainer_thread = None
 
     def _train_slice(self) -> None:
-        """``train_steps`` steps, cut short past ``train_budget_seconds``, one lock hold per step."""
+        """``train_steps`` steps, cut short past ``train_budget_seconds`` or at shutdown.
+
+        The model locks itself per step and serves inference from its last published copy, so
+        this does not hold the service lock: the loop keeps consuming while gradients are computed.
+        """
         m = self.settings.model
         started = time.monotonic()
         deadline = started + m.train_budget_seconds
-        done = 0
+        before = self.model.trainer.steps if self.model.trainer else 0
         with self.metrics.stage_seconds.labels("train").time():
-            while done < m.train_steps and time.monotonic() < deadline and not self._stop_training.is_set():
-                with self.lock:
-                    self.model.train(1)
-                    self._dirty = True
-                done += 1
+            self.model.train(m.train_steps,
+                             stop=lambda: time.monotonic() >= deadline or self._stop_training.is_set())
+        done = (self.model.trainer.steps if self.model.trainer else 0) - before
+        if done:
+            self._dirty = True
         self._training_duty.ran(started, time.monotonic())
         self._observe_model(done)
         self.stats.train_slices += 1
@@ -387,7 +391,7 @@ class TopicService:
             model = self.model
             sizes = model.kmeans.counts
             alive = sizes >= s.alive_share * sizes.sum() / max(len(sizes), 1)
-            signature = [tuple(w for lang in sorted(model.xtra.cfg.vocab_sizes) for w in model.topic_words(lang, 5)[0][k])
+            signature = [tuple(w for lang in model.languages for w in model.topic_words(lang, 5)[0][k])
                          for k in range(model.cfg.num_topics)]
             ids, events = self.tracker.update(model.kmeans.centers, alive, signature)
             now = datetime.now(timezone.utc)
@@ -476,10 +480,11 @@ class TopicService:
             m.training_loss.labels("reconstruction_kl").set(sum(v for k, v in losses.items() if k.startswith("recon_kl_")))
             for part in ("cluster", "infonce", "beta"):
                 m.training_loss.labels(part).set(losses.get(part, 0.0))
-        for lang, n in model.buffer.sizes().items():
+        sizes = model.sizes()   # called from the trainer thread too: read under the model's lock
+        for lang, n in sizes["buffer"].items():
             m.buffer_documents.labels(lang).set(n)
-        for lang, vocab in model.vocabs.items():
-            m.vocabulary_words.labels(lang).set(len(vocab))
+        for lang, words in sizes["vocabulary"].items():
+            m.vocabulary_words.labels(lang).set(words)
         m.model_version.set(model.version)
         m.model_documents.set(model.n_docs)
 

@@ -95,7 +95,7 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
     """The snapshot of a warm model and the word distributions to diff the next one against."""
     if not model.is_warm:
         raise ValueError("no snapshot before the model is warm")
-    langs = sorted(model.xtra.cfg.vocab_sizes)
+    langs = model.languages
     k = model.cfg.num_topics
     dists: WordDists = {}
     words_by_lang, drift_by_lang = {}, {}

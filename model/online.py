@@ -16,12 +16,22 @@ Life cycle:
 
 Cluster ids of training documents are recomputed from their embeddings at sampling time, so the
 contrastive signal follows the centres as they move.
+
+Threads: one thread may call :meth:`learn_many` / :meth:`predict_many` while another calls
+:meth:`train`. A gradient step (tens of milliseconds) must not stall the learner, so the model
+keeps two locks: a *data* lock over k-means, vocabularies and buffer (held by the learner per batch
+and by the trainer only to draw a sample) and a *parameter* lock over the live network and its
+optimizer (held by the trainer per step and by the learner only when the network's shape changes:
+warm-up, a vocabulary refresh, a new language, a re-seeded topic). Inference and topic words read a
+*serving* copy of the network that the trainer publishes after each :meth:`train` call, so they
+never wait for a step. Lock order is always data, then parameters.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,8 +88,12 @@ class OnlineTopicModel:
                                       novelty_threshold=cfg.novelty_threshold, min_novel=cfg.min_novel)
         self.buffer = ReplayBuffer(cfg.buffer_per_language, embedding_dim, seed=cfg.seed)
         self.vocabs: dict[str, Vocabulary] = {}
-        self.xtra: XTRA | None = None
+        self.xtra: XTRA | None = None         # the live network the trainer updates
+        self.serving: XTRA | None = None      # its last published copy: inference and topic words
         self.trainer: XTRATrainer | None = None
+        self._data_lock = threading.RLock()
+        self._params_lock = threading.RLock()
+        self._shape_generation = 0            # bumps whenever the network's per-word shapes change
         self.version = 0                 # bumps at every train slice that changed the model
         self.n_docs = 0                  # documents learned (the exactly-once count)
         self.docs_by_lang: dict[str, int] = {}
@@ -114,6 +128,10 @@ class OnlineTopicModel:
         """Absorb a batch: k-means, vocabulary statistics, buffer; initialises XTRA when warm-up ends."""
         if len(tokens) == 0:
             return
+        with self._data_lock:
+            self._learn_many(tokens, embeddings, langs)
+
+    def _learn_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray, langs: Sequence[str]) -> None:
         langs_arr = np.asarray(langs)
         self.kmeans.learn_many(embeddings)
         clusters = self.kmeans.predict_many(embeddings) if self.kmeans.is_initialised else np.zeros(len(tokens), np.int64)
@@ -127,22 +145,32 @@ class OnlineTopicModel:
             if self.xtra is not None and lang in self.xtra.cfg.vocab_sizes:
                 bow = self.vocabs[lang].transform(lang_tokens)
                 if reseeded:
-                    self._restart_topics(lang, reseeded, bow, clusters[rows])
+                    with self._params_lock:
+                        if self._restart_topics(lang, reseeded, bow, clusters[rows]):
+                            self._publish_serving()
                 self.buffer.add_many(lang, bow, embeddings[rows], clusters[rows])
             else:
                 self._pending.setdefault(lang, []).extend(zip(lang_tokens, embeddings[rows]))
         self.n_docs += len(tokens)
         self._since_refresh += len(tokens)
-        with self._own_torch_rng():
+        if self.xtra is None:
+            due = self.n_docs >= self.cfg.warmup_docs and self.kmeans.is_initialised
+        else:
+            due = (self._since_refresh >= self.cfg.vocab_refresh_every
+                   or any(len(held) >= self.cfg.min_docs_new_language for held in self._pending.values()))
+        if not due:   # the common case: no need to wait for a gradient step in progress
+            return
+        with self._params_lock, self._own_torch_rng():
             if self.xtra is None:
-                if self.n_docs >= self.cfg.warmup_docs and self.kmeans.is_initialised:
-                    self._initialise()
+                self._initialise()
             else:
                 self._admit_new_languages()
                 if self._since_refresh >= self.cfg.vocab_refresh_every:
-                    self.refresh_vocabularies()
+                    self._refresh_vocabularies()
+            if self.xtra is not None:
+                self._publish_serving()
 
-    def _restart_topics(self, lang: str, slots: list[int], bow, clusters: np.ndarray) -> None:
+    def _restart_topics(self, lang: str, slots: list[int], bow, clusters: np.ndarray) -> bool:
         """A re-seeded cluster is a new topic: restart its beta row from its documents' words.
 
         This is XTRA's own initialisation (cluster word distributions, idf-weighted, z-scored)
@@ -151,7 +179,7 @@ class OnlineTopicModel:
         """
         present = [k for k in slots if (clusters == k).sum() >= 2]
         if not present:
-            return
+            return False
         fresh = init_beta_from_clusters(bow, clusters, self.cfg.num_topics)
         with torch.no_grad():
             beta = self.xtra.betas[lang]
@@ -159,6 +187,7 @@ class OnlineTopicModel:
             std = (beta - columns).std(dim=1).mean().item()
             for k in present:
                 beta[k] = torch.from_numpy(fresh[k] * std) + columns
+        return True
 
     def _initialise(self) -> None:
         """End of warm-up: vocabularies, buffer and XTRA from the held documents."""
@@ -188,9 +217,11 @@ class OnlineTopicModel:
         self.trainer = XTRATrainer(self.xtra, lr=self.cfg.lr, lr_step=self.cfg.lr_step,
                                    batch_size=self.cfg.batch_size, seed=self.cfg.seed)
         self._since_refresh = 0
+        self._shape_generation += 1
         logger.info("XTRA initialised after %d documents: languages=%s vocab=%s", self.n_docs,
                     sorted(corpora), {lang: len(self.vocabs[lang]) for lang in corpora})
-        self._train(self.cfg.warmup_steps)   # already inside learn_many's _own_torch_rng
+        done, sums = self._steps(self.cfg.warmup_steps, own_rng=False)   # inside learn_many's _own_torch_rng
+        self._finish_slice(done, sums, self._shape_generation)
 
     def _word_embeddings(self, langs) -> dict[str, np.ndarray] | None:
         if self.embed_words is None:
@@ -220,10 +251,18 @@ class OnlineTopicModel:
                                    word_embeddings=self._embed(vocab.words))
             self.buffer.add_many(lang, bow, emb, clusters)
             self.trainer.reset_optimizer()
+            self._shape_generation += 1
             logger.info("new language %s joined the model with %d words", lang, len(vocab))
 
     def refresh_vocabularies(self) -> dict[str, tuple[int, int]]:
         """Admit/retire words in every language XTRA knows; returns {lang: (added, removed)}."""
+        with self._data_lock, self._params_lock:
+            changes = self._refresh_vocabularies()
+            if changes:
+                self._publish_serving()
+            return changes
+
+    def _refresh_vocabularies(self) -> dict[str, tuple[int, int]]:
         changes = {}
         for lang in list(self.xtra.cfg.vocab_sizes):
             change = self.vocabs[lang].refresh()
@@ -241,55 +280,107 @@ class OnlineTopicModel:
             changes[lang] = (len(change.added), len(change.removed))
         if changes:
             self.trainer.reset_optimizer()
+            self._shape_generation += 1
             logger.info("vocabulary refresh: %s", changes)
         self._since_refresh = 0
         return changes
 
-    def train(self, steps: int) -> dict[str, float]:
-        """``steps`` gradient steps on buffer samples; returns the mean loss parts."""
+    def train(self, steps: int, stop: Callable[[], bool] | None = None) -> dict[str, float]:
+        """``steps`` gradient steps on buffer samples, then publish the network; returns the mean loss parts.
+
+        ``stop`` is asked before every step and ends the slice early when true (a time budget, a
+        shutdown). Safe to call from a thread other than the learner's: see the module docstring.
+        """
         if self.xtra is None or steps <= 0:
             return {}
-        with self._own_torch_rng():
-            return self._train(steps)
+        done, sums = self._steps(steps, own_rng=True, stop=stop)
+        with self._params_lock:
+            generation = self._shape_generation
+            serving = self._serving_copy() if done else None
+        with self._data_lock:
+            self._finish_slice(done, sums, generation, serving)
+        return self.last_losses
 
-    def _train(self, steps: int) -> dict[str, float]:
+    def _steps(self, steps: int, own_rng: bool, stop: Callable[[], bool] | None = None) -> tuple[int, dict[str, float]]:
         sums: dict[str, float] = {}
         done = 0
         for _ in range(steps):
-            sample = self.buffer.sample(self.cfg.batch_size, languages=list(self.xtra.cfg.vocab_sizes))
-            batch = {}
-            for lang, (bow, emb, _) in sample.items():
-                if bow.shape[0] < 2:
-                    continue
-                corpus = LanguageCorpus(bow, emb, self.kmeans.predict_many(emb))
-                batch[lang] = corpus_batch(corpus, np.arange(len(corpus)))
+            if stop is not None and stop():
+                break
+            with self._data_lock:
+                generation = self._shape_generation
+                batch = self._sample_batch()
             if not batch:
                 break
-            for k, v in self.trainer.step(batch).items():
+            with self._params_lock:
+                if generation != self._shape_generation:
+                    continue   # the vocabulary changed after the draw: its columns no longer match
+                if own_rng:
+                    with self._own_torch_rng():
+                        parts = self.trainer.step(batch)
+                else:
+                    parts = self.trainer.step(batch)
+            for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             done += 1
-        if done:
-            self.version += 1
-            self.last_losses = {k: v / done for k, v in sums.items()}
-        return self.last_losses
+        return done, sums
+
+    def _sample_batch(self) -> dict[str, dict[str, torch.Tensor]]:
+        sample = self.buffer.sample(self.cfg.batch_size, languages=list(self.xtra.cfg.vocab_sizes))
+        batch = {}
+        for lang, (bow, emb, _) in sample.items():
+            if bow.shape[0] < 2:
+                continue
+            corpus = LanguageCorpus(bow, emb, self.kmeans.predict_many(emb))
+            batch[lang] = corpus_batch(corpus, np.arange(len(corpus)))
+        return batch
+
+    def _finish_slice(self, done: int, sums: dict[str, float], generation: int, serving: XTRA | None = None) -> None:
+        """Count a slice that stepped; publish its copy unless the network changed shape meanwhile."""
+        if not done:
+            return
+        self.version += 1
+        self.last_losses = {k: v / done for k, v in sums.items()}
+        if serving is None:
+            self._publish_serving()
+        elif generation == self._shape_generation:
+            self.serving = serving
+        # else the learner already published a copy of the re-shaped network
+
+    def _serving_copy(self) -> XTRA:
+        """A frozen copy of the live network; the fixed word-embedding buffers are shared, not copied."""
+        shared = {id(self.xtra.word_embeddings(lang)): self.xtra.word_embeddings(lang)
+                  for lang in self.xtra.cfg.vocab_sizes}
+        serving = copy.deepcopy(self.xtra, memo=shared)
+        serving.cfg = copy.deepcopy(self.xtra.cfg)
+        serving.eval().requires_grad_(False)
+        return serving
+
+    def _publish_serving(self) -> None:
+        self.serving = self._serving_copy()
 
     # -- inference -----------------------------------------------------------------------------
     def predict_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray,
                      langs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(clusters (n,), theta (n, K))``. Before XTRA is warm, theta is the cluster one-hot."""
+        with self._data_lock:
+            return self._predict_many(tokens, embeddings, langs)
+
+    def _predict_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray,
+                      langs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         n, k = len(tokens), self.cfg.num_topics
         clusters = self.kmeans.predict_many(embeddings) if self.kmeans.is_initialised else np.full(n, -1)
         theta = np.zeros((n, k), np.float32)
         known = clusters >= 0
         theta[np.flatnonzero(known), clusters[known]] = 1.0
-        if self.xtra is not None:
+        if self.serving is not None:
             langs_arr = np.asarray(langs)
-            for lang in set(langs_arr.tolist()) & set(self.xtra.cfg.vocab_sizes):
+            for lang in set(langs_arr.tolist()) & set(self.serving.cfg.vocab_sizes):
                 rows = np.flatnonzero(langs_arr == lang)
                 bow = self.vocabs[lang].transform([tokens[i] for i in rows])
                 has_words = np.asarray(bow.sum(axis=1)).ravel() > 0
                 if has_words.any():
-                    theta[rows[has_words]] = infer_theta(self.xtra, bow[has_words], lang)
+                    theta[rows[has_words]] = infer_theta(self.serving, bow[has_words], lang)
         return clusters, theta
 
     def observe_topics(self, theta: np.ndarray, langs: Sequence[str] | None = None) -> None:
@@ -315,11 +406,26 @@ class OnlineTopicModel:
         return [[words[i] for i in row] for row in idx], np.take_along_axis(dist, idx, axis=1)
 
     def topic_distribution(self, lang: str) -> np.ndarray:
+        """(K, V_lang) topic-word distributions of the published network."""
         with torch.no_grad():
-            return self.xtra.topic_word(lang).numpy()
+            return self.serving.topic_word(lang).numpy()
+
+    def sizes(self) -> dict[str, dict[str, int]]:
+        """``{"buffer": {lang: documents}, "vocabulary": {lang: words}}``, read consistently (for gauges)."""
+        with self._data_lock:
+            return {"buffer": self.buffer.sizes(), "vocabulary": {lang: len(v) for lang, v in self.vocabs.items()}}
+
+    @property
+    def languages(self) -> list[str]:
+        """Languages the published network knows (sorted)."""
+        return [] if self.serving is None else sorted(self.serving.cfg.vocab_sizes)
 
     # -- persistence ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        with self._data_lock, self._params_lock:
+            return self._state_dict()
+
+    def _state_dict(self) -> dict:
         state = {
             "cfg": dict(self.cfg.__dict__), "embedding_dim": self.embedding_dim,
             "kmeans": self.kmeans.state_dict(), "buffer": self.buffer.state_dict(),
@@ -363,5 +469,6 @@ class OnlineTopicModel:
             if self.trainer.load_optimizer_state(copy.deepcopy(x["optimizer"])):
                 self.trainer.scheduler.load_state_dict(x["scheduler"])
             self.trainer.steps = int(x["steps"])
+            self._publish_serving()
         if "torch_rng" in state:   # absent from checkpoints written before it was kept
             self._torch_rng = torch.from_numpy(np.asarray(state["torch_rng"], dtype=np.uint8).copy())

@@ -7,6 +7,7 @@ topic's direction plus noise and its tokens come from that topic's word list in 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -151,6 +152,77 @@ def test_observe_topics_moves_prevalence_toward_the_batch_mean():
     np.testing.assert_allclose(model.prevalence, m * np.full(K, 1 / K) + (1 - m) * np.eye(K)[0])
     model.observe_topics(np.zeros((0, K), np.float32))
     np.testing.assert_allclose(model.prevalence.sum(), 1.0)
+
+
+# --------------------------------------------------------------------------- a learner and a trainer thread
+def test_inference_and_learning_do_not_wait_for_a_gradient_step_in_progress(warm, planted_stream):
+    entered, release = threading.Event(), threading.Event()
+    real_step = warm.trainer.step
+
+    def slow_step(batch):
+        entered.set()
+        assert release.wait(30), "the test never released the step"
+        return real_step(batch)
+
+    warm.trainer.step = slow_step
+    probe = planted_stream(20, seed=21, words_per_topic=4)
+    more = planted_stream(40, seed=22, words_per_topic=4)
+    before = warm.predict_many(probe.tokens, probe.embeddings, probe.langs)[1]
+    trainer = threading.Thread(target=warm.train, args=(1,))
+    trainer.start()
+    try:
+        assert entered.wait(10)                       # the step holds the network now
+        served = {}
+
+        def learn_and_predict():
+            served["theta"] = warm.predict_many(probe.tokens, probe.embeddings, probe.langs)[1]
+            warm.learn_many(more.tokens, more.embeddings, more.langs)
+
+        learner = threading.Thread(target=learn_and_predict)
+        learner.start()
+        learner.join(10)
+        assert not learner.is_alive(), "inference or learning waited for the gradient step"
+        assert trainer.is_alive()
+        np.testing.assert_array_equal(served["theta"], before)   # served by the last published network
+    finally:
+        release.set()
+        trainer.join(30)
+    after = warm.predict_many(probe.tokens, probe.embeddings, probe.langs)[1]
+    assert not np.array_equal(after, before)          # the finished step was published
+
+
+def test_a_trainer_thread_and_a_learner_keep_the_model_consistent_through_vocabulary_refreshes(planted_stream):
+    model = OnlineTopicModel(config(vocab_refresh_every=60, vocab_max_size=40), DIM)
+    feed(model, planted_stream(160, seed=0, words_per_topic=4))
+    words_before = {lang: set(model.vocabs[lang].words) for lang in model.languages}
+    errors, stop = [], threading.Event()
+
+    def train_forever():
+        try:
+            while not stop.is_set():
+                model.train(2)
+        except Exception as exc:   # noqa: BLE001 - any failure is the test's finding
+            errors.append(exc)
+
+    trainer = threading.Thread(target=train_forever)
+    trainer.start()
+    try:
+        stream = planted_stream(1200, seed=5, words_per_topic=12)   # more words than fit: refreshes swap them
+        for tokens, emb, langs in stream.batches(40):
+            model.learn_many(tokens, emb, langs)
+            _, theta = model.predict_many(tokens, emb, langs)
+            assert theta.shape == (len(tokens), K) and np.allclose(theta.sum(1), 1, atol=1e-4)
+    finally:
+        stop.set()
+        trainer.join(60)
+    assert not errors and not trainer.is_alive()
+    assert model.n_docs == 160 + 1200
+    assert model.trainer.steps > model.cfg.warmup_steps     # the trainer did run alongside
+    consistent_shapes(model)
+    assert any(set(model.vocabs[lang].words) != words for lang, words in words_before.items())   # refreshes ran
+    assert model.languages == sorted(model.xtra.cfg.vocab_sizes)
+    for lang in model.languages:
+        assert model.serving.betas[lang].shape == model.xtra.betas[lang].shape
 
 
 # --------------------------------------------------------------------------- vocabulary and languages
