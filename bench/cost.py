@@ -122,16 +122,16 @@ def run_xtream(stream, tokens: list[list[str]], train: bool) -> tuple[_Clock, in
         for i in range(0, len(tokens), batch):
             tok, x, lg = tokens[i:i + batch], emb[i:i + batch], langs[i:i + batch]
             t0 = perf()
-            warm = model.is_warm
+            warm = model.is_initialised
             model.learn_many(tok, x, lg)
             t1 = perf()
             _, theta = model.predict_many(tok, x, lg)
             model.observe_topics(theta, lg)
             t2 = perf()
-            clock.add("init" if model.is_warm and not warm else "learn", t1 - t0)
+            clock.add("init" if model.is_initialised and not warm else "learn", t1 - t0)
             clock.add("predict", t2 - t1)
             since += len(tok)
-            if train and model.is_warm and since >= every:
+            if train and model.is_initialised and since >= every:
                 since = 0
                 model.train(steps)
                 clock.add("train", perf() - t2)

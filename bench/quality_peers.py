@@ -115,7 +115,7 @@ def run_xtream_stream(data: Data, args) -> dict:
         _, theta = model.predict_many(tok, x, lg)
         model.observe_topics(theta, lg)
         since += len(tok)
-        if model.is_warm and since >= every:
+        if model.is_initialised and since >= every:
             since = 0
             model.train(steps)
     seconds = time.perf_counter() - started

@@ -84,7 +84,7 @@ def worker(docs: int, k: int, train: bool, noise: float, threads: int, seed: int
         _, theta = model.predict_many(tok, x, lg)
         model.observe_topics(theta, lg)
         since += n
-        if train and model.is_warm and since >= every:
+        if train and model.is_initialised and since >= every:
             since = 0
             model.train(steps)
         wall += perf() - t0

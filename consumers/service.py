@@ -325,7 +325,7 @@ class TopicService:
         CPU left over instead of stalling consumption.
         """
         m = self.settings.model
-        if not self.model.is_warm or self._docs_since_train < m.train_every_docs:
+        if not self.model.is_initialised or self._docs_since_train < m.train_every_docs:
             return
         if not m.train_in_background:
             if self._training_duty.ready(time.monotonic()):

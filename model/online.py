@@ -7,9 +7,10 @@ Life cycle:
 
 1. *Warm-up.* Documents are clustered and kept (tokens and all) until ``warmup_docs`` have arrived.
    Assignments then carry the cluster as the topic (model version 0).
-2. *Initialisation.* Vocabularies are built from the warm-up documents, XTRA is initialised from the
-   clusters (prior from cluster sizes, beta from cluster word distributions) and trained for
-   ``warmup_steps`` steps on the buffer.
+2. *Initialisation.* Vocabularies are built from the warm-up documents and XTRA is initialised from
+   the clusters (prior from cluster sizes, beta from cluster word distributions). The next
+   :meth:`train` call runs ``warmup_steps`` steps on the buffer (on the trainer's thread, so the
+   learner never stalls for them); until they are done, theta stays the cluster one-hot.
 3. *Online.* Every batch updates k-means and vocab statistics and enters the buffer; the caller runs
    :meth:`train` in bounded slices; every ``vocab_refresh_every`` documents vocabularies may admit
    and retire words, and XTRA's per-word parameters and the buffer follow.
@@ -94,6 +95,7 @@ class OnlineTopicModel:
         self._data_lock = threading.RLock()
         self._params_lock = threading.RLock()
         self._shape_generation = 0            # bumps whenever the network's per-word shapes change
+        self._warmup_left = 0                 # warm-up steps still to run before the first publish
         self.version = 0                 # bumps at every train slice that changed the model
         self.n_docs = 0                  # documents learned (the exactly-once count)
         self.docs_by_lang: dict[str, int] = {}
@@ -114,8 +116,14 @@ class OnlineTopicModel:
             self._torch_rng = torch.get_rng_state()
 
     @property
-    def is_warm(self) -> bool:
+    def is_initialised(self) -> bool:
+        """XTRA exists and wants :meth:`train` calls (the warm-up steps may still be due)."""
         return self.xtra is not None
+
+    @property
+    def is_warm(self) -> bool:
+        """A trained network is published: theta, topic words and snapshots come from XTRA."""
+        return self.serving is not None
 
     def _vocab(self, lang: str) -> Vocabulary:
         if lang not in self.vocabs:
@@ -218,10 +226,10 @@ class OnlineTopicModel:
                                    batch_size=self.cfg.batch_size, seed=self.cfg.seed)
         self._since_refresh = 0
         self._shape_generation += 1
-        logger.info("XTRA initialised after %d documents: languages=%s vocab=%s", self.n_docs,
-                    sorted(corpora), {lang: len(self.vocabs[lang]) for lang in corpora})
-        done, sums = self._steps(self.cfg.warmup_steps, own_rng=False)   # inside learn_many's _own_torch_rng
-        self._finish_slice(done, sums, self._shape_generation)
+        self._warmup_left = self.cfg.warmup_steps
+        logger.info("XTRA initialised after %d documents: languages=%s vocab=%s; %d warm-up steps due",
+                    self.n_docs, sorted(corpora), {lang: len(self.vocabs[lang]) for lang in corpora},
+                    self._warmup_left)
 
     def _word_embeddings(self, langs) -> dict[str, np.ndarray] | None:
         if self.embed_words is None:
@@ -288,20 +296,22 @@ class OnlineTopicModel:
     def train(self, steps: int, stop: Callable[[], bool] | None = None) -> dict[str, float]:
         """``steps`` gradient steps on buffer samples, then publish the network; returns the mean loss parts.
 
-        ``stop`` is asked before every step and ends the slice early when true (a time budget, a
-        shutdown). Safe to call from a thread other than the learner's: see the module docstring.
+        The first calls also run what is left of the warm-up (``max(steps, warm-up left)`` steps);
+        the network is published once the warm-up is complete. ``stop`` is asked before every step
+        and ends the slice early when true (a time budget, a shutdown). Safe to call from a thread
+        other than the learner's: see the module docstring.
         """
-        if self.xtra is None or steps <= 0:
+        if self.xtra is None or max(steps, self._warmup_left) <= 0:
             return {}
-        done, sums = self._steps(steps, own_rng=True, stop=stop)
+        done, sums = self._steps(max(steps, self._warmup_left), stop=stop)
         with self._params_lock:
             generation = self._shape_generation
-            serving = self._serving_copy() if done else None
+            serving = self._serving_copy() if done and not self._warmup_left else None
         with self._data_lock:
             self._finish_slice(done, sums, generation, serving)
         return self.last_losses
 
-    def _steps(self, steps: int, own_rng: bool, stop: Callable[[], bool] | None = None) -> tuple[int, dict[str, float]]:
+    def _steps(self, steps: int, stop: Callable[[], bool] | None = None) -> tuple[int, dict[str, float]]:
         sums: dict[str, float] = {}
         done = 0
         for _ in range(steps):
@@ -315,11 +325,9 @@ class OnlineTopicModel:
             with self._params_lock:
                 if generation != self._shape_generation:
                     continue   # the vocabulary changed after the draw: its columns no longer match
-                if own_rng:
-                    with self._own_torch_rng():
-                        parts = self.trainer.step(batch)
-                else:
+                with self._own_torch_rng():
                     parts = self.trainer.step(batch)
+                self._warmup_left = max(0, self._warmup_left - 1)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             done += 1
@@ -335,17 +343,19 @@ class OnlineTopicModel:
             batch[lang] = corpus_batch(corpus, np.arange(len(corpus)))
         return batch
 
-    def _finish_slice(self, done: int, sums: dict[str, float], generation: int, serving: XTRA | None = None) -> None:
-        """Count a slice that stepped; publish its copy unless the network changed shape meanwhile."""
+    def _finish_slice(self, done: int, sums: dict[str, float], generation: int, serving: XTRA | None) -> None:
+        """Publish a slice that stepped (a new version), once the warm-up is over."""
         if not done:
             return
-        self.version += 1
         self.last_losses = {k: v / done for k, v in sums.items()}
-        if serving is None:
-            self._publish_serving()
-        elif generation == self._shape_generation:
+        if self._warmup_left:
+            return
+        if serving is None or generation != self._shape_generation:
+            with self._params_lock:   # re-shaped meanwhile: copy the network as it is now
+                self._publish_serving()
+        else:
             self.serving = serving
-        # else the learner already published a copy of the re-shaped network
+        self.version += 1
 
     def _serving_copy(self) -> XTRA:
         """A frozen copy of the live network; the fixed word-embedding buffers are shared, not copied."""
@@ -357,7 +367,9 @@ class OnlineTopicModel:
         return serving
 
     def _publish_serving(self) -> None:
-        self.serving = self._serving_copy()
+        """Replace the serving copy (caller holds both locks); not before the warm-up is done."""
+        if self.xtra is not None and not self._warmup_left:
+            self.serving = self._serving_copy()
 
     # -- inference -----------------------------------------------------------------------------
     def predict_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray,
@@ -430,7 +442,7 @@ class OnlineTopicModel:
             "cfg": dict(self.cfg.__dict__), "embedding_dim": self.embedding_dim,
             "kmeans": self.kmeans.state_dict(), "buffer": self.buffer.state_dict(),
             "vocabs": {lang: v.state_dict() for lang, v in self.vocabs.items()},
-            "version": self.version, "n_docs": self.n_docs, "docs_by_lang": dict(self.docs_by_lang),
+            "version": self.version, "n_docs": self.n_docs, "warmup_left": self._warmup_left, "docs_by_lang": dict(self.docs_by_lang),
             "prevalence": self.prevalence.copy(), "since_refresh": self._since_refresh,
             "prevalence_by_lang": {k: v.copy() for k, v in self.prevalence_by_lang.items()},
             "torch_rng": self._torch_rng.numpy().copy(),
@@ -453,6 +465,7 @@ class OnlineTopicModel:
         for lang, vs in state["vocabs"].items():
             self._vocab(lang).load_state_dict(vs)
         self.version, self.n_docs = int(state["version"]), int(state["n_docs"])
+        self._warmup_left = int(state.get("warmup_left", 0))
         self.docs_by_lang = dict(state["docs_by_lang"])
         self.prevalence = np.asarray(state["prevalence"], dtype=np.float64)
         self.prevalence_by_lang = {k: np.asarray(v, dtype=np.float64)

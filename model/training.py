@@ -86,9 +86,15 @@ class XTRATrainer:
         self.reset_optimizer()
 
     def reset_optimizer(self) -> None:
-        """(Re)create Adam; needed after the vocabulary changes the parameter shapes."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=self.lr, fused=True)  # fused: ~2x faster step on CPU
+        """(Re)create Adam; needed after the vocabulary changes the parameter shapes.
+
+        Parameters are taken in name order, not registration order: a model rebuilt from a
+        checkpoint registers a late-joining language's tensors elsewhere than the original did, and
+        both Adam's saved state (by position) and the clipping norm (a sum in list order) must not
+        depend on that history.
+        """
+        self.params = [p for _, p in sorted(self.model.named_parameters()) if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=self.lr, fused=True)  # fused: ~2x faster step on CPU
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=self.lr_step, gamma=self.lr_gamma)
 
     def load_optimizer_state(self, state: dict) -> bool:
@@ -112,7 +118,7 @@ class XTRATrainer:
         out = self.model(batch)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
         self.steps += 1
         return out.parts

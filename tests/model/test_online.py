@@ -40,6 +40,7 @@ def warm(planted_stream) -> OnlineTopicModel:
     """A model just past warm-up on a stream whose topics use 4 words each per language."""
     model = OnlineTopicModel(config(), DIM)
     feed(model, planted_stream(160, seed=0, words_per_topic=4))
+    model.train(0)   # the warm-up steps
     assert model.is_warm
     return model
 
@@ -77,14 +78,19 @@ def test_before_any_cluster_exists_predictions_are_marked_unknown(planted_stream
     assert not theta.any()
 
 
-def test_the_model_warms_up_after_warmup_docs_with_every_language(planted_stream):
+def test_the_model_initialises_after_warmup_docs_and_is_warm_after_the_warm_up_steps(planted_stream):
     model = OnlineTopicModel(config(), DIM)
     stream = planted_stream(160, words_per_topic=4)
     feed(model, stream, batch=40)
-    assert model.is_warm
+    assert model.is_initialised and not model.is_warm
     assert sorted(model.xtra.cfg.vocab_sizes) == ["de", "en", "ja"]
     assert model.n_docs == 160 and sum(model.docs_by_lang.values()) == 160
-    assert model.version == 1                          # the warm-up training slice
+    # learning never ran a gradient step: until the warm-up steps are done, theta is the cluster
+    assert model.trainer.steps == 0 and model.version == 0
+    clusters, theta = model.predict_many(stream.tokens, stream.embeddings, stream.langs)
+    np.testing.assert_array_equal(theta, np.eye(K, dtype=np.float32)[clusters])
+    model.train(1)                                     # the first slice runs the whole warm-up
+    assert model.is_warm and model.trainer.steps == model.cfg.warmup_steps and model.version == 1
     assert consistent_shapes(model) == {"de": 16, "en": 16, "ja": 16}   # 4 topics x 4 words
     assert model.buffer.sizes() == {lang: min(64, n) for lang, n in model.docs_by_lang.items()}
 
@@ -194,6 +200,7 @@ def test_inference_and_learning_do_not_wait_for_a_gradient_step_in_progress(warm
 def test_a_trainer_thread_and_a_learner_keep_the_model_consistent_through_vocabulary_refreshes(planted_stream):
     model = OnlineTopicModel(config(vocab_refresh_every=60, vocab_max_size=40), DIM)
     feed(model, planted_stream(160, seed=0, words_per_topic=4))
+    model.train(0)
     words_before = {lang: set(model.vocabs[lang].words) for lang in model.languages}
     errors, stop = [], threading.Event()
 
@@ -257,7 +264,7 @@ def fake_word_embedder(words: list[str]) -> np.ndarray:
 def test_word_embeddings_follow_the_vocabulary_through_a_refresh(planted_stream):
     model = OnlineTopicModel(config(), DIM, embed_words=fake_word_embedder)
     feed(model, planted_stream(160, seed=0, words_per_topic=4))
-    assert model.is_warm
+    assert model.is_initialised
     for lang in model.xtra.cfg.vocab_sizes:
         np.testing.assert_array_equal(model.xtra.word_embeddings(lang).numpy(),
                                       fake_word_embedder(model.vocabs[lang].words))
@@ -340,6 +347,7 @@ def test_state_dict_before_warm_up_round_trips_the_held_documents(planted_stream
     assert not clone.is_warm
     for m in (model, clone):
         feed(m, stream)
+        m.train(0)
     assert clone.is_warm and model.is_warm
     for got, want in zip(clone.predict_many(stream.tokens, stream.embeddings, stream.langs),
                          model.predict_many(stream.tokens, stream.embeddings, stream.langs)):
