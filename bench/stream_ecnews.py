@@ -160,6 +160,9 @@ def main() -> None:
 
     # 4. Quality of the final model, on the test split.
     model = service.model
+    figures["warm_at_end"] = model.is_warm
+    if not model.is_warm:   # a short stream under a tight training duty ends inside the warm-up steps
+        model.train(0)
     toks = service.tokenizer.tokenize_many(texts, langs)
     _, theta_train = model.predict_many(toks, train_emb, langs)
     test = {lang: (read(f"test_texts_{f}.txt"), np.loadtxt(args.data / f"test_labels_{f}.txt", dtype=int))
