@@ -212,12 +212,20 @@ class TopicService:
             m.batch_records_limit.set(sizing.next())
             if not records and (self.source.exhausted() or (max_idle_polls is not None and idle >= max_idle_polls)):
                 break
-        self.finish()
+        self.finish(complete_warmup=not self._stop.is_set())
         return self.stats
 
-    def finish(self) -> None:
-        """Clean stop: stop training, a last snapshot if the model moved, a forced checkpoint + commit."""
+    def finish(self, complete_warmup: bool = False) -> None:
+        """Clean stop: stop training, a last snapshot if the model moved, a forced checkpoint + commit.
+
+        At the end of a finite input (not on SIGTERM, which must stop promptly) the warm-up steps a
+        short stream may have left undone are run, so the last snapshot comes from XTRA.
+        """
         self._stop_trainer()
+        if complete_warmup and self.model.is_initialised and not self.model.is_warm:
+            logger.info("input ended during the warm-up: finishing its gradient steps")
+            self.model.train(0)
+            self._dirty = True
         self.maybe_snapshot(force=True)
         if self._dirty:
             self.checkpoint()

@@ -21,6 +21,8 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+import threading
+
 import numpy as np
 
 __all__ = [
@@ -52,11 +54,21 @@ class Embedder(ABC):
     #: Characters kept per text: embedding cost grows with length, topic signal does not.
     max_chars: int = 2000
 
+    #: Texts per call into the model. The service embeds documents on its loop and vocabulary words
+    #: on its trainer thread; calls are serialised per chunk (tokenisers of some models are not
+    #: thread-safe), so a long word list never holds the loop up for more than one chunk.
+    chunk: int = 256
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        lock = self.__dict__.setdefault("_lock", threading.Lock())   # atomic under the GIL
         clipped = [t[: self.max_chars] for t in texts]
-        return _normalise(self._encode(clipped))
+        parts = []
+        for i in range(0, len(clipped), self.chunk):
+            with lock:
+                parts.append(self._encode(clipped[i:i + self.chunk]))
+        return _normalise(np.concatenate(parts))
 
     @abstractmethod
     def _encode(self, texts: list[str]) -> np.ndarray: ...

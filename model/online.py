@@ -96,6 +96,7 @@ class OnlineTopicModel:
         self._params_lock = threading.RLock()
         self._shape_generation = 0            # bumps whenever the network's per-word shapes change
         self._warmup_left = 0                 # warm-up steps still to run before the first publish
+        self._words_to_embed: dict[str, set[str]] = {}   # vocabulary words whose embedding row is still zero
         self.version = 0                 # bumps at every train slice that changed the model
         self.n_docs = 0                  # documents learned (the exactly-once count)
         self.docs_by_lang: dict[str, int] = {}
@@ -234,15 +235,39 @@ class OnlineTopicModel:
     def _word_embeddings(self, langs) -> dict[str, np.ndarray] | None:
         if self.embed_words is None:
             return None
-        return {lang: self._embed(self.vocabs[lang].words) for lang in langs}
+        return {lang: self._unembedded(lang, self.vocabs[lang].words) for lang in langs}
 
-    def _embed(self, words: list[str]) -> np.ndarray:
-        if not words:
-            dim = self.xtra.cfg.word_embedding_dim if self.xtra else self.embedding_dim
-            return np.zeros((0, dim), np.float32)
+    def _unembedded(self, lang: str, words: list[str]) -> np.ndarray:
+        """Zero rows for ``words``, queued for :meth:`_embed_queued_words` (the trainer's thread).
+
+        Embedding a fresh vocabulary (thousands of words) takes seconds; done here it would stall
+        the learner. Only the beta alignment reads these rows, and every train call fills the
+        queue before its first step.
+        """
+        self._words_to_embed.setdefault(lang, set()).update(words)
+        return np.zeros((len(words), self.embedding_dim), np.float32)
+
+    def _embed_queued_words(self) -> None:
         if self.embed_words is None:
-            return np.zeros((len(words), self.xtra.cfg.word_embedding_dim if self.xtra else self.embedding_dim), np.float32)
-        return np.asarray(self.embed_words(words), dtype=np.float32).reshape(len(words), -1)
+            return
+        with self._data_lock:
+            todo = {lang: sorted(words) for lang, words in self._words_to_embed.items() if words}
+        if not todo:
+            return
+        vectors = {lang: np.asarray(self.embed_words(words), dtype=np.float32).reshape(len(words), -1)
+                   for lang, words in todo.items()}   # the slow part, outside both locks
+        for lang, v in vectors.items():
+            if v.shape[1] != self.embedding_dim:
+                raise ValueError(f"embed_words gave {v.shape[1]}-d vectors for {lang!r}; "
+                                 f"word embeddings must have the document embeddings' {self.embedding_dim} dimensions")
+        with self._data_lock, self._params_lock:
+            for lang, words in todo.items():
+                index = self.vocabs[lang].index   # words may have been retired meanwhile
+                found = [(index[w], i) for i, w in enumerate(words) if w in index]
+                if found and lang in self.xtra.cfg.vocab_sizes:
+                    rows, src = map(list, zip(*found))
+                    self.xtra.word_embeddings(lang)[torch.as_tensor(rows)] = torch.from_numpy(vectors[lang][src])
+                self._words_to_embed[lang].difference_update(words)
 
     def _admit_new_languages(self) -> None:
         for lang in [l for l, held in self._pending.items() if len(held) >= self.cfg.min_docs_new_language]:
@@ -256,7 +281,7 @@ class OnlineTopicModel:
             bow = vocab.transform([t for t, _ in held])
             clusters = self.kmeans.predict_many(emb)
             self.xtra.add_language(lang, len(vocab), beta=init_beta_from_clusters(bow, clusters, self.cfg.num_topics),
-                                   word_embeddings=self._embed(vocab.words))
+                                   word_embeddings=self._unembedded(lang, vocab.words) if self.embed_words else None)
             self.buffer.add_many(lang, bow, emb, clusters)
             self.trainer.reset_optimizer()
             self._shape_generation += 1
@@ -282,7 +307,7 @@ class OnlineTopicModel:
                 new_emb = np.zeros((len(words), self.xtra.cfg.word_embedding_dim), np.float32)
                 kept = change.new_to_old >= 0
                 new_emb[kept] = self.xtra.word_embeddings(lang).numpy()[change.new_to_old[kept]]
-                new_emb[~kept] = self._embed(change.added)
+                new_emb[~kept] = self._unembedded(lang, change.added)
             self.xtra.remap_vocabulary(lang, change.old_to_new, len(words), new_emb)
             self.buffer.remap_vocabulary(lang, change.old_to_new, len(words))
             changes[lang] = (len(change.added), len(change.removed))
@@ -301,7 +326,10 @@ class OnlineTopicModel:
         and ends the slice early when true (a time budget, a shutdown). Safe to call from a thread
         other than the learner's: see the module docstring.
         """
-        if self.xtra is None or max(steps, self._warmup_left) <= 0:
+        if self.xtra is None:
+            return {}
+        self._embed_queued_words()
+        if max(steps, self._warmup_left) <= 0:
             return {}
         done, sums = self._steps(max(steps, self._warmup_left), stop=stop)
         with self._params_lock:
@@ -442,7 +470,8 @@ class OnlineTopicModel:
             "cfg": dict(self.cfg.__dict__), "embedding_dim": self.embedding_dim,
             "kmeans": self.kmeans.state_dict(), "buffer": self.buffer.state_dict(),
             "vocabs": {lang: v.state_dict() for lang, v in self.vocabs.items()},
-            "version": self.version, "n_docs": self.n_docs, "warmup_left": self._warmup_left, "docs_by_lang": dict(self.docs_by_lang),
+            "version": self.version, "n_docs": self.n_docs, "warmup_left": self._warmup_left,
+            "words_to_embed": {lang: sorted(words) for lang, words in self._words_to_embed.items() if words}, "docs_by_lang": dict(self.docs_by_lang),
             "prevalence": self.prevalence.copy(), "since_refresh": self._since_refresh,
             "prevalence_by_lang": {k: v.copy() for k, v in self.prevalence_by_lang.items()},
             "torch_rng": self._torch_rng.numpy().copy(),
@@ -466,6 +495,7 @@ class OnlineTopicModel:
             self._vocab(lang).load_state_dict(vs)
         self.version, self.n_docs = int(state["version"]), int(state["n_docs"])
         self._warmup_left = int(state.get("warmup_left", 0))
+        self._words_to_embed = {lang: set(words) for lang, words in state.get("words_to_embed", {}).items()}
         self.docs_by_lang = dict(state["docs_by_lang"])
         self.prevalence = np.asarray(state["prevalence"], dtype=np.float64)
         self.prevalence_by_lang = {k: np.asarray(v, dtype=np.float64)

@@ -262,18 +262,26 @@ def fake_word_embedder(words: list[str]) -> np.ndarray:
 
 
 def test_word_embeddings_follow_the_vocabulary_through_a_refresh(planted_stream):
-    model = OnlineTopicModel(config(), DIM, embed_words=fake_word_embedder)
+    calls = []
+
+    def embed_words(words):
+        calls.append((threading.current_thread().name, len(words)))
+        return fake_word_embedder(words)
+
+    model = OnlineTopicModel(config(), DIM, embed_words=embed_words)
     feed(model, planted_stream(160, seed=0, words_per_topic=4))
-    assert model.is_initialised
+    assert model.is_initialised and calls == []   # learning does not embed words: the trainer does
+    model.train(0)
+    assert calls and all(name == threading.current_thread().name for name, _ in calls)
     for lang in model.xtra.cfg.vocab_sizes:
         np.testing.assert_array_equal(model.xtra.word_embeddings(lang).numpy(),
                                       fake_word_embedder(model.vocabs[lang].words))
     feed(model, planted_stream(100, seed=8, words_per_topic=8))
     assert all(v > 16 for v in consistent_shapes(model).values())
+    assert 0 < model.train(3)["beta"] < math.log(K)   # informative word embeddings: alignment is learnable
     for lang in model.xtra.cfg.vocab_sizes:   # surviving rows moved, new rows embedded
         np.testing.assert_array_equal(model.xtra.word_embeddings(lang).numpy(),
                                       fake_word_embedder(model.vocabs[lang].words))
-    assert 0 < model.train(3)["beta"] < math.log(K)   # informative word embeddings: alignment is learnable
 
 
 def test_a_language_first_seen_after_warm_up_joins_after_enough_documents(warm, planted_stream):
