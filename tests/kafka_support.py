@@ -85,6 +85,25 @@ def service_settings(bootstrap: str, name: str, data_dir: Path, **sections: dict
     return base.model_copy(update=update)
 
 
+def create_output_topics(settings) -> None:
+    """Create the service's output topics up front, as a deployment does.
+
+    Left to auto-creation, the first batch's producer creates them while the consumer has just
+    joined, and the metadata churn can make the group assign partitions a second time, which a
+    test that counts assignments would read as a rebalance caused by the service.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    k = settings.kafka
+    admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1)
+                             for t in (k.assignments_topic, k.snapshots_topic, k.dead_letter_topic, k.lineage_topic)])
+    finally:
+        admin.close()
+
+
 def fully_committed(bootstrap: str, topic: str, group: str) -> bool:
     """Whether ``group`` has committed the end of every partition of ``topic`` (an empty partition,
     which nobody ever commits, counts as done)."""

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 
 import pytest
-from kafka_support import read_topic, run_until_committed, service_settings, stream_documents
+from kafka_support import create_output_topics, read_topic, run_until_committed, service_settings, stream_documents
 
 from consumers.wiring import build_service
 
@@ -38,6 +38,7 @@ def test_a_slow_embedder_causes_no_rebalance_and_no_duplicate(kafka_bootstrap, u
         model=dict(num_topics=6, warmup_docs=150, warmup_steps=3, batch_size=32, train_every_docs=200, train_steps=1),
         batch=dict(max_records=200))
     produce(kafka_bootstrap, settings.kafka.input_topic, [json.dumps(d).encode() for d in docs], partitions=2)
+    create_output_topics(settings)
     service = build_service(settings)
     service.intake.embedder = Throttled(service.intake.embedder)
     # The group may assign twice while the consumer first joins (metadata of a new topic settling);
