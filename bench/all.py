@@ -5,7 +5,7 @@
 Each benchmark runs as its own subprocess (``python -m bench.<name> [--quick]``), its stderr going
 to ``bench/results/logs/<name>[_quick].log``; its last stdout line (one JSON object) is collected.
 ``--reuse`` takes a benchmark's figures from its existing ``bench/results/<name>[_quick].json``
-instead of running it again. ``bench/results/stream_ecnews.json`` (the service end to end, embedder
+instead of running it again. ``bench/results/stream_ecnews*.json`` (the service end to end, embedder
 included, from ``python -m bench.stream_ecnews``) and ``bench/results/soak.json`` (a million documents
 through the service process, ``python -m bench.soak``, ~30 min) are added when present; they are
 never re-run here.
@@ -127,15 +127,27 @@ def latency_section(s: dict) -> list[str]:
 
 
 def stream_section(s: dict) -> list[str]:
-    keys = ("documents", "embedder_docs_per_s", "service_docs_per_s", "service_over_embedder_throughput",
-            "rss_peak_mb_during_service", "train_steps_per_1000_docs", "tu", "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en",
-            "clf_intra_zh", "clf_cross_en", "clf_cross_zh")
+    """One column per ``bench/results/stream_ecnews*.json`` run (default embedder first)."""
+    runs = s["runs"]
+    keys = ("embedder", "documents", "train_max_share", "embedder_docs_per_s", "service_docs_per_s",
+            "service_over_embedder_throughput", "rss_peak_mb_during_service", "train_steps_per_1000_docs", "tu",
+            "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en", "clf_intra_zh", "clf_cross_en", "clf_cross_zh")
+    names = list(runs)
+
+    def cell(run: dict, key: str):
+        v = run.get(key)
+        return "/".join(Path(v).parts[-2:]) if key == "embedder" and isinstance(v, str) and "/" in v else v
+
+    stage_keys = sorted({k for r in runs.values() for k in r if k.startswith("share_")})
     return ["## For reference: the service end to end, embedder included (`bench.stream_ecnews`)", "",
-            "From `bench/results/stream_ecnews.json` (not re-run by `bench.all`).", "",
-            _table(["figure", "value"], [[k, s.get(k)] for k in keys if k in s]), "",
+            "From " + ", ".join(f"`bench/results/{n}.json`" for n in names) + " (not re-run by `bench.all`; "
+            "each column is one run of `python -m bench.stream_ecnews`, the embedder alone and the service on "
+            "the same documents in that run).", "",
+            _table(["figure"] + names, [[k] + [cell(runs[n], k) for n in names] for k in keys]), "",
             "Share of the service's wall time per stage (its own `xtream_stage_seconds`; `train` runs on "
             "its own thread, so the shares add up to more than 1):", "",
-            _table(["stage", "share"], [[k.removeprefix("share_"), v] for k, v in s.items() if k.startswith("share_")]),
+            _table(["stage"] + names, [[k.removeprefix("share_")] + [runs[n].get(k) for n in names]
+                                       for k in stage_keys]),
             ""]
 
 
@@ -226,10 +238,12 @@ def main(argv: list[str] | None = None) -> dict:
         r = run_one(name, args.quick, args.reuse)
         if r is not None:
             results[name] = r
-    for name in ("stream_ecnews", "soak"):
-        found = RESULTS / f"{name}.json"
-        if found.is_file():
-            results[name] = json.loads(found.read_text(encoding="utf-8")) | {"_reused": str(found)}
+    streams = sorted(RESULTS.glob("stream_ecnews*.json"), key=lambda p: (p.stem != "stream_ecnews", p.stem))
+    if streams:
+        results["stream_ecnews"] = {"runs": {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in streams}}
+    found = RESULTS / "soak.json"
+    if found.is_file():
+        results["soak"] = json.loads(found.read_text(encoding="utf-8")) | {"_reused": str(found)}
     charts(results, args.quick)
     md = BENCH_DIR / f"RESULTS{'_quick' if args.quick else ''}.md"
     write_markdown(results, args.quick, md)
