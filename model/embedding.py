@@ -18,10 +18,9 @@ Two implementations behind one small interface:
 from __future__ import annotations
 
 import logging
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-
-import threading
 
 import numpy as np
 

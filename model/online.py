@@ -142,6 +142,7 @@ class OnlineTopicModel:
 
     def _learn_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray, langs: Sequence[str]) -> None:
         langs_arr = np.asarray(langs)
+        restarted = False
         self.kmeans.learn_many(embeddings)
         clusters = self.kmeans.predict_many(embeddings) if self.kmeans.is_initialised else np.zeros(len(tokens), np.int64)
         reseeded = sorted(self.kmeans.reseeded)
@@ -155,8 +156,7 @@ class OnlineTopicModel:
                 bow = self.vocabs[lang].transform(lang_tokens)
                 if reseeded:
                     with self._params_lock:
-                        if self._restart_topics(lang, reseeded, bow, clusters[rows]):
-                            self._publish_serving()
+                        restarted |= self._restart_topics(lang, reseeded, bow, clusters[rows])
                 self.buffer.add_many(lang, bow, embeddings[rows], clusters[rows])
             else:
                 self._pending.setdefault(lang, []).extend(zip(lang_tokens, embeddings[rows]))
@@ -168,6 +168,9 @@ class OnlineTopicModel:
             due = (self._since_refresh >= self.cfg.vocab_refresh_every
                    or any(len(held) >= self.cfg.min_docs_new_language for held in self._pending.values()))
         if not due:   # the common case: no need to wait for a gradient step in progress
+            if restarted:
+                with self._params_lock:
+                    self._publish_serving()
             return
         with self._params_lock, self._own_torch_rng():
             if self.xtra is None:
@@ -389,8 +392,7 @@ class OnlineTopicModel:
         """A frozen copy of the live network; the fixed word-embedding buffers are shared, not copied."""
         shared = {id(self.xtra.word_embeddings(lang)): self.xtra.word_embeddings(lang)
                   for lang in self.xtra.cfg.vocab_sizes}
-        serving = copy.deepcopy(self.xtra, memo=shared)
-        serving.cfg = copy.deepcopy(self.xtra.cfg)
+        serving = copy.deepcopy(self.xtra, memo=shared)   # cfg included: a later new language stays out
         serving.eval().requires_grad_(False)
         return serving
 
@@ -470,8 +472,9 @@ class OnlineTopicModel:
             "cfg": dict(self.cfg.__dict__), "embedding_dim": self.embedding_dim,
             "kmeans": self.kmeans.state_dict(), "buffer": self.buffer.state_dict(),
             "vocabs": {lang: v.state_dict() for lang, v in self.vocabs.items()},
-            "version": self.version, "n_docs": self.n_docs, "warmup_left": self._warmup_left,
-            "words_to_embed": {lang: sorted(words) for lang, words in self._words_to_embed.items() if words}, "docs_by_lang": dict(self.docs_by_lang),
+            "version": self.version, "n_docs": self.n_docs, "docs_by_lang": dict(self.docs_by_lang),
+            "warmup_left": self._warmup_left,
+            "words_to_embed": {lang: sorted(words) for lang, words in self._words_to_embed.items() if words},
             "prevalence": self.prevalence.copy(), "since_refresh": self._since_refresh,
             "prevalence_by_lang": {k: v.copy() for k, v in self.prevalence_by_lang.items()},
             "torch_rng": self._torch_rng.numpy().copy(),

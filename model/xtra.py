@@ -136,13 +136,13 @@ class _SparseRowsProduct(torch.autograd.Function):
     def forward(ctx, bow: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         rows, cols = bow.indices()
         offsets = torch.searchsorted(rows, torch.arange(bow.shape[0] + 1, device=rows.device))
-        ctx.bow_t = bow.t().coalesce()
+        ctx.bow = bow   # transposed in backward only: inference never pays for it
         return F.embedding_bag(cols, weight, offsets, mode="sum", per_sample_weights=bow.values(),
                                include_last_offset=True)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
-        return None, torch.sparse.mm(ctx.bow_t, grad)
+        return None, torch.sparse.mm(ctx.bow.t().coalesce(), grad)
 
 
 class WordProjection(nn.Module):
