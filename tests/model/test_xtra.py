@@ -260,12 +260,24 @@ def test_initial_beta_is_centred_both_ways_and_favours_each_clusters_words():
     np.testing.assert_array_equal(beta.argmax(1), [0, 1, 2])
 
 
-def test_topic_word_ignores_offsets_shared_by_a_word_across_topics():
-    net = model().eval()
-    before = net.topic_word("en").detach().clone()
+def test_topic_word_is_what_the_decoder_reconstructs_for_a_document_of_one_topic():
+    net = model()
+    net.train()
+    for seed in range(3):   # give the decoder's BatchNorm running statistics of its own
+        net(random_batch(VOCABS, n=8, seed=seed))
+    net.eval()
     with torch.no_grad():
-        net.betas["en"][:, 0] += 100.0   # invisible to the decoder's BatchNorm...
-    torch.testing.assert_close(net.topic_word("en"), before)   # ...and to the topics
+        for lang in VOCABS:
+            pure = torch.eye(K)
+            torch.testing.assert_close(net.topic_word(lang), net.decode(pure, lang))
+
+
+def test_alignment_topics_ignore_offsets_shared_by_a_word_across_topics():
+    net = model().eval()
+    before = net.aligned_topic_word("en").detach().clone()
+    with torch.no_grad():
+        net.betas["en"][:, 0] += 100.0   # invisible to the decoder's BatchNorm in training...
+    torch.testing.assert_close(net.aligned_topic_word("en"), before)   # ...and to the alignment loss
 
 
 # --------------------------------------------------------------------------- vocabulary growth
