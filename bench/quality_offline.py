@@ -4,7 +4,8 @@ Run from the project root::
 
     python -m bench.quality_offline --data ../shared/data/ecnews [--epochs N] [--quick]
         [--variants full,no_cluster,no_beta,no_nce,learned_beta,no_align] [--threads 1]
-        [--clusters embedder|reference] [--out bench/results/quality_ecnews.json]
+        [--clusters embedder|reference] [--checkpoint-dir DIR [--checkpoint-every 10]]
+        [--out bench/results/quality_ecnews.json]
 
 Why it exists: the streaming service trains the same network online, so this is the yardstick
 for "is the model any good", and the ablations say which alignment loss earns its cost. Steps:
@@ -164,7 +165,8 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def run_variant(name: str, data: dict[str, LanguageData], corpora, word_embeddings, dictionary,
-                epochs: int, seed: int) -> tuple[dict, list, dict]:
+                epochs: int, seed: int, checkpoint: Path | None = None,
+                checkpoint_every: int = 10) -> tuple[dict, list, dict]:
     """Train one ablation and score it; returns (metrics, loss history, top-15 words)."""
     import torch
 
@@ -172,7 +174,7 @@ def run_variant(name: str, data: dict[str, LanguageData], corpora, word_embeddin
     from model.training import infer_theta
 
     trained = fit_xtra(corpora, epochs=epochs, num_topics=50, word_embeddings=word_embeddings, seed=seed,
-                       **VARIANTS[name])
+                       checkpoint=checkpoint, checkpoint_every=checkpoint_every, **VARIANTS[name])
     started = time.perf_counter()
     model = trained.model
     vocabs = {lang: d.vocab for lang, d in data.items()}
@@ -221,6 +223,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--embedder", default=None, help="embedder spec (default: the service default)")
     p.add_argument("--dictionary", type=Path, default=None, help="default: <data>/../dict/zh_en.tsv")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", type=Path, default=None,
+                   help="keep each variant's training state here and resume from it (long runs over several sittings)")
+    p.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints")
     p.add_argument("--out", type=Path, default=None, help="default bench/results/quality_<dataset>[_quick].json")
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -291,7 +296,10 @@ def _run(args: argparse.Namespace) -> dict:
             "npmi_zero_cooccurrence": -1.0, "classifier": "sklearn SVC() (RBF)"}
     for name in args.variants:
         logger.info("variant %s: training %d epochs", name, args.epochs)
-        metrics, history, words = run_variant(name, data, corpora, word_emb, dictionary, args.epochs, args.seed)
+        ckpt = None if args.checkpoint_dir is None else \
+            args.checkpoint_dir / f"{dataset}{'_quick' if args.quick else ''}-{args.clusters}-{name}-seed{args.seed}.pt"
+        metrics, history, words = run_variant(name, data, corpora, word_emb, dictionary, args.epochs, args.seed,
+                                              ckpt, args.checkpoint_every)
         results[name], histories[name] = metrics, history
         if name == "full":
             top = words

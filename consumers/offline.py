@@ -89,6 +89,8 @@ def train(
     n_init: Annotated[int, typer.Option(help="k-means restarts")] = 3,
     threads: Annotated[int, typer.Option(help="torch and BLAS threads")] = 1,
     seed: Annotated[int, typer.Option(help="seed of k-means, initialisation and batching")] = 0,
+    checkpoint: Annotated[Path | None, typer.Option(help="file to save training state in every --checkpoint-every epochs; a rerun with the same inputs resumes from it")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="epochs between checkpoints")] = 10,
 ) -> None:
     """Train XTRA on text files (one per language) and save it with its vocabularies."""
     import torch
@@ -128,7 +130,7 @@ def train(
         clusters = joint_kmeans(doc_emb, n_clusters=topics, n_init=n_init, seed=seed)
         corpora = {lang: LanguageCorpus(bows[lang], doc_emb[lang], clusters[lang]) for lang in files}
         trained = fit_xtra(corpora, epochs=epochs, num_topics=topics, word_embeddings=word_emb, seed=seed,
-                           beta_alignment=beta_alignment)
+                           beta_alignment=beta_alignment, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     metadata = {"embedder": emb.name, "epochs": epochs, "date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "train_docs": {lang: len(t) for lang, t in texts.items()}, "inputs": {k: str(v) for k, v in files.items()},
                 "clustering": f"sklearn KMeans over all languages jointly, K={topics}, n_init={n_init}, seed={seed}",

@@ -183,16 +183,24 @@ class TrainedXTRA:
 
 def fit_xtra(corpora: Mapping[str, LanguageCorpus], epochs: int, num_topics: int = 50,
              word_embeddings: Mapping[str, np.ndarray] | None = None, seed: int = 0,
-             progress: bool = True, **overrides: float | str) -> TrainedXTRA:
+             progress: bool = True, checkpoint: str | Path | None = None, checkpoint_every: int = 10,
+             **overrides: float | str) -> TrainedXTRA:
     """Build XTRA from the data and train it with :data:`PAPER_SETTINGS` (``overrides`` win).
 
     Optimiser keys (``lr``, ``lr_step``, ``lr_gamma``, ``clip``, ``batch_size``) go to the trainer,
     everything else (loss weights, ``beta_alignment``...) to :class:`~model.xtra.XTRAConfig`.
+
+    With ``checkpoint`` (a file path) the trainer's whole state is written there every
+    ``checkpoint_every`` epochs and a later call with the same data and settings resumes from it:
+    the paper's 800 epochs take hours on a CPU, longer than one sitting. A resumed run gives the
+    same model as an uninterrupted one with the same ``checkpoint_every``.
     """
     import torch
 
     if epochs < 1:
         raise QualityError(f"epochs must be >= 1, got {epochs}")
+    if checkpoint_every < 1:
+        raise QualityError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     settings = {**PAPER_SETTINGS, **overrides}
     trainer_keys = ("lr", "lr_step", "lr_gamma", "clip", "batch_size")
     trainer_args = {k: settings.pop(k) for k in trainer_keys}
@@ -202,10 +210,45 @@ def fit_xtra(corpora: Mapping[str, LanguageCorpus], epochs: int, num_topics: int
     trainer = XTRATrainer(model, lr=float(trainer_args["lr"]), lr_step=int(trainer_args["lr_step"]),
                           lr_gamma=float(trainer_args["lr_gamma"]), clip=float(trainer_args["clip"]),
                           batch_size=int(trainer_args["batch_size"]), seed=seed)
-    started = time.perf_counter()
-    history = trainer.fit(dict(corpora), epochs=epochs, progress=progress)
-    return TrainedXTRA(model=model, history=list(history), train_seconds=time.perf_counter() - started,
-                       epochs=epochs)
+    signature = {"settings": {k: str(v) for k, v in sorted({**settings, **trainer_args}.items())},
+                 "num_topics": num_topics, "seed": seed, "checkpoint_every": checkpoint_every,
+                 "corpora": {lang: list(c.bow.shape) for lang, c in sorted(corpora.items())}}
+    path = None if checkpoint is None else Path(checkpoint)
+    seconds = 0.0
+    if path is not None and path.is_file():
+        state = torch.load(path, weights_only=False)
+        if state["signature"] != signature:
+            raise QualityError(f"checkpoint {path} was written for other data or settings: "
+                               f"{state['signature']} != {signature}")
+        trainer.load_state_dict(state["trainer"])
+        seconds = float(state["train_seconds"])
+        if len(trainer.history) > epochs:
+            raise QualityError(f"checkpoint {path} holds {len(trainer.history)} epochs, more than the {epochs} asked")
+        logger.info("resumed from %s after %d epochs", path, len(trainer.history))
+    while len(trainer.history) < epochs:
+        chunk = epochs - len(trainer.history) if path is None else min(checkpoint_every, epochs - len(trainer.history))
+        started = time.perf_counter()
+        trainer.fit(dict(corpora), epochs=chunk, progress=progress)
+        seconds += time.perf_counter() - started
+        if path is not None:
+            _save_checkpoint(path, {"signature": signature, "trainer": trainer.state_dict(), "train_seconds": seconds})
+            logger.info("checkpoint %s: %d/%d epochs, %.0f s", path, len(trainer.history), epochs, seconds)
+    return TrainedXTRA(model=model, history=list(trainer.history), train_seconds=seconds, epochs=epochs)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """``torch.save`` to a temporary sibling then rename: a kill mid-write keeps the last checkpoint."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # -- metrics ---------------------------------------------------------------------------------------

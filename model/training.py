@@ -126,6 +126,21 @@ class XTRATrainer:
     def end_epoch(self) -> None:
         self.scheduler.step()
 
+    def state_dict(self) -> dict:
+        """Everything a resumed :meth:`fit` needs to continue exactly as an uninterrupted one."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "steps": self.steps, "history": list(self.history),
+                "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` into a trainer built for the same data and settings."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.steps, self.history = int(state["steps"]), list(state["history"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+
     def fit(self, corpora: dict[str, LanguageCorpus], epochs: int, progress: bool = True) -> list[dict[str, float]]:
         """Train for ``epochs`` passes; an epoch covers the largest language once.
 
@@ -138,7 +153,8 @@ class XTRATrainer:
         orders = {lang: self.rng.permutation(len(c)) for lang, c in corpora.items()}
         cursors = dict.fromkeys(corpora, 0)
         started = time.perf_counter()
-        bar = tqdm(range(epochs), desc="XTRA epochs", unit="epoch", disable=not progress)
+        done = len(self.history)   # epochs of earlier calls (a resumed fit goes on counting)
+        bar = tqdm(range(done, done + epochs), desc="XTRA epochs", unit="epoch", disable=not progress)
         for epoch in bar:
             sums: dict[str, float] = {}
             for _ in range(n_steps):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 from sklearn.metrics import adjusted_rand_score
 
 from model.embedding import Embedder
@@ -187,3 +188,20 @@ def test_fit_xtra_routes_settings_and_validates_epochs():
     assert cfg.beta_alignment == "learned_projection" and "infonce" not in trained.history[0]
     with pytest.raises(QualityError):
         fit_xtra(corpora, epochs=0, num_topics=K)
+
+
+def test_a_fit_resumed_from_its_checkpoint_ends_where_an_uninterrupted_fit_ends(tmp_path):
+    data, _, _ = planted_corpus(n_docs=96)
+    corpora = {lang: LanguageCorpus(data[lang]["bow"], data[lang]["emb"], data[lang]["topic"]) for lang in LANGS}
+    small = {"progress": False, "batch_size": 32, "projection_units": 16, "encoder_units": 8,
+             "num_topics": K, "checkpoint_every": 1}
+    whole = fit_xtra(corpora, epochs=3, checkpoint=tmp_path / "whole.pt", **small)
+    fit_xtra(corpora, epochs=1, checkpoint=tmp_path / "split.pt", **small)   # the run is stopped here...
+    resumed = fit_xtra(corpora, epochs=3, checkpoint=tmp_path / "split.pt", **small)   # ...and started again
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for lang in LANGS:
+        assert torch.equal(resumed.model.betas[lang], whole.model.betas[lang])
+    with pytest.raises(QualityError, match="other data or settings"):
+        fit_xtra(corpora, epochs=3, checkpoint=tmp_path / "split.pt", **(small | {"lr": 0.01}))
+    with pytest.raises(QualityError, match="more than"):
+        fit_xtra(corpora, epochs=2, checkpoint=tmp_path / "split.pt", **small)
