@@ -2,6 +2,7 @@
 
     python -m bench.quality_peers [--quick] [--epochs 10] [--infoctm-epochs 3] [--threads 1]
         [--only xtream_stream,xtream_offline,bertopic_online,infoctm] [--bertopic-batch 1000]
+        [--cadences 0,2,5]
         [--out bench/results/quality_peers.json]
 
 Systems (all see the cached multilingual-USE embeddings where they use embeddings at all):
@@ -10,6 +11,9 @@ Systems (all see the cached multilingual-USE embeddings where they use embedding
                      the service's defaults (batches of 256, 10 XTRA steps every 512 documents after
                      a 2,000-document warm-up), then ``predict_many`` theta for train and test. Its
                      vocabularies are the ones it grew online (at most 5,000 words per language).
+``xtream_stream_stepsN`` the same with N gradient steps per 512-document slice instead of the
+                     service's 10 (``--cadences``, default 0,2,5; 0 = the 200 warm-up steps only):
+                     what online training costs per document and what it buys in quality.
 ``xtream_offline``   ``model.quality.fit_xtra`` on the dataset's BoW (its 5,000-word vocabularies),
                      clusters from ``joint_kmeans`` of the same embeddings, ``--epochs`` epochs.
 ``bertopic_online``  ``BERTopic.partial_fit`` over the same stream in batches of ``--bertopic-batch``
@@ -127,7 +131,8 @@ def run_xtream_stream(data: Data, args) -> dict:
         theta[lang] = (theta_stream[data.train_rows[lang]], th_test)
     return {"topic_word": {lang: model.topic_distribution(lang) for lang in LANGS},
             "vocab": {lang: model.vocabs[lang].words for lang in LANGS}, "theta": theta,
-            "fit_seconds": seconds, "train_steps": model.trainer.steps,
+            "fit_seconds": seconds, "docs_per_s": len(tokens) / seconds, "steps_per_slice": steps,
+            "train_every_docs": every, "train_steps": model.trainer.steps if model.trainer else 0,
             "vocab_size": {lang: len(model.vocabs[lang]) for lang in LANGS},
             "theta_kind": "XTRA encoder theta (predict_many)"}
 
@@ -200,7 +205,7 @@ def run_bertopic(data: Data, args) -> tuple[dict, dict]:
 
     base = {"topic_word": {lang: m for lang, (m, _) in sides.items()},
             "vocab": {lang: v for lang, (_, v) in sides.items()}, "fit_seconds": seconds,
-            "infer_seconds": infer_seconds, "topics": int(k), "batch": args.bertopic_batch,
+            "docs_per_s": len(data.stream.texts) / seconds, "infer_seconds": infer_seconds, "topics": int(k), "batch": args.bertopic_batch,
             "vocab_size": {lang: len(v) for lang, (_, v) in sides.items()}, "version": bertopic.__version__}
     one = base | {"theta": theta, "theta_kind": "one-hot topic of transform()"}
     approx = base | {"theta": theta_approx, "theta_kind": "approximate_distribution() (c-TF-IDF token windows)"}
@@ -316,12 +321,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch/BLAS/OpenMP/numba threads (default 1)")
     p.add_argument("--only", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cadences", default="0,2,5",
+                   help="extra xtream_stream runs with these gradient steps per slice (the default is 10 "
+                        "per 512 documents): the cost/quality trade-off of online training; '' for none")
     p.add_argument("--out", type=Path, default=None, help="default bench/results/quality_peers[_quick].json")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.epochs = args.epochs or (2 if args.quick else 10)
     args.infoctm_epochs = args.infoctm_epochs or (1 if args.quick else 3)
     args.only = [x.strip() for x in args.only.split(",") if x.strip()]
+    try:
+        args.cadences = [int(x) for x in args.cadences.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--cadences must be comma-separated integers, got {args.cadences!r}")
+    if any(c < 0 for c in args.cadences):
+        p.error("--cadences must be >= 0")
     if unknown := [x for x in args.only if x not in SYSTEMS]:
         p.error(f"unknown systems {unknown}; choose from {SYSTEMS}")
     if args.threads < 1 or args.epochs < 1 or args.infoctm_epochs < 1 or args.bertopic_batch < 50:
@@ -347,7 +361,8 @@ def worker(name: str, args: argparse.Namespace) -> dict:
         logger.info("%s: %s", key, {k: round(results[key][k], 4) for k in SCORES if k in results[key]})
 
     if name == "xtream_stream":
-        record(name, run_xtream_stream(data, args))
+        cadence = os.environ.get("XTREAM_MODEL__TRAIN_STEPS")
+        record(name if cadence is None else f"xtream_stream_steps{cadence}", run_xtream_stream(data, args))
     elif name == "xtream_offline":
         record(name, run_xtream_offline(data, args))
     elif name == "bertopic_online":
@@ -360,9 +375,16 @@ def worker(name: str, args: argparse.Namespace) -> dict:
     return {"systems": results, "data": data.sizes()}
 
 
-def _child(name: str, args: argparse.Namespace, argv: list[str]) -> dict:
-    """Run one system in a child process (own memory, the malloc settings above)."""
+def _child(name: str, args: argparse.Namespace, argv: list[str], train_steps: int | None = None) -> dict:
+    """Run one system in a child process (own memory, the malloc settings above).
+
+    ``train_steps`` overrides the service's gradient steps per slice the way an operator would,
+    through its environment variable.
+    """
     env = dict(os.environ) | MALLOC_ENV
+    env.pop("XTREAM_MODEL__TRAIN_STEPS", None)
+    if train_steps is not None:
+        env["XTREAM_MODEL__TRAIN_STEPS"] = str(train_steps)
     cmd = [sys.executable, "-m", "bench.quality_peers", *argv, "--worker", name]
     started = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env, check=False)
@@ -394,21 +416,25 @@ def main(argv: list[str] | None = None) -> dict:
                 "epochs_xtra_offline": args.epochs, "epochs_infoctm": args.infoctm_epochs,
                 "bertopic_batch": args.bertopic_batch, "data": sizes, "embedder": "use-multilingual-v3",
                 "npmi_reference": "test texts of the same language", "classifier": "sklearn SVC() (RBF)",
-                "malloc_env": MALLOC_ENV, "systems": results, "skipped": skipped}
+                "cadences": args.cadences, "malloc_env": MALLOC_ENV, "systems": results, "skipped": skipped}
 
-    for name in args.only:
-        logger.info("system %s (child process)", name)
-        r = _child(name, args, argv)
+    runs = [(name, None) for name in args.only]
+    if "xtream_stream" in args.only:
+        runs += [("xtream_stream", steps) for steps in args.cadences]
+    for name, steps in runs:
+        logger.info("system %s%s (child process)", name, "" if steps is None else f", {steps} steps per slice")
+        r = _child(name, args, argv, steps)
         if "systems" in r:
             results.update(r["systems"])
             sizes = r["data"]
         else:
-            skipped[name] = r.get("skipped") or r.get("error", "no result")
-            logger.warning("%s: %s", name, skipped[name])
+            key = name if steps is None else f"xtream_stream_steps{steps}"
+            skipped[key] = r.get("skipped") or r.get("error", "no result")
+            logger.warning("%s: %s", key, skipped[key])
         write_json(out, {"summary": summary(), "partial": True})
-    rows = [[name, *[m.get(k) for k in SCORES], m.get("fit_seconds")] for name, m in results.items()]
+    rows = [[name, *[m.get(k) for k in SCORES], m.get("fit_seconds"), m.get("docs_per_s")] for name, m in results.items()]
     print_table(f"Topic quality on EC News (test split; {args.threads} thread(s))",
-                ["system", *SCORES, "fit s"], rows)
+                ["system", *SCORES, "fit s", "docs/s"], rows)
     final = summary() | {"total_seconds": round(time.perf_counter() - started, 1)}
     write_json(out, {"summary": final})
     logger.info("results written to %s", out)
