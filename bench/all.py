@@ -93,16 +93,22 @@ def cost_section(s: dict) -> list[str]:
 
 
 def quality_section(s: dict) -> list[str]:
-    rows = [[name, *[m.get(k) for k in QUALITY_COLS], m.get("fit_seconds"), m.get("theta_kind")]
+    rows = [[name, *[m.get(k) for k in QUALITY_COLS], m.get("fit_seconds"), m.get("docs_per_s"), m.get("theta_kind")]
             for name, m in s["systems"].items()]
     lines = ["## Topic quality (`bench.quality_peers`)", "",
              f"Train docs {s['data']['train']}, test docs {s['data']['test']}; offline XTRA "
              f"{s['epochs_xtra_offline']} epochs, InfoCTM {s['epochs_infoctm']} epochs, BERTopic batches of "
              f"{s['bertopic_batch']}. NPMI on the test texts; clf = RBF SVC accuracy on theta.", "",
-             _table(["system", *QUALITY_COLS, "fit s", "theta"], rows), ""]
+             _table(["system", *QUALITY_COLS, "fit s", "docs/s", "theta"], rows), ""]
     for name, why in s.get("skipped", {}).items():
         lines += [f"- **{name} skipped:** {why}"]
-    lines += ["", "![quality](results/quality.png)" if not s.get("quick") else "![quality](results/quality_quick.png)", ""]
+    suffix = "_quick" if s.get("quick") else ""
+    lines += ["", f"![quality](results/quality{suffix}.png)", ""]
+    if any(n.startswith("xtream_stream_steps") for n in s["systems"]):
+        lines += ["`xtream_stream_stepsN`: the same one-pass stream with N gradient steps per 512-document slice "
+                  "(the service's default is 10; 0 keeps only the 200 warm-up steps). docs/s is the stream fit "
+                  "after the embedder on one thread (k-means, vocabulary, buffer, theta and the training steps "
+                  "inline), BERTopic's is its `partial_fit`.", "", f"![cadence](results/cadence{suffix}.png)", ""]
     return lines
 
 
@@ -200,6 +206,39 @@ def charts(results: dict, quick: bool) -> None:
         fig.tight_layout()
         fig.savefig(RESULTS / f"quality{suffix}.png", dpi=110)
         plt.close(fig)
+        _cadence_chart(quality, RESULTS / f"cadence{suffix}.png")
+
+
+def _cadence_chart(quality: dict, path: Path) -> None:
+    """Gradient steps per slice against docs/s and quality: what online training buys per document."""
+    import matplotlib.pyplot as plt
+
+    systems = quality["systems"]
+    points = sorted((int(m.get("steps_per_slice", 0)), m) for name, m in systems.items()
+                    if name.startswith("xtream_stream") and "steps_per_slice" in m)
+    if len(points) < 2:
+        return
+    steps = [p for p, _ in points]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(steps, [m["docs_per_s"] for _, m in points], "o-", color="tab:blue", label="xtream stream fit")
+    bertopic = systems.get("bertopic_online", {}).get("docs_per_s")
+    if bertopic:
+        left.axhline(bertopic, color="tab:orange", linestyle="--", label="BERTopic partial_fit")
+        left.axhline(3 * bertopic, color="tab:red", linestyle=":", label="3x BERTopic")
+    left.set_yscale("log")
+    left.set_xlabel("gradient steps per 512-document slice")
+    left.set_ylabel("documents / s after the embedder")
+    left.legend(fontsize=8)
+    for key, label in (("tu", "TU"), ("clf_cross_en", "cross-lingual acc. en"), ("clf_cross_zh", "cross-lingual acc. zh"),
+                       ("clf_intra_en", "intra acc. en")):
+        right.plot(steps, [m.get(key) for _, m in points], "o-", label=label)
+    right.set_xlabel("gradient steps per 512-document slice")
+    right.legend(fontsize=8)
+    right.set_title("quality after one pass")
+    fig.suptitle("Online XTRA training cadence: cost and quality (EC News stream)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def write_markdown(results: dict, quick: bool, path: Path) -> None:
