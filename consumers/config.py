@@ -109,6 +109,8 @@ class ModelSettings(BaseModel):
     train_in_background: bool = Field(True, description="train on a worker thread, overlapping embedding")
     train_max_share: float = Field(1.0, gt=0, le=1, description=(
         "most of the wall time training may take (a duty cycle); below 1 it leaves CPU to ingestion"))
+    train_nice: int = Field(0, ge=0, le=19, description=(
+        "niceness added to the training thread (Linux): >0 lets ingestion and the broker take the CPU first"))
     seed: int = 0
 
 

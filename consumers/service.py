@@ -7,6 +7,7 @@ durability: see :meth:`TopicService.checkpoint`.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -347,6 +348,12 @@ class TopicService:
         self._train_due.set()
 
     def _train_worker(self) -> None:
+        nice = self.settings.model.train_nice
+        if nice:
+            try:   # per thread on Linux: the thread id names the thread, not the process
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+            except (OSError, AttributeError) as exc:
+                logger.warning("cannot lower the training thread's priority: %s", exc)
         while not self._stop_training.is_set():
             rest = self._training_duty.wait_seconds(time.monotonic())
             if rest > 0:

@@ -55,3 +55,35 @@ def test_a_full_share_never_waits():
     duty = DutyCycle(share=1.0)
     duty.ran(0.0, 5.0)
     assert duty.ready(5.0)
+
+
+def test_the_training_thread_runs_niced_so_ingestion_gets_the_cpu_first(tmp_path):
+    import os
+    import threading
+
+    from consumers.config import Settings
+    from consumers.wiring import DEMO_STREAM, build_service
+
+    s = Settings(data_dir=tmp_path / "data", input_file=DEMO_STREAM)
+    s = s.model_copy(update={"model": s.model.model_copy(update=dict(
+        num_topics=6, warmup_docs=120, warmup_steps=2, batch_size=32, vocab_min_df=1, train_every_docs=60,
+        train_steps=1, train_in_background=True, train_nice=5))})
+    service = build_service(s)
+    seen = []
+    train = service.model.train
+
+    def recording(*args, **kwargs):
+        seen.append((threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return train(*args, **kwargs)
+
+    service.model.train = recording
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    service.run()
+    service.close()
+    loop = threading.get_native_id()
+    on_trainer = [nice for tid, nice in seen if tid != loop]
+    assert on_trainer, "no slice ran on the training thread"
+    assert on_trainer == [min(base + 5, 19)] * len(on_trainer)
+    # the loop's own thread (which finishes an incomplete warm-up at the end of a finite input) is untouched
+    assert all(nice == base for tid, nice in seen if tid == loop)
+    assert os.getpriority(os.PRIO_PROCESS, loop) == base
