@@ -1,7 +1,7 @@
 """How much the embedder slows down next to XTRA training, and whether niceness or a process helps.
 
     python -m bench.contention [--docs 3000] [--modes alone,thread,thread_nice,process,process_nice]
-        [--nice 10] [--out bench/results/contention.json]
+        [--nice 10] [--hogs 0] [--out bench/results/contention.json]
 
 Why it exists: inside the service the embedder ran ~20% slower than alone (``bench.stream_ecnews``),
 which caps the service/embedder throughput ratio. Three things share the CPU with it there: the
@@ -16,8 +16,9 @@ the first one on the same documents, one BLAS/torch thread each:
 ``process``       the training loop in another process instead (no shared interpreter lock);
 ``process_nice``  that process at niceness ``--nice``.
 
-Each mode also reports the training steps/s it left to the trainer. The last stdout line is one JSON
-object.
+Each mode also reports the training steps/s it left to the trainer. ``--hogs N`` keeps N other
+processes spinning on the CPU throughout (a co-located broker, another job): on a 2-core host,
+``--hogs 1`` is the case where another process holds a core. The last stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ def train_until(stop, nice: int, steps) -> None:
             steps.value += 1
 
 
+def _spin(stop) -> None:
+    """Hold one CPU until ``stop`` is set (a stand-in for any other busy process on the host)."""
+    x = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            x += 1
+
+
 def run(modes: list[str], docs: int, nice: int) -> dict[str, dict]:
     from model.embedding import DEFAULT_EMBEDDER, load_embedder
 
@@ -120,8 +129,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--docs", type=int, default=3000, help="EC News test texts to embed per mode (half en, half zh)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
     p.add_argument("--nice", type=int, default=10, help="niceness of the *_nice modes")
-    p.add_argument("--out", type=Path, default=RESULTS / "contention.json")
+    p.add_argument("--hogs", type=int, default=0, help="other processes spinning on the CPU throughout")
+    p.add_argument("--out", type=Path, default=None, help="default bench/results/contention[_hogsN].json")
     args = p.parse_args(argv)
+    args.out = args.out or RESULTS / f"contention{f'_hogs{args.hogs}' if args.hogs else ''}.json"
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if unknown := [m for m in modes if m not in MODES]:
         p.error(f"unknown modes {unknown}; choose from {MODES}")
@@ -130,11 +141,21 @@ def main(argv: list[str] | None = None) -> dict:
         modes.insert(0, "alone")   # the other modes are reported relative to it
     setup_logging()
     started = time.perf_counter()
-    results = run(modes, args.docs, args.nice)
+    ctx = mp.get_context("fork")
+    stop_hogs = ctx.Event()
+    hogs = [ctx.Process(target=_spin, args=(stop_hogs,), daemon=True) for _ in range(args.hogs)]
+    for h in hogs:
+        h.start()
+    try:
+        results = run(modes, args.docs, args.nice)
+    finally:
+        stop_hogs.set()
+        for h in hogs:
+            h.join()
     print_table(f"Embedder next to XTRA training ({args.docs} docs, 1 thread each, nice {args.nice}; "
-                f"{os.cpu_count()} CPUs)", ["mode", "embed docs/s", "vs alone", "train steps/s"],
+                f"{os.cpu_count()} CPUs, {args.hogs} other busy process(es))", ["mode", "embed docs/s", "vs alone", "train steps/s"],
                 [[m, r["embed_docs_per_s"], r.get("embed_vs_alone"), r["train_steps_per_s"]] for m, r in results.items()])
-    summary = {"benchmark": "contention", "docs": args.docs, "nice": args.nice, "cpus": os.cpu_count(),
+    summary = {"benchmark": "contention", "docs": args.docs, "nice": args.nice, "cpus": os.cpu_count(), "hogs": args.hogs,
                "modes": results, "total_seconds": round(time.perf_counter() - started, 1)}
     write_json(args.out, {"summary": summary})
     emit(summary)
