@@ -135,7 +135,7 @@ def latency_section(s: dict) -> list[str]:
 def stream_section(s: dict) -> list[str]:
     """One column per ``bench/results/stream_ecnews*.json`` run (default embedder first)."""
     runs = s["runs"]
-    keys = ("embedder", "documents", "topology", "trainer_nice", "train_max_share", "embedder_docs_per_s", "service_docs_per_s",
+    keys = ("embedder", "documents", "topology", "train_nice", "trainer_nice", "train_max_share", "embedder_docs_per_s", "service_docs_per_s",
             "service_over_embedder_throughput", "cpu_seconds_embedder", "cpu_seconds_trainer", "rss_peak_mb_during_service",
             "train_steps_per_1000_docs", "tu",
             "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en", "clf_intra_zh", "clf_cross_en", "clf_cross_zh")

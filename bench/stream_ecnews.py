@@ -139,6 +139,8 @@ def main() -> None:
             service = _run_single(settings, len(docs), figures)
         figures["train_steps"] = service.model.trainer.steps
         figures["train_max_share"] = settings.model.train_max_share
+        if args.topology == "single":
+            figures["train_nice"] = settings.model.train_nice
         figures["train_steps_per_1000_docs"] = 1000 * service.model.trainer.steps / len(docs)
     finally:
         broker.stop()
