@@ -86,8 +86,15 @@ def free_port() -> int:
 
 
 def _kafka_uuid() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Never one that starts with "-" (1 in 64 do): ``kafka-storage format -t -abc...`` reads it as an
+    option and fails, which is why Kafka's own ``Uuid.randomUuid`` draws again in that case too.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 _LOG4J2 = """\

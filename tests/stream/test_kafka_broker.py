@@ -142,3 +142,11 @@ def test_broker_restart_keeps_messages_and_committed_offsets(tmp_path, unique_na
         # ...and the messages survived: a new group reads all 200 again.
         again = _consume_all(broker.bootstrap, unique_name, group=unique_name + "-fresh", expected=200)
         assert sorted(json.loads(r.value)["seq"] for r in again) == list(range(200))
+
+
+def test_cluster_ids_never_start_with_a_dash_which_the_storage_tool_would_read_as_an_option():
+    from stream.kafka_broker import _kafka_uuid
+
+    ids = [_kafka_uuid() for _ in range(5000)]   # 1 in 64 random ids starts with "-"
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids) and len(set(ids)) == len(ids)
