@@ -49,6 +49,9 @@ def pin_threads(n: int) -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
+    from model.allocator import retain_freed_memory
+
+    retain_freed_memory()   # as the service does (consumers.wiring.set_threads)
     torch.set_num_threads(n)
     threadpool_limits(limits=n)
 

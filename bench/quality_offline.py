@@ -246,6 +246,9 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
+    from model.allocator import retain_freed_memory
+
+    retain_freed_memory()
     torch.set_num_threads(args.threads)      # intra-op threads of training
     with threadpool_limits(limits=args.threads):  # BLAS of numpy (USE, k-means) and sklearn SVC
         return _run(args)
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _run(args: argparse.Namespace) -> dict:
     from model.embedding import DEFAULT_EMBEDDER, load_embedder
     from model.evaluation import load_bilingual_dictionary
-    from model.quality import cache_file, embed_cached, joint_kmeans
+    from model.quality import DEFAULT_CACHE_DIR, cache_file, embed_cached, joint_kmeans
     from model.training import LanguageCorpus
 
     started = time.perf_counter()
@@ -273,7 +276,8 @@ def _run(args: argparse.Namespace) -> dict:
     embed_seconds = time.perf_counter() - started
 
     if args.clusters == "embedder":
-        clusters = joint_kmeans(doc_emb, n_clusters=50, n_init=args.n_init, seed=args.seed)
+        clusters = joint_kmeans(doc_emb, n_clusters=50, n_init=args.n_init, seed=args.seed,
+                                cache_dir=DEFAULT_CACHE_DIR.parent / "kmeans")
     else:
         clusters = {lang: d.reference_clusters for lang, d in data.items()}
         if any(c is None for c in clusters.values()):

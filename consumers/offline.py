@@ -96,6 +96,7 @@ def train(
     import torch
     from threadpoolctl import threadpool_limits
 
+    from model.allocator import retain_freed_memory
     from model.embedding import load_embedder
     from model.persistence import save_xtra
     from model.quality import cache_file, content_key, embed_cached, fit_xtra, joint_kmeans
@@ -105,6 +106,7 @@ def train(
     files = parse_lang_paths(input, "--input")
     if not files:
         raise typer.BadParameter("give at least one --input lang=path")
+    retain_freed_memory()
     torch.set_num_threads(threads)
     started = time.perf_counter()
     with threadpool_limits(limits=threads):

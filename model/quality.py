@@ -140,12 +140,16 @@ def embed_cached(embedder: Embedder, texts: Sequence[str], cache: str | Path | N
 
 # -- clustering ------------------------------------------------------------------------------------
 def joint_kmeans(embeddings: Mapping[str, np.ndarray], n_clusters: int = 50, n_init: int = 3,
-                 seed: int = 0) -> dict[str, np.ndarray]:
+                 seed: int = 0, cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:
     """K-means over the normalised embeddings of all languages at once; cluster ids per language.
 
     Joint clustering is what the service does with its stream, and it lets a cluster hold
     documents of several languages, which is the signal XTRA's cluster loss aligns on. Vectors are
     re-normalised so Euclidean k-means approximates cosine (spherical) k-means.
+
+    With ``cache_dir`` the labels are kept under a key of the vectors' bytes and the parameters:
+    a resumed long training must cluster exactly as the run it continues, and on EC News
+    (77,480 x 512, K=50, 3 restarts) clustering costs minutes of one core.
     """
     from sklearn.cluster import KMeans
 
@@ -157,11 +161,21 @@ def joint_kmeans(embeddings: Mapping[str, np.ndarray], n_clusters: int = 50, n_i
     if len(x) < n_clusters:
         raise QualityError(f"{len(x)} documents cannot form {n_clusters} clusters")
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    started = time.perf_counter()
-    km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(x)
-    logger.info("k-means: %d docs, K=%d, n_init=%d, %.1f s, inertia %.1f", len(x), n_clusters, n_init,
-                time.perf_counter() - started, km.inertia_)
-    labels = km.labels_.astype(np.int64)
+    path = None
+    if cache_dir is not None:
+        digest = hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+        path = Path(cache_dir) / f"kmeans-{digest}-k{n_clusters}-init{n_init}-seed{seed}.npy"
+    if path is not None and path.exists() and np.load(path).shape == (len(x),):
+        labels = np.load(path)
+        logger.info("k-means labels from cache %s", path)
+    else:
+        started = time.perf_counter()
+        km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(x)
+        logger.info("k-means: %d docs, K=%d, n_init=%d, %.1f s, inertia %.1f", len(x), n_clusters, n_init,
+                    time.perf_counter() - started, km.inertia_)
+        labels = km.labels_.astype(np.int64)
+        if path is not None:
+            _save_atomic(path, labels)
     bounds = np.cumsum([0, *sizes])
     return {lang: labels[bounds[i]:bounds[i + 1]] for i, lang in enumerate(langs)}
 
@@ -212,7 +226,9 @@ def fit_xtra(corpora: Mapping[str, LanguageCorpus], epochs: int, num_topics: int
                           batch_size=int(trainer_args["batch_size"]), seed=seed)
     signature = {"settings": {k: str(v) for k, v in sorted({**settings, **trainer_args}.items())},
                  "num_topics": num_topics, "seed": seed, "checkpoint_every": checkpoint_every,
-                 "corpora": {lang: list(c.bow.shape) for lang, c in sorted(corpora.items())}}
+                 "corpora": {lang: list(c.bow.shape) for lang, c in sorted(corpora.items())},
+                 "clusters": {lang: hashlib.sha1(np.asarray(c.clusters, np.int64).tobytes()).hexdigest()[:16]
+                              for lang, c in sorted(corpora.items())}}
     path = None if checkpoint is None else Path(checkpoint)
     seconds = 0.0
     if path is not None and path.is_file():

@@ -105,6 +105,18 @@ def test_joint_kmeans_gives_both_languages_the_same_cluster_ids():
     assert adjusted_rand_score(truth, np.concatenate([labels[lang] for lang in LANGS])) == pytest.approx(1.0)
 
 
+def test_joint_kmeans_labels_are_cached_under_the_vectors_and_parameters(tmp_path):
+    data, _, _ = planted_corpus()
+    emb = {lang: data[lang]["emb"] for lang in LANGS}
+    first = joint_kmeans(emb, n_clusters=K, n_init=2, seed=0, cache_dir=tmp_path)
+    [cached] = tmp_path.glob("kmeans-*.npy")
+    np.save(cached, np.zeros(sum(len(e) for e in emb.values()), np.int64))  # a cache hit must be read, not recomputed
+    assert all((v == 0).all() for v in joint_kmeans(emb, n_clusters=K, n_init=2, seed=0, cache_dir=tmp_path).values())
+    again = joint_kmeans(emb, n_clusters=K, n_init=2, seed=1, cache_dir=tmp_path)   # other parameters, other entry
+    assert len(list(tmp_path.glob("kmeans-*.npy"))) == 2
+    assert adjusted_rand_score(np.concatenate(list(first.values())), np.concatenate(list(again.values()))) == pytest.approx(1.0)
+
+
 def test_joint_kmeans_rejects_too_few_documents():
     with pytest.raises(QualityError):
         joint_kmeans({"en": np.ones((2, 3))}, n_clusters=5)
@@ -203,5 +215,8 @@ def test_a_fit_resumed_from_its_checkpoint_ends_where_an_uninterrupted_fit_ends(
         assert torch.equal(resumed.model.betas[lang], whole.model.betas[lang])
     with pytest.raises(QualityError, match="other data or settings"):
         fit_xtra(corpora, epochs=3, checkpoint=tmp_path / "split.pt", **(small | {"lr": 0.01}))
+    reclustered = {lang: LanguageCorpus(c.bow, c.embeddings, (c.clusters + 1) % K) for lang, c in corpora.items()}
+    with pytest.raises(QualityError, match="other data or settings"):
+        fit_xtra(reclustered, epochs=3, checkpoint=tmp_path / "split.pt", **small)
     with pytest.raises(QualityError, match="more than"):
         fit_xtra(corpora, epochs=2, checkpoint=tmp_path / "split.pt", **small)

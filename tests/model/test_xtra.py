@@ -112,6 +112,26 @@ def test_sparse_and_dense_bow_give_the_same_theta_in_eval_mode():
                                    atol=1e-6, rtol=1e-5)
 
 
+def test_sparse_bow_gives_the_dense_gradient_of_the_word_projection_with_zeros_for_absent_words():
+    from model.xtra import WordProjection
+
+    proj = WordProjection(12, 4)
+    counts = np.zeros((3, 12), np.float32)
+    counts[0, [1, 5]] = [2, 1]
+    counts[1, [5, 9]] = [1, 3]
+    counts[2, [0, 5, 11]] = [1, 1, 4]
+    upstream = torch.randn(3, 4)
+    grads = []
+    for bow in (csr_to_torch(sp.csr_matrix(counts)), torch.from_numpy(counts)):
+        proj.zero_grad(set_to_none=True)
+        (proj(bow) * upstream).sum().backward()
+        grads.append(proj.word_weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+    absent = [w for w in range(12) if not counts[:, w].any()]
+    assert torch.count_nonzero(grads[0][absent]) == 0
+    assert torch.count_nonzero(grads[0][[0, 1, 5, 9, 11]].abs().sum(1)) == 5
+
+
 def test_theta_is_the_posterior_mean_in_eval_mode_and_sampled_in_train_mode():
     net = model()
     bow = random_batch({"en": 30})["en"]["bow"]
