@@ -65,10 +65,16 @@ def main() -> None:
                              "embedder' and 'xtream run --role trainer' as two processes, the trainer at "
                              "--trainer-nice (the README's scale-out topology on one host)")
     parser.add_argument("--trainer-nice", type=int, default=10, help="niceness of the trainer process (split)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/stream_ecnews.json"))
+    parser.add_argument("--quick", action="store_true", help="the first 1,500 documents per language")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default bench/results/stream_ecnews[_quick].json")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="keep the service's data dir here (snapshot store for `xtream report`)")
     args = parser.parse_args()
+    if args.quick and not args.limit:
+        args.limit = 1500
+    if args.out is None:
+        args.out = Path(f"bench/results/stream_ecnews{'_quick' if args.quick else ''}.json")
     if not args.data.is_dir():
         raise SystemExit(f"dataset not found at {args.data} (see ../shared/data/README.md)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -137,11 +143,12 @@ def main() -> None:
             service = _run_split(settings, broker.bootstrap, len(docs), args.trainer_nice, work, figures)
         else:
             service = _run_single(settings, len(docs), figures)
-        figures["train_steps"] = service.model.trainer.steps
+        trainer = service.model.trainer   # None when the stream was too short to initialise XTRA
+        figures["train_steps"] = trainer.steps if trainer is not None else 0
         figures["train_max_share"] = settings.model.train_max_share
         if args.topology == "single":
             figures["train_nice"] = settings.model.train_nice
-        figures["train_steps_per_1000_docs"] = 1000 * service.model.trainer.steps / len(docs)
+        figures["train_steps_per_1000_docs"] = 1000 * figures["train_steps"] / len(docs)
     finally:
         broker.stop()
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
