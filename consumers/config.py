@@ -78,6 +78,9 @@ class BatchSettings(BaseModel):
     max_records: int = Field(256, ge=1, description="records per processing batch")
     max_wait_ms: int = Field(500, ge=1, description="longest wait to fill a batch")
     max_record_bytes: int = Field(1_000_000, ge=1024)
+    prefetch: bool = Field(True, description=(
+        "embed the next batch on a worker thread while the loop learns from, publishes and "
+        "checkpoints the current one (offsets still advance only after a batch is learned)"))
 
 
 class ModelSettings(BaseModel):

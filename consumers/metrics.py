@@ -1,6 +1,6 @@
 """Prometheus metrics of the service, named by Prometheus conventions.
 
-Labels are bounded: language (a handful), stage (8), reason (a dozen codes), partition (the input
+Labels are bounded: language (a handful), stage (9), reason (a dozen codes), partition (the input
 topic's partitions), loss component (6), quantile (4). Never a topic id or a document id.
 Every series that will exist is created at start with value 0, so alerts and dashboards see a
 flat line instead of "no data" before the first event.
@@ -13,7 +13,7 @@ from prometheus_client import ProcessCollector, PlatformCollector
 
 __all__ = ["STAGES", "ServiceMetrics"]
 
-STAGES = ("parse", "embed", "assign", "infer", "train", "snapshot", "checkpoint", "commit")
+STAGES = ("parse", "embed", "assign", "infer", "train", "snapshot", "checkpoint", "commit", "embed_wait")
 DLQ_REASONS = ("tombstone", "invalid_utf8", "invalid_json", "not_an_object", "too_deep", "invalid_field",
                "empty_text", "unknown_language", "unsupported_language", "too_large", "processing_error")
 LOSS_PARTS = ("total", "reconstruction_kl", "cluster", "infonce", "beta")
@@ -39,7 +39,7 @@ class ServiceMetrics:
         self.batch_records_limit = Gauge("xtream_batch_records_limit",
                                          "Records asked for per poll (shrinks when processing slows, to stay "
                                          "within max.poll.interval.ms)", registry=r)
-        self.stage_seconds = Histogram("xtream_stage_seconds", "Time per batch spent in each stage", ["stage"],
+        self.stage_seconds = Histogram("xtream_stage_seconds", "Time per batch spent in each stage (embed runs ahead of the loop on a worker; embed_wait is the loop waiting for it)", ["stage"],
                                        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
                                        registry=r)
         self.consumer_lag = Gauge("xtream_consumer_lag_records", "Records behind the end of each input partition",

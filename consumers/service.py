@@ -1,5 +1,8 @@
 """The running service: poll -> parse -> embed -> cluster/learn -> assign -> train -> snapshot -> checkpoint.
 
+Parsing and embedding run one batch ahead on a worker thread (:mod:`consumers.prefetch`); the rest
+of the loop, and every call to the consumer, stays on the loop's thread.
+
 Only this module knows both the wire (``stream``) and the model (``model``). It owns the order of
 durability: see :meth:`TopicService.checkpoint`.
 """
@@ -30,6 +33,7 @@ from stream.sources import Source
 
 from consumers.checkpoint import CheckpointStore
 from consumers.intake import EmbeddedIntake, PreparedBatch, TextIntake
+from consumers.prefetch import BatchPrefetcher
 from consumers.config import Settings
 from consumers.metrics import ServiceMetrics
 from consumers.backpressure import AdaptiveBatchSize, DutyCycle
@@ -110,6 +114,10 @@ class TopicService:
         self.intake = (EmbeddedIntake(embedder.dim) if role == "trainer" else
                        TextIntake(embedder, self.tokenizer, self._languages, settings.batch.max_record_bytes))
         self.metrics = metrics or ServiceMetrics(sorted(self._languages))
+        # Only text is worth preparing ahead: decoding embedded records is cheap, and the trainer's
+        # intake keeps per-partition state that its checkpoint reads.
+        self._prefetch = (BatchPrefetcher(self._prepare)
+                          if settings.batch.prefetch and isinstance(self.intake, TextIntake) else None)
         # Read at scrape time, so they stay true while the loop is blocked (e.g. flushing to a dead broker).
         self.metrics.source_up.set_function(lambda: float(self.source_reachable))
         self.metrics.ready.set_function(lambda: float(self.ready and self.model.is_warm))
@@ -184,7 +192,8 @@ class TopicService:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
-                records = self.source.poll_batch(sizing.next(), wait_ms)
+                # With a batch being embedded there is work to do: take what is already fetched.
+                records = self.source.poll_batch(sizing.next(), 0 if self._prefetching() else wait_ms)
                 self.healthy_source = True
                 turn_started = time.perf_counter()
                 if self.source.rebalances > rebalances:
@@ -199,22 +208,41 @@ class TopicService:
                 for part, lag in self.source.lag().items():
                     m.consumer_lag.labels(part.rsplit(":", 1)[1]).set(lag)
                 last_lag = time.monotonic()
-            if records:
-                idle = 0
-                self.process_batch(records)
+            processed = 0   # records learned this turn (with prefetch, polled a turn earlier)
+            if self._prefetch is None:
+                if records:
+                    self.process_batch(records)
+                    processed = len(records)
             else:
-                idle += 1
+                if records:
+                    self._prefetch.submit(records)
+                # Keep one batch embedding while this one is learned; with nothing new, finish it.
+                while self._prefetching() > (1 if records else 0):
+                    processed += self._process_prefetched()
+            idle = 0 if records or processed else idle + 1
             if self._stop.is_set():   # SIGTERM: finish this batch, skip training, checkpoint
                 break
             self.maybe_train()
             self.maybe_snapshot(force=self._snapshot_requested.is_set())
             self.maybe_checkpoint()
-            sizing.observe(len(records), time.perf_counter() - turn_started)
+            sizing.observe(processed, time.perf_counter() - turn_started)
             m.batch_records_limit.set(sizing.next())
-            if not records and (self.source.exhausted() or (max_idle_polls is not None and idle >= max_idle_polls)):
+            if idle and (self.source.exhausted() or (max_idle_polls is not None and idle >= max_idle_polls)):
                 break
+        while self._prefetching():   # what was handed out is learned before the last checkpoint
+            self._process_prefetched()
         self.finish(complete_warmup=not self._stop.is_set())
         return self.stats
+
+    def _prefetching(self) -> int:
+        """Batches polled and handed to the prefetch worker, not yet learned."""
+        return len(self._prefetch) if self._prefetch is not None else 0
+
+    def _process_prefetched(self) -> int:
+        with self.metrics.stage_seconds.labels("embed_wait").time():
+            records, batch = self._prefetch.take()
+        self.process_batch(records, batch)
+        return len(records)
 
     def finish(self, complete_warmup: bool = False) -> None:
         """Clean stop: stop training, a last snapshot if the model moved, a forced checkpoint + commit.
@@ -231,20 +259,27 @@ class TopicService:
         if self._dirty:
             self.checkpoint()
 
-    def process_batch(self, records: list[Record]) -> None:
-        """Prepare (parse, embed / decode), dead-letter the bad, learn from and assign the good.
-
-        Never raises on input: what the intake or the model rejects goes to the dead-letter topic.
-        """
+    def _prepare(self, records: list[Record]) -> PreparedBatch:
+        """Parse and embed (or decode) a batch: touches neither the model nor the consumer, so it
+        may run on the prefetch worker."""
         started = time.perf_counter()
         if isinstance(self.intake, TextIntake):
             parsed = self.intake.parse(records)
             self.metrics.stage_seconds.labels("parse").observe(time.perf_counter() - started)
             with self.metrics.stage_seconds.labels("embed").time():
-                batch = self.intake.prepare(records, parsed)
-        else:
-            batch = self.intake.prepare(records)
-            self.metrics.stage_seconds.labels("parse").observe(time.perf_counter() - started)
+                return self.intake.prepare(records, parsed)
+        batch = self.intake.prepare(records)
+        self.metrics.stage_seconds.labels("parse").observe(time.perf_counter() - started)
+        return batch
+
+    def process_batch(self, records: list[Record], batch: PreparedBatch | None = None) -> None:
+        """Dead-letter the bad, learn from and assign the good, advance the offsets past ``records``.
+
+        ``batch`` is ``records`` already prepared (by the prefetch worker); else it is prepared here.
+        Never raises on input: what the intake or the model rejects goes to the dead-letter topic.
+        """
+        if batch is None:
+            batch = self._prepare(records)
         for rec, reason, detail in batch.dead:
             self._dead_letter(rec, reason, detail)
         if len(batch):
@@ -522,6 +557,8 @@ class TopicService:
     def close(self) -> None:
         """Release the source, sinks (and their producer) and the snapshot store."""
         self._stop_trainer()
+        if self._prefetch is not None:
+            self._prefetch.close()
         for exc in close_sinks(self.assignments, self.dead_letters, self.snapshot_sink, self.lineage_sink):
             logger.warning("closing a sink failed: %s", exc)
         self.source.close()

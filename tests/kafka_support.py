@@ -6,6 +6,7 @@ importable as ``conftest`` shadow each other.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -62,6 +63,11 @@ def committed_offsets(bootstrap: str, topic: str, group: str) -> tuple[dict[int,
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
+        # A fresh client may not have the topic's metadata yet: an empty answer would make every
+        # "all partitions committed" check pass vacuously, so wait for it (briefly).
+        deadline = time.monotonic() + 10
+        while not consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+            time.sleep(0.1)
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         ends = consumer.end_offsets(tps)
         return {tp.partition: consumer.committed(tp) for tp in tps}, {tp.partition: ends[tp] for tp in tps}
@@ -108,7 +114,7 @@ def fully_committed(bootstrap: str, topic: str, group: str) -> bool:
     """Whether ``group`` has committed the end of every partition of ``topic`` (an empty partition,
     which nobody ever commits, counts as done)."""
     committed, end = committed_offsets(bootstrap, topic, group)
-    return all((committed[p] or 0) == end[p] for p in end)
+    return bool(end) and all((committed[p] or 0) == end[p] for p in end)
 
 
 def run_until_records(service, n: int, timeout: float = 60.0) -> None:
