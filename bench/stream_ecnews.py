@@ -139,6 +139,10 @@ def main() -> None:
             "checkpoint": base.checkpoint.model_copy(update=dict(every_seconds=30.0, every_docs=20_000)),
         })
         figures["topology"] = args.topology
+        # Settings read XTREAM_* environment variables too (e.g. XTREAM_BATCH__PREFETCH=false): say what ran.
+        figures["prefetch"] = settings.batch.prefetch
+        figures["train_every_docs"] = settings.model.train_every_docs
+        figures["train_steps_per_slice"] = settings.model.train_steps
         if args.topology == "split":
             service = _run_split(settings, broker.bootstrap, len(docs), args.trainer_nice, work, figures)
         else:

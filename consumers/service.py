@@ -192,8 +192,11 @@ class TopicService:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
-                # With a batch being embedded there is work to do: take what is already fetched.
-                records = self.source.poll_batch(sizing.next(), 0 if self._prefetching() else wait_ms)
+                asked = sizing.next()
+                # Always the full wait, never timeout_ms=0: with zero-timeout polls, kafka-python
+                # 3.0.12's consumer stopped sending fetches for good in 3 of 7 runs of
+                # tests/consumers/test_slow_embedder.py (after another Kafka test).
+                records = self.source.poll_batch(asked, wait_ms)
                 self.healthy_source = True
                 turn_started = time.perf_counter()
                 if self.source.rebalances > rebalances:
@@ -216,8 +219,11 @@ class TopicService:
             else:
                 if records:
                     self._prefetch.submit(records)
-                # Keep one batch embedding while this one is learned; with nothing new, finish it.
-                while self._prefetching() > (1 if records else 0):
+                # A full poll means more is waiting: keep one batch embedding while the loop learns
+                # the one before. A short poll means the stream is caught up: finish what is in
+                # flight now rather than at the next poll, which may wait up to max_wait_ms.
+                keep = 1 if len(records) >= asked else 0
+                while self._prefetching() > keep:
                     processed += self._process_prefetched()
             idle = 0 if records or processed else idle + 1
             if self._stop.is_set():   # SIGTERM: finish this batch, skip training, checkpoint
