@@ -153,8 +153,10 @@ def latency_section(s: dict) -> list[str]:
 def stream_section(s: dict) -> list[str]:
     """One column per ``bench/results/stream_ecnews*.json`` run (default embedder first)."""
     runs = s["runs"]
-    keys = ("embedder", "documents", "topology", "prefetch", "train_nice", "trainer_nice", "train_max_share", "embedder_docs_per_s", "service_docs_per_s",
-            "service_over_embedder_throughput", "cpu_seconds_embedder", "cpu_seconds_trainer", "rss_peak_mb_during_service",
+    keys = ("embedder", "documents", "topology", "embedder_process", "prefetch_batches", "prefetch", "train_nice",
+            "trainer_nice", "train_max_share", "embedder_docs_per_s", "service_docs_per_s",
+            "service_over_embedder_throughput", "service_startup_seconds", "service_steady_over_embedder_throughput",
+            "cpu_seconds_embedder", "cpu_seconds_trainer", "rss_peak_mb_during_service", "embedder_process_peak_rss_mb",
             "train_steps_per_1000_docs", "tu",
             "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en", "clf_intra_zh", "clf_cross_en", "clf_cross_zh")
     names = list(runs)
@@ -172,8 +174,8 @@ def stream_section(s: dict) -> list[str]:
                "(`bench/results/<name>.json`, not re-run by `bench.all`)." if earlier else ""), "",
             _table(["figure"] + names, [[k] + [cell(runs[n], k) for n in names] for k in keys]), "",
             "Share of the service's wall time per stage (its own `xtream_stage_seconds`; `train` runs on "
-            "its own thread, and with `prefetch` so do `parse` and `embed`, one batch ahead of the loop, "
-            "so the shares add up to more than 1; `embed_wait` is the loop waiting for that worker):", "",
+            "its own thread, and with prefetch so do `parse` and `embed`, ahead of the loop on one or two "
+            "workers, so the shares add up to more than 1; `embed_wait` is the loop waiting for them):", "",
             _table(["stage"] + names, [[k.removeprefix("share_")] + [runs[n].get(k) for n in names]
                                        for k in stage_keys]),
             ""]

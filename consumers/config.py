@@ -78,14 +78,17 @@ class BatchSettings(BaseModel):
     max_records: int = Field(256, ge=1, description="records per processing batch")
     max_wait_ms: int = Field(500, ge=1, description="longest wait to fill a batch")
     max_record_bytes: int = Field(1_000_000, ge=1024)
-    prefetch: bool = Field(True, description=(
-        "embed the next batch on a worker thread while the loop learns from, publishes and "
-        "checkpoints the current one (offsets still advance only after a batch is learned)"))
+    prefetch_batches: int = Field(2, ge=0, le=16, description=(
+        "polled batches the embedder may work on ahead of the loop (0 = embed in the loop); the loop "
+        "learns, publishes and checkpoints meanwhile, and offsets still advance only after a batch is learned"))
 
 
 class ModelSettings(BaseModel):
     embedder: str = Field("use-multilingual-v3", description="'use-multilingual-v3' or a sentence-transformers name/path")
     embed_batch_size: int = 64
+    embedder_process: bool = Field(True, description=(
+        "run the embedder in a child process: in the service's own process it shares the GIL with the "
+        "loop and the trainer, which slowed USE by ~25% (bench.stream_ecnews)"))
     threads: int = Field(1, ge=1, description="torch and BLAS threads; 1 is safest next to a broker on 2 cores")
     language_centering: bool = Field(False, description="subtract per-language mean embeddings (e5-style models)")
     languages: list[str] = Field(

@@ -31,18 +31,23 @@ Prepared = TypeVar("Prepared")
 
 
 class BatchPrefetcher(Generic[Prepared]):
-    """A FIFO of polled batches being prepared by one worker thread.
+    """A FIFO of polled batches being prepared by worker threads.
 
     Parameters
     ----------
     prepare
         Records -> prepared batch. It runs on the worker and must not raise on bad input (the
         intakes dead-letter it); an unexpected exception is re-raised by :meth:`take`.
+    workers
+        Batches prepared at once. Two pay off when the embedder runs in its own process: while
+        one worker waits for the embedder, the other parses the next batch and has it queued
+        the moment the embedder is free, and tokenising a batch overlaps embedding the next.
+        ``prepare`` must then be thread-safe; results still come back in submission order.
     """
 
-    def __init__(self, prepare: Callable[[list[Record]], Prepared]) -> None:
+    def __init__(self, prepare: Callable[[list[Record]], Prepared], workers: int = 1) -> None:
         self._prepare = prepare
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xtream-embed")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xtream-embed")
         self._queue: deque[tuple[list[Record], Future]] = deque()
 
     def __len__(self) -> int:

@@ -116,8 +116,8 @@ class TopicService:
         self.metrics = metrics or ServiceMetrics(sorted(self._languages))
         # Only text is worth preparing ahead: decoding embedded records is cheap, and the trainer's
         # intake keeps per-partition state that its checkpoint reads.
-        self._prefetch = (BatchPrefetcher(self._prepare)
-                          if settings.batch.prefetch and isinstance(self.intake, TextIntake) else None)
+        self._prefetch = (BatchPrefetcher(self._prepare, workers=1 if embedder.in_process else 2)
+                          if settings.batch.prefetch_batches and isinstance(self.intake, TextIntake) else None)
         # Read at scrape time, so they stay true while the loop is blocked (e.g. flushing to a dead broker).
         self.metrics.source_up.set_function(lambda: float(self.source_reachable))
         self.metrics.ready.set_function(lambda: float(self.ready and self.model.is_warm))
@@ -219,10 +219,11 @@ class TopicService:
             else:
                 if records:
                     self._prefetch.submit(records)
-                # A full poll means more is waiting: keep one batch embedding while the loop learns
-                # the one before. A short poll means the stream is caught up: finish what is in
+                # A full poll means more is waiting: keep batches embedding while the loop learns
+                # the one before (more than one, so that a long turn, e.g. a checkpoint, does not
+                # idle the embedder). A short poll means the stream is caught up: finish what is in
                 # flight now rather than at the next poll, which may wait up to max_wait_ms.
-                keep = 1 if len(records) >= asked else 0
+                keep = self.settings.batch.prefetch_batches if len(records) >= asked else 0
                 while self._prefetching() > keep:
                     processed += self._process_prefetched()
             idle = 0 if records or processed else idle + 1
@@ -561,10 +562,11 @@ class TopicService:
         self._observe_model(0)
 
     def close(self) -> None:
-        """Release the source, sinks (and their producer) and the snapshot store."""
+        """Release the source, sinks (and their producer), the snapshot store and the embedder."""
         self._stop_trainer()
         if self._prefetch is not None:
             self._prefetch.close()
+        self.embedder.close()
         for exc in close_sinks(self.assignments, self.dead_letters, self.snapshot_sink, self.lineage_sink):
             logger.warning("closing a sink failed: %s", exc)
         self.source.close()

@@ -6,7 +6,8 @@ import logging
 import os
 from pathlib import Path
 
-from model.embedding import load_embedder
+from model.embedding import Embedder, load_embedder
+from model.embedding_process import ProcessEmbedder
 from stream.sinks import JsonlSink, KafkaSink, make_producer
 from stream.snapshot_store import SnapshotStore
 from stream.sources import JsonlFileSource, KafkaReplaySource, KafkaSource, resolve_replay_window
@@ -18,7 +19,8 @@ from consumers.intake import TextIntake
 from consumers.metrics import ServiceMetrics
 from consumers.service import TopicService
 
-__all__ = ["DEMO_STREAM", "build_embedding_worker", "build_service", "replay_settings", "set_threads"]
+__all__ = ["DEMO_STREAM", "build_embedding_worker", "build_service", "replay_settings", "service_embedder",
+           "set_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,14 @@ def set_threads(n: int) -> None:
     retain_freed_memory()
     torch.set_num_threads(n)
     threadpool_limits(n)
+
+
+def service_embedder(settings: Settings) -> Embedder:
+    """The service's embedder: in a child process unless ``model.embedder_process`` is off."""
+    m = settings.model
+    if m.embedder_process:
+        return ProcessEmbedder(m.embedder, threads=m.threads, batch_size=m.embed_batch_size)
+    return load_embedder(m.embedder, threads=m.threads, batch_size=m.embed_batch_size)
 
 
 def replay_settings(settings: Settings, namespace: str) -> Settings:
@@ -90,8 +100,7 @@ def build_service(settings: Settings, replay: tuple[str, str | None] | None = No
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # never reach for a model hub at run time
     data = Path(settings.data_dir)
     checkpoints = CheckpointStore(data / "checkpoints", keep=settings.checkpoint.keep)
-    embedder = load_embedder(settings.model.embedder, threads=settings.model.threads,
-                             batch_size=settings.model.embed_batch_size)
+    embedder = service_embedder(settings)
     compat = {"embedder": embedder.name, "embedding_dim": embedder.dim, "num_topics": settings.model.num_topics}
     resumed = checkpoints.load_latest(compat)
     start_offsets = resumed[0]["offsets"] if resumed else {}

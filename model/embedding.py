@@ -58,6 +58,10 @@ class Embedder(ABC):
     #: thread-safe), so a long word list never holds the loop up for more than one chunk.
     chunk: int = 256
 
+    #: False when the model runs in another process, so a caller's thread waiting on it holds no
+    #: CPU and no GIL (the service then prepares two batches at once).
+    in_process: bool = True
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -71,6 +75,9 @@ class Embedder(ABC):
 
     @abstractmethod
     def _encode(self, texts: list[str]) -> np.ndarray: ...
+
+    def close(self) -> None:
+        """Release what the embedder holds beyond memory (a child process, for one)."""
 
 
 class UniversalSentenceEncoder(Embedder):

@@ -49,13 +49,14 @@ def test_an_unexpected_failure_of_the_preparation_reaches_the_loop():
     ahead.close()
 
 
-def _service(tmp_path, prefetch: bool, max_records: int = 40):
+def _service(tmp_path, prefetch: bool, max_records: int = 40, depth: int = 2):
     s = Settings(data_dir=tmp_path / "data", input_file=DEMO_STREAM)
     s = s.model_copy(update={
         "model": s.model.model_copy(update=dict(num_topics=6, warmup_docs=120, warmup_steps=2, batch_size=32,
                                                 vocab_min_df=1, train_every_docs=1000, train_steps=1,
                                                 train_in_background=False)),
-        "batch": s.batch.model_copy(update=dict(max_records=max_records, prefetch=prefetch)),
+        "batch": s.batch.model_copy(update=dict(max_records=max_records,
+                                                prefetch_batches=depth if prefetch else 0)),
         "checkpoint": s.checkpoint.model_copy(update=dict(every_docs=50)),
     })
     return build_service(s)
