@@ -211,7 +211,7 @@ class TopicService:
                 for part, lag in self.source.lag().items():
                     m.consumer_lag.labels(part.rsplit(":", 1)[1]).set(lag)
                 last_lag = time.monotonic()
-            processed = 0   # records learned this turn (with prefetch, polled a turn earlier)
+            processed = 0   # records learned this turn (with prefetch, polled turns earlier)
             if self._prefetch is None:
                 if records:
                     self.process_batch(records)
@@ -226,12 +226,12 @@ class TopicService:
                 keep = self.settings.batch.prefetch_batches if len(records) >= asked else 0
                 while self._prefetching() > keep:
                     processed += self._process_prefetched()
+                    if self._prefetching() > keep:   # the cadences count batches, not turns
+                        self._run_due_work()
             idle = 0 if records or processed else idle + 1
             if self._stop.is_set():   # SIGTERM: finish this batch, skip training, checkpoint
                 break
-            self.maybe_train()
-            self.maybe_snapshot(force=self._snapshot_requested.is_set())
-            self.maybe_checkpoint()
+            self._run_due_work()
             sizing.observe(processed, time.perf_counter() - turn_started)
             m.batch_records_limit.set(sizing.next())
             if idle and (self.source.exhausted() or (max_idle_polls is not None and idle >= max_idle_polls)):
@@ -240,6 +240,12 @@ class TopicService:
             self._process_prefetched()
         self.finish(complete_warmup=not self._stop.is_set())
         return self.stats
+
+    def _run_due_work(self) -> None:
+        """Training slice, snapshot, checkpoint: each only when its cadence says so."""
+        self.maybe_train()
+        self.maybe_snapshot(force=self._snapshot_requested.is_set())
+        self.maybe_checkpoint()
 
     def _prefetching(self) -> int:
         """Batches polled and handed to the prefetch worker, not yet learned."""

@@ -101,6 +101,16 @@ def build_service(settings: Settings, replay: tuple[str, str | None] | None = No
     data = Path(settings.data_dir)
     checkpoints = CheckpointStore(data / "checkpoints", keep=settings.checkpoint.keep)
     embedder = service_embedder(settings)
+    try:
+        return _assemble_service(settings, embedder, checkpoints, replay, role)
+    except BaseException:   # e.g. an incompatible checkpoint: do not leave the embedder process behind
+        embedder.close()
+        raise
+
+
+def _assemble_service(settings: Settings, embedder: Embedder, checkpoints: CheckpointStore,
+                      replay: tuple[str, str | None] | None, role: str) -> TopicService:
+    data = Path(settings.data_dir)
     compat = {"embedder": embedder.name, "embedding_dim": embedder.dim, "num_topics": settings.model.num_topics}
     resumed = checkpoints.load_latest(compat)
     start_offsets = resumed[0]["offsets"] if resumed else {}

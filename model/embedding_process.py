@@ -190,7 +190,10 @@ def _release(*segments: SharedMemory | None) -> None:
 
 def _serve(conn: Connection, spec: str, threads: int, batch_size: int, device: str) -> None:
     """The child: load the model, then answer ``texts -> ("ok", vectors) | ("error", message)``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole group; the parent decides
+    # Ctrl-C, and a SIGTERM sent to the whole group (systemd, ``kill -- -pgid``), reach this process
+    # too: the parent decides, finishes its batch with this child's help, and closes it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from threadpoolctl import threadpool_limits

@@ -3,7 +3,10 @@ and closing the service stops that process."""
 
 from __future__ import annotations
 
+import multiprocessing
 import time
+
+import pytest
 
 from consumers.config import Settings
 from consumers.wiring import DEMO_STREAM, build_service
@@ -42,3 +45,9 @@ def test_the_embedder_can_stay_in_process(tmp_path):
     service = build_service(_settings(tmp_path, embedder_process=False))
     assert not isinstance(service.embedder, ProcessEmbedder)
     service.close()
+
+
+def test_a_service_that_fails_to_build_leaves_no_embedder_process(tmp_path):
+    with pytest.raises(ValueError, match="replay reads Kafka"):
+        build_service(_settings(tmp_path), replay=("earliest", None))
+    assert not [p for p in multiprocessing.active_children() if p.name == "xtream-embedder"]
