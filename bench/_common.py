@@ -56,13 +56,24 @@ def pin_threads(n: int) -> None:
     threadpool_limits(limits=n)
 
 
-def rss_mib() -> float:
-    """Current resident memory of this process (``VmRSS``)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+def rss_mib(pid: int | str = "self", field: str = "VmRSS") -> float:
+    """Resident memory of a process (this one by default; ``field="VmHWM"``: its peak), MiB."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
+
+
+def embedder_process_peak_mib(service) -> float:
+    """Peak resident memory of the service's embedder process (0 when it embeds in-process).
+
+    Read before ``service.close()``: ``getrusage`` of this process does not include it."""
+    pid = getattr(service.embedder, "pid", None)
+    return rss_mib(pid, "VmHWM") if pid else 0.0
 
 
 def peak_rss_mib() -> float:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import DATA, FILE_LANG, RESULTS, emit, peak_rss_mib, read_lines, print_table, setup_logging, write_json
+from bench._common import DATA, FILE_LANG, RESULTS, embedder_process_peak_mib, emit, peak_rss_mib, read_lines, print_table, setup_logging, write_json
 
 logger = logging.getLogger("bench.latency")
 TOPIC = "bench.latency.documents"
@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
             service.stop()
             if thread is not None:
                 thread.join(120)
+            embedder_peak = embedder_process_peak_mib(service)
             service.close()
         broker.stop()
     if not len(lat_arr):
@@ -213,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
         "p50_s": q(0.5), "p90_s": q(0.9), "p99_s": q(0.99), "max_s": float(lat_arr.max()), "mean_s": float(lat_arr.mean()),
         "hist_p50_s": _bucket_quantile(before, after, 0.5), "hist_p99_s": _bucket_quantile(before, after, 0.99),
         "train_slices": stats.train_slices, "snapshots": stats.snapshots, "checkpoints": stats.checkpoints,
-        "peak_rss_mib": peak_rss_mib(),
+        # This process and the embedder's (model.embedder_process), each at its own peak.
+        "peak_rss_mib": peak_rss_mib() + embedder_peak, "embedder_process_peak_rss_mib": embedder_peak,
     }
     print_table(f"End-to-end latency at {figures['load']:.0%} of maximum ({args.threads} thread(s))",
                 ["figure", "value"], [[k, v] for k, v in figures.items()])

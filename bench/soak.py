@@ -39,7 +39,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench._common import DATA, FILE_LANG, RESULTS, emit, print_table, read_lines, setup_logging, write_json
+from bench._common import DATA, FILE_LANG, RESULTS, emit, print_table, read_lines, rss_mib, setup_logging, write_json
 
 logger = logging.getLogger("bench.soak")
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,10 +60,14 @@ def synthetic_documents(n: int, seed: int = 0):
 
 
 def proc_stats(pid: int) -> dict:
+    """RSS of the service and its child processes (the embedder's, multiprocessing's resource
+    tracker), threads and open files of the service itself."""
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "threads": int(fields["Threads"]),
-            "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024 + sum(rss_mib(c) for c in children),
+            "threads": int(fields["Threads"]), "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
 def processed(url: str) -> int:

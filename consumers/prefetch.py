@@ -3,8 +3,8 @@
 The embedder is most of a document's cost, but the loop also parses, assigns, publishes, snapshots
 and checkpoints (about a sixth of its wall time with USE, measured by ``bench.stream_ecnews``).
 Run in sequence, the embedder idles during that sixth. :class:`BatchPrefetcher` moves the
-preparation (parse, embed, tokenise) of each polled batch onto one worker thread, so the loop's own
-work for batch *n* overlaps the embedding of batch *n + 1*.
+preparation (parse, embed, tokenise) of each polled batch onto worker threads, so the loop's own
+work for batch *n* overlaps the embedding of the batches after it.
 
 What does not change, by construction:
 

@@ -12,7 +12,8 @@ Two implementations behind one small interface:
 - :class:`HashingEmbedder` (``"hashing:512"``) — hashed character n-grams, ~50x faster than USE and
   *not* cross-lingual: for load, soak and fault tests of everything around the embedder.
 
-:func:`load_embedder` picks one from a string so configuration stays a plain setting.
+:func:`load_embedder` picks one from a string so configuration stays a plain setting;
+:class:`~model.embedding_process.ProcessEmbedder` runs any of them in a child process.
 """
 
 from __future__ import annotations

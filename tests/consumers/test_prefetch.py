@@ -19,7 +19,8 @@ def _records(n: int, start: int = 0) -> list[Record]:
     return [Record("in", 0, start + i, b"{}", None, (), None) for i in range(n)]
 
 
-def test_batches_come_back_in_the_order_they_were_polled_prepared_on_another_thread():
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batches_come_back_in_the_order_they_were_polled_prepared_on_another_thread(workers):
     threads = []
 
     def prepare(records):
@@ -27,7 +28,7 @@ def test_batches_come_back_in_the_order_they_were_polled_prepared_on_another_thr
         time.sleep(0.02 if records[0].offset == 0 else 0.0)   # the first finishes last
         return [r.offset for r in records]
 
-    ahead = BatchPrefetcher(prepare)
+    ahead = BatchPrefetcher(prepare, workers=workers)
     for start in (0, 3, 6):
         ahead.submit(_records(3, start))
     assert len(ahead) == 3
