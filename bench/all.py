@@ -155,7 +155,8 @@ def stream_section(s: dict) -> list[str]:
     runs = s["runs"]
     keys = ("embedder", "documents", "topology", "embedder_process", "prefetch_batches", "prefetch", "train_nice",
             "trainer_nice", "train_max_share", "embedder_docs_per_s", "service_docs_per_s",
-            "service_over_embedder_throughput", "service_startup_seconds", "service_steady_over_embedder_throughput",
+            "service_over_embedder_throughput", "service_startup_seconds", "service_shutdown_seconds",
+            "service_steady_over_embedder_throughput",
             "cpu_seconds_embedder", "cpu_seconds_trainer", "rss_peak_mb_during_service", "embedder_process_peak_rss_mb",
             "train_steps_per_1000_docs", "tu",
             "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en", "clf_intra_zh", "clf_cross_en", "clf_cross_zh")
