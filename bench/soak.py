@@ -11,7 +11,8 @@ What it does, all on this machine:
 2. produces synthetic documents made from the EC News vocabulary (each one a random draw of 15-40
    words of a random EC News training document, en and zh alternating), staying at most 100k
    documents ahead of the service;
-3. every ``--sample-every`` processed documents reads the service process's ``VmRSS``, open file
+3. every ``--sample-every`` processed documents reads the ``VmRSS`` of the service process and its
+   children (the embedder process, multiprocessing's resource tracker), the service's open file
    descriptors (``/proc/<pid>/fd``) and thread count (``/proc/<pid>/status``), plus its own
    ``xtream_documents_processed_total`` from ``/metrics``.
 
@@ -66,7 +67,8 @@ def proc_stats(pid: int) -> dict:
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
                 for c in (task / "children").read_text().split()]
-    return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024 + sum(rss_mib(c) for c in children),
+    own, theirs = int(fields["VmRSS"].split()[0]) / 1024, sum(rss_mib(c) for c in children)
+    return {"rss_mib": own + theirs, "rss_mib_service": own, "rss_mib_children": theirs,
             "threads": int(fields["Threads"]), "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
