@@ -8,8 +8,9 @@ Python-level work between their own numpy/torch calls) the embedder ran ~25% slo
 for a core, which the operating system shares fairly.
 
 :class:`ProcessEmbedder` is an :class:`~model.embedding.Embedder` like any other: texts go to the
-child and unit vectors come back through shared memory (only lengths and short replies use the pipe). The child is started with ``spawn`` (never ``fork``:
-the parent holds torch, Kafka and HTTP threads), loads the model named by the same spec string
+child and unit vectors come back through shared memory (only lengths and short replies use the
+pipe). The child is started with ``spawn`` (never ``fork``: the parent holds torch, Kafka and HTTP
+threads), loads the model named by the same spec string
 :func:`~model.embedding.load_embedder` takes, and exits when its pipe closes, so a ``kill -9`` of
 the service leaves no orphan behind. If the child dies (killed, out of memory), the call that saw
 it starts a new one and retries once; a second death is reported as a :class:`RuntimeError`, which
