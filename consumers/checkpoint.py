@@ -22,6 +22,7 @@ import logging
 import os
 import pickle
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,13 +125,19 @@ class CheckpointStore:
             raise ValueError("payload holds objects other than tensors and plain containers; refused") from None
         return header, _decode(state)
 
-    def load_latest(self, compat: dict[str, Any] | None = None) -> tuple[dict, dict] | None:
-        """Newest checkpoint that verifies, or None. Damaged files are skipped with an error log."""
+    def load_latest(self, compat: dict[str, Any] | None = None,
+                    accept: Callable[[dict], bool] | None = None) -> tuple[dict, dict] | None:
+        """Newest checkpoint that verifies (and that ``accept(header)`` takes, when given), or None.
+        Damaged files are skipped with an error log, refused ones with a warning."""
         for path in reversed(self._files()):
             try:
                 header, state = self.read(path)
             except (ValueError, KeyError, OSError, RuntimeError, EOFError) as exc:
                 logger.error("checkpoint %s is damaged (%s); falling back to the previous one", path.name, exc)
+                continue
+            if accept is not None and not accept(header):
+                logger.warning("checkpoint %s is not covered by the committed offsets (its transaction did "
+                               "not commit); falling back to the previous one", path.name)
                 continue
             if compat is not None:
                 diff = {k: (header["compat"].get(k), v) for k, v in compat.items() if header["compat"].get(k) != v}

@@ -35,6 +35,20 @@ class KafkaSettings(BaseModel):
         "static group membership (KIP-345): a restarted process with the same id takes its partitions back "
         "at once instead of waiting session_timeout_ms for its dead predecessor; unique per replica "
         "(e.g. the pod name)"))
+    isolation_level: Literal["read_committed", "read_uncommitted"] = Field("read_committed", description=(
+        "read_committed: records of aborted (and still open) transactions in the input are never read"))
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "zstd", description="codec of the output topics' record batches (input batches may use any codec)")
+    delivery: Literal["at_least_once", "exactly_once"] = Field("at_least_once", description=(
+        "exactly_once: each checkpoint interval's outputs and input offsets commit in one Kafka transaction, "
+        "so a read_committed reader sees one assignment per document; at_least_once: for brokers "
+        "without transactions (a crash repeats the outputs since the last checkpoint)"))
+    transactional_id: str | None = Field(None, description=(
+        "exactly_once: the producer's transactional id, stable across restarts of this replica "
+        "(default: '<group_id>-<group_instance_id or 0>')"))
+    on_offset_regression: Literal["relearn", "skip"] = Field("relearn", description=(
+        "a partition's offsets going backwards (topic recreated, offsets reset): relearn from the new "
+        "position, or skip records below what was already learned; either way it is logged and counted"))
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None

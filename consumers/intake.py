@@ -58,6 +58,13 @@ class PreparedBatch:
     def __len__(self) -> int:
         return len(self.items)
 
+    def only(self, keep) -> "PreparedBatch":
+        """The part of the batch whose consumed records ``keep(record)`` accepts."""
+        idx = [i for i, rec in enumerate(self.records) if keep(rec)]
+        return PreparedBatch(items=[self.items[i] for i in idx], tokens=[self.tokens[i] for i in idx],
+                             embeddings=None if self.embeddings is None else self.embeddings[idx],
+                             dead=[d for d in self.dead if keep(d[0])], records=[self.records[i] for i in idx])
+
 
 class TextIntake:
     """Parse -> language check -> embed + tokenise, batched."""

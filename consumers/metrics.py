@@ -72,6 +72,21 @@ class ServiceMetrics:
                                   ["quantile"], registry=r)
         self.model_version = Gauge("xtream_model_version", "Version of the topic model", registry=r)
         self.model_documents = Gauge("xtream_model_documents", "Documents the durable model has learned", registry=r)
+        self.output_errors = Counter("xtream_output_errors_total",
+                                     "Times a sink refused an output (it is kept and sent again)", ["output"],
+                                     registry=r)
+        self.output_rejected = Counter("xtream_output_records_rejected_total",
+                                       "Output records dropped because the topic can never take them "
+                                       "(over its size limit, or refused as invalid)", ["output"], registry=r)
+        self.outputs_pending = Gauge("xtream_outputs_pending",
+                                     "Outputs of learned batches waiting for a sink; no checkpoint meanwhile",
+                                     registry=r)
+        self.offset_regressions = Counter("xtream_offset_regressions_total",
+                                          "Times a partition's offsets went backwards (topic recreated, reset)",
+                                          registry=r)
+        self.duplicates_skipped = Counter("xtream_duplicates_skipped_total",
+                                          "Embedded records skipped as re-deliveries of learned documents",
+                                          registry=r)
         self.ready = Gauge("xtream_ready", "1 when consuming with a warm model", registry=r)
         self.source_up = Gauge("xtream_source_up", "1 when polls succeed and the group coordinator answers heartbeats", registry=r)
         for lang in languages:
@@ -80,6 +95,9 @@ class ServiceMetrics:
             self.vocabulary_words.labels(lang)
         for reason in DLQ_REASONS:
             self.dead_lettered.labels(reason)
+        for output in ("assignments", "dead_letters", "snapshots", "lineage"):
+            self.output_errors.labels(output)
+            self.output_rejected.labels(output)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
         for part in LOSS_PARTS:

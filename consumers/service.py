@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 
@@ -21,15 +22,16 @@ import numpy as np
 
 from model.embedding import Embedder, LanguageCentering
 from model.lineage import TopicTracker
-from model.online import OnlineConfig, OnlineTopicModel
+from model.online import MaintenanceFailed, OnlineConfig, OnlineTopicModel
 from model.text import Tokenizer
 from stream.dead_letter import dead_letter_headers
-from stream.errors import SinkError, SourceUnavailable
+from stream.errors import RecordTooLarge, SinkError, SourceUnavailable, TransactionFailed
 from stream.records import Record
 from stream.schemas import Assignment, LineageRecord, TopicSnapshot
 from stream.sinks import Sink, close_sinks
 from stream.snapshot_store import SnapshotStore
 from stream.sources import Source
+from stream.transactions import OutputTransactions
 
 from consumers.checkpoint import CheckpointStore
 from consumers.intake import EmbeddedIntake, PreparedBatch, TextIntake
@@ -72,8 +74,12 @@ def online_config(settings: Settings) -> OnlineConfig:
     return OnlineConfig(**{f.name: getattr(m, f.name) for f in fields(OnlineConfig) if f.name in type(m).model_fields})
 
 
-class _AfterLearning(Exception):
-    """A failure after the model learned a batch: the batch must not be retried (it would count twice)."""
+#: Longest wait between attempts to publish outputs a sink refused (the stop flag is checked meanwhile).
+MAX_OUTPUT_RETRY_SECONDS = 5.0
+#: On a clean stop, the longest the last flush may take before the stop gives up on it.
+STOP_FLUSH_SECONDS = 4.0
+
+_OUTPUTS = ("assignments", "dead_letters", "snapshots", "lineage")
 
 
 class TopicService:
@@ -84,7 +90,7 @@ class TopicService:
                  snapshot_store: SnapshotStore, checkpoints: CheckpointStore,
                  model: OnlineTopicModel | None = None, start_offsets: dict[str, int] | None = None,
                  metrics: ServiceMetrics | None = None, lineage: Sink | None = None,
-                 role: str = "all") -> None:
+                 role: str = "all", transactions: OutputTransactions | None = None) -> None:
         self.settings = settings
         self.source = source
         self.embedder = embedder
@@ -94,6 +100,8 @@ class TopicService:
         self.lineage_sink = lineage
         self.store = snapshot_store
         self.checkpoints = checkpoints
+        #: Exactly-once mode: outputs and input offsets commit together, one transaction per checkpoint.
+        self.transactions = transactions
         self.model = model or OnlineTopicModel(online_config(settings), embedder.dim, embed_words=embedder.encode)
         self.centering = LanguageCentering() if settings.model.language_centering else None
         self.tokenizer = Tokenizer()
@@ -132,6 +140,15 @@ class TopicService:
         snap_cfg = settings.snapshots
         self.tracker = TopicTracker(match_threshold=snap_cfg.match_threshold, death_horizon=snap_cfg.death_horizon)
         self.stream_time: datetime | None = None   # latest event time processed
+        #: Outputs of learned batches not yet accepted by their sink, oldest first: (output, value, key, headers).
+        #: While it holds anything, no new batch is learned and no checkpoint is written.
+        self._outbox: deque[tuple[str, bytes, bytes | None, list | None]] = deque()
+        self._last_offset: dict[str, int] = {}   # last record offset seen per partition
+        self._output_retry = 0.0
+        for name in _OUTPUTS:
+            sink = self._sink(name)
+            if sink is not None and hasattr(sink, "on_rejected"):
+                sink.on_rejected = lambda topic, reason, name=name: self.metrics.output_rejected.labels(name).inc()
 
     # -- state --------------------------------------------------------------------------------
     def compat(self) -> dict:
@@ -189,8 +206,13 @@ class TopicService:
         idle = rebalances = 0
         m = self.metrics
         last_lag = 0.0
+        if self.transactions is not None:
+            self.transactions.begin()
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
+            if not self._drain_outbox():
+                self._stop.wait(self._output_retry)
+                continue
             try:
                 asked = sizing.next()
                 # Always the full wait, never timeout_ms=0: with zero-timeout polls, kafka-python
@@ -229,6 +251,8 @@ class TopicService:
                     if self._prefetching() > keep:   # the cadences count batches, not turns
                         self._run_due_work()
             idle = 0 if records or processed else idle + 1
+            if idle and not self._prefetching() and not self._outbox:
+                self._advance_past_markers()
             if self._stop.is_set():   # SIGTERM: finish this batch, skip training, checkpoint
                 break
             self._run_due_work()
@@ -238,8 +262,48 @@ class TopicService:
                 break
         while self._prefetching():   # what was handed out is learned before the last checkpoint
             self._process_prefetched()
+        self._drain_outbox()
         self.finish(complete_warmup=not self._stop.is_set())
         return self.stats
+
+    def _sink(self, name: str) -> Sink | None:
+        return {"assignments": self.assignments, "dead_letters": self.dead_letters,
+                "snapshots": self.snapshot_sink, "lineage": self.lineage_sink}[name]
+
+    def _drain_outbox(self) -> bool:
+        """Hand the queued outputs to their sinks, oldest first; False if a sink refused one (it
+        stays queued, and the next attempt waits longer)."""
+        while self._outbox:
+            name, value, key, headers = self._outbox[0]
+            try:
+                self._sink(name).add(value, key=key, headers=headers)
+            except RecordTooLarge as exc:   # can never be sent: drop it loudly rather than block forever
+                logger.error("%s record dropped: %s", name, exc)
+                self.metrics.output_rejected.labels(name).inc()
+            except SinkError as exc:
+                self.metrics.output_errors.labels(name).inc()
+                self._output_retry = min(MAX_OUTPUT_RETRY_SECONDS, max(0.1, self._output_retry * 2))
+                logger.warning("%s output refused (%s); %d outputs wait, next try in %.1f s", name, exc,
+                               len(self._outbox), self._output_retry)
+                self.metrics.outputs_pending.set(len(self._outbox))
+                return False
+            self._outbox.popleft()
+        self._output_retry = 0.0
+        self.metrics.outputs_pending.set(0)
+        return True
+
+    def _emit(self, name: str, value: bytes, key: bytes | None = None, headers: list | None = None) -> None:
+        """Queue one output; it is sent at the next :meth:`_drain_outbox`."""
+        if self._sink(name) is not None:
+            self._outbox.append((name, value, key, headers))
+
+    def _advance_past_markers(self) -> None:
+        """After an empty poll with nothing in flight, move each partition's offset to the consumer's
+        position, past transaction markers and aborted records that never reach the loop."""
+        for key, pos in self.source.positions().items():
+            if key in self.offsets and pos > self.offsets[key]:
+                self.offsets[key] = pos
+                self._dirty = True
 
     def _run_due_work(self) -> None:
         """Training slice, snapshot, checkpoint: each only when its cadence says so."""
@@ -268,9 +332,13 @@ class TopicService:
             logger.info("input ended during the warm-up: finishing its gradient steps")
             self.model.train(0)
             self._dirty = True
+        if self._outbox:   # a checkpoint now would cover outputs that were never sent
+            logger.error("stopping with %d outputs unsent: no last checkpoint, so a restart learns and "
+                         "publishes again from the previous one", len(self._outbox))
+            return
         self.maybe_snapshot(force=True)
         if self._dirty:
-            self.checkpoint()
+            self.checkpoint(flush_timeout=STOP_FLUSH_SECONDS if self._stop.is_set() else None)
 
     def _prepare(self, records: list[Record]) -> PreparedBatch:
         """Parse and embed (or decode) a batch: touches neither the model nor the consumer, so it
@@ -281,7 +349,9 @@ class TopicService:
             self.metrics.stage_seconds.labels("parse").observe(time.perf_counter() - started)
             with self.metrics.stage_seconds.labels("embed").time():
                 return self.intake.prepare(records, parsed)
+        before = self.intake.duplicates
         batch = self.intake.prepare(records)
+        self.metrics.duplicates_skipped.inc(self.intake.duplicates - before)
         self.metrics.stage_seconds.labels("parse").observe(time.perf_counter() - started)
         return batch
 
@@ -293,51 +363,81 @@ class TopicService:
         """
         if batch is None:
             batch = self._prepare(records)
+        records, batch = self._after_regressions(records, batch)
         for rec, reason, detail in batch.dead:
             self._dead_letter(rec, reason, detail)
         if len(batch):
             try:
                 self._learn_and_assign(batch)
-            except _AfterLearning as exc:   # the model has the batch: never learn it twice
-                logger.exception("publishing the assignments of a learned batch failed: %s", exc.__cause__)
             except (ValueError, RuntimeError, FloatingPointError) as exc:
-                # A batch the model rejects as a whole: retry one by one, dead-lettering the culprits.
+                # The model refused the batch before changing anything (learning is all or nothing):
+                # retry one by one, dead-lettering the culprits.
                 logger.exception("batch of %d failed (%s); retrying document by document", len(batch), exc)
                 for i, item in enumerate(batch.items):
-                    one = PreparedBatch(items=[item], tokens=[batch.tokens[i]], embeddings=batch.embeddings[i:i + 1])
+                    one = PreparedBatch(items=[item], tokens=[batch.tokens[i]], embeddings=batch.embeddings[i:i + 1],
+                                        records=[batch.records[i]])
                     try:
                         self._learn_and_assign(one)
                     except (ValueError, RuntimeError, FloatingPointError) as err:
                         self._dead_letter(batch.records[i], "processing_error", repr(err)[:500])
         for rec in records:
-            self.offsets[rec.position] = max(self.offsets.get(rec.position, 0), rec.offset + 1)
+            self.offsets[rec.position] = rec.offset + 1
+        self._drain_outbox()
         self.stats.records += len(records)
         self.stats.batches += 1
         self.metrics.records_consumed.inc(len(records))
         self.metrics.batches.inc()
         self._dirty = True
 
+    def _after_regressions(self, records: list[Record], batch: PreparedBatch) -> tuple[list[Record], PreparedBatch]:
+        """Count (and log) each time a partition's offsets go backwards; with ``on_offset_regression=skip``
+        drop the records below what was already learned."""
+        for rec in records:
+            last = self._last_offset.get(rec.position)
+            if last is not None and rec.offset <= last:
+                self.metrics.offset_regressions.inc()
+                logger.warning("offsets of %s went backwards (%d after %d: topic recreated or offsets reset); %s",
+                               rec.position, rec.offset, last,
+                               "skipping what was learned" if self.settings.kafka.on_offset_regression == "skip"
+                               else "learning again from the new position")
+            self._last_offset[rec.position] = rec.offset
+        if self.settings.kafka.on_offset_regression != "skip":
+            return records, batch
+        fresh = {id(r) for r in records if r.offset >= self.offsets.get(r.position, 0)}
+        return [r for r in records if id(r) in fresh], batch.only(lambda r: id(r) in fresh)
+
     def _learn_and_assign(self, batch: PreparedBatch) -> None:
+        """Learn the batch (all or nothing) and queue its assignments; a document the model learned
+        but could not assign is dead-lettered (``processing_error``), never learned twice."""
         m = self.metrics
         items, tokens, embeddings = batch.items, batch.tokens, batch.embeddings
         langs = [it.lang for it in items]
         with self.lock:
+            centering_before = None if self.centering is None else self.centering.state_dict()
             if self.centering is not None:
                 self.centering.learn_many(embeddings, langs)
                 embeddings = self.centering.transform_many(embeddings, langs)
             with m.stage_seconds.labels("assign").time():
-                self.model.learn_many(tokens, embeddings, langs)
+                try:
+                    self.model.learn_many(tokens, embeddings, langs)
+                except MaintenanceFailed as exc:
+                    logger.error("%s (cause: %r)", exc, exc.__cause__)
+                except (ValueError, RuntimeError, FloatingPointError):
+                    if centering_before is not None:   # nothing of the batch may stay learned
+                        self.centering.load_state_dict(centering_before)
+                    raise
             try:
                 with m.stage_seconds.labels("infer").time():
                     clusters, theta = self.model.predict_many(tokens, embeddings, langs)
                     self.model.observe_topics(theta, langs)
             except (ValueError, RuntimeError, FloatingPointError) as exc:
-                raise _AfterLearning() from exc
+                logger.exception("documents learned but not assigned: dead-lettered")
+                for rec in batch.records:
+                    self._dead_letter(rec, "processing_error", f"learned, not assigned: {exc!r}"[:500])
+                self._count_learned(items)
+                return
             version = self.model.version
-        try:
-            self._publish(items, clusters, theta, version)
-        except (ValueError, RuntimeError, OverflowError) as exc:
-            raise _AfterLearning() from exc
+        self._publish(items, clusters, theta, version)
 
     def _publish(self, items, clusters, theta, version) -> None:
         m = self.metrics
@@ -350,7 +450,7 @@ class TopicService:
                            model_version=version, source_topic=it.source_topic,
                            source_partition=it.source_partition, source_offset=it.source_offset,
                            event_time=it.timestamp, processed_at=now)
-            self.assignments.add(a.model_dump_json().encode(), key=it.id.encode())
+            self._emit("assignments", a.model_dump_json().encode(), key=it.id.encode())
         record_times = [it.source_timestamp_ms for it in items if it.source_timestamp_ms and it.source_timestamp_ms > 0]
         event_times = [it.timestamp for it in items if it.timestamp is not None]
         event_times += [_utc_from_ms(ms) for ms in record_times]
@@ -360,16 +460,24 @@ class TopicService:
         now_ms = now.timestamp() * 1000
         for ms in record_times:
             m.document_latency.observe(max(0.0, (now_ms - ms) / 1000))
-        for lang, n in zip(*np.unique(np.asarray(langs), return_counts=True)):
-            m.documents_processed.labels(str(lang)).inc(int(n))
+        self._count_learned(items)
+
+    def _count_learned(self, items) -> None:
+        for lang, n in zip(*np.unique(np.asarray([it.lang for it in items]), return_counts=True)):
+            self.metrics.documents_processed.labels(str(lang)).inc(int(n))
         self.stats.documents += len(items)
         self._docs_since_train += len(items)
         self._docs_since_snapshot += len(items)
         self._docs_since_checkpoint += len(items)
 
     def _dead_letter(self, rec: Record, reason: str, detail: str) -> None:
-        self.dead_letters.add(rec.value if rec.value is not None else b"", key=rec.key,
-                              headers=dead_letter_headers(rec, reason, detail))
+        value = rec.value if rec.value is not None else b""
+        limit = getattr(self.dead_letters, "max_value_bytes", None)
+        headers = dead_letter_headers(rec, reason, detail)
+        if limit is not None and len(value) > limit - 4096:
+            headers.append(("xtream.error.truncated_from", str(len(value)).encode()))
+            value = value[:max(0, limit - 4096)]
+        self._emit("dead_letters", value, key=rec.key, headers=headers)
         self.stats.dead_letters[reason] = self.stats.dead_letters.get(reason, 0) + 1
         self.metrics.dead_lettered.labels(reason).inc()
 
@@ -466,10 +574,16 @@ class TopicService:
                                  model_version=snap.model_version, at=snap.created_at, words=list(e.words),
                                  previous_words=list(e.previous_words)) for e in events]
         if self.snapshot_sink is not None:
-            self.snapshot_sink.add(snap.to_json_bytes(), key=str(snap.model_version).encode())
-        if self.lineage_sink is not None:
-            for rec in records:
-                self.lineage_sink.add(rec.model_dump_json().encode(), key=str(rec.topic_id).encode())
+            try:
+                value = snap.fitted_json_bytes(getattr(self.snapshot_sink, "max_value_bytes", None))
+            except RecordTooLarge as exc:
+                logger.error("snapshot not published to Kafka (kept in the local store): %s", exc)
+                self.metrics.output_rejected.labels("snapshots").inc()
+            else:
+                self._emit("snapshots", value, key=str(snap.model_version).encode())
+        for rec in records:
+            self._emit("lineage", rec.model_dump_json().encode(), key=str(rec.topic_id).encode())
+        self._drain_outbox()
         self.store.add(snap)
         self.store.add_lineage(records)
         self.metrics.births.inc(sum(r.kind == "born" for r in records))
@@ -491,24 +605,39 @@ class TopicService:
                             or time.monotonic() - self._last_checkpoint >= c.every_seconds):
             self.checkpoint()
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, flush_timeout: float | None = None) -> None:
         """Make everything processed so far durable, then commit its offsets.
 
+        Step 0: every output of a learned batch was handed to its sink (else: postponed).
         Step 1: flush the sinks (assignments, dead letters, snapshots): outputs of covered records
-                are on the broker/disk.
+                are on the broker/disk (within ``flush_timeout`` seconds if given, else postponed).
         Step 2: write the checkpoint (model + offsets it covers) atomically.
-        Step 3: commit those offsets to the consumer group.
+        Step 3: commit those offsets to the consumer group (exactly-once: inside the open output
+                transaction, which then commits, and the next one begins).
 
-        A crash before step 2 replays the records from the previous checkpoint (outputs may repeat,
-        the model counts each record once); a crash between 2 and 3 resumes from the checkpoint's
-        offsets, which the source seeks to, so nothing is lost or counted twice.
+        At least once: a crash before step 2 replays the records from the previous checkpoint
+        (outputs may repeat, the model counts each record once); a crash between 2 and 3 resumes
+        from the checkpoint's offsets, which the source seeks to, so nothing is lost or counted twice.
+        Exactly once: a crash before step 3 aborts the transaction, and on start the checkpoint of
+        step 2 is skipped as not covered by the group's committed offsets, so the records since the
+        last committed transaction are learned and their outputs produced again, once.
+        A transaction that fails raises :class:`TransactionFailed`: the process must restart.
         """
+        # Step 0
+        if not self._drain_outbox():
+            logger.error("checkpoint postponed: %d outputs not accepted by their sinks", len(self._outbox))
+            return
         try:
             # Step 1
             for sink in (self.assignments, self.dead_letters, self.snapshot_sink, self.lineage_sink):
                 if sink is not None:
+                    if flush_timeout is not None and hasattr(sink, "flush_timeout"):
+                        sink.flush_timeout = flush_timeout
                     sink.flush()
         except SinkError as exc:
+            if self.transactions is not None:   # a send of the open transaction failed: it cannot commit
+                self.transactions.abort()
+                raise TransactionFailed(f"outputs of the open transaction not delivered: {exc}") from exc
             logger.error("checkpoint postponed, sinks not flushed: %s", exc)
             return
         # Step 2
@@ -520,7 +649,12 @@ class TopicService:
         # Step 3
         try:
             with self.metrics.stage_seconds.labels("commit").time():
-                self.source.commit(self.offsets)
+                if self.transactions is not None:
+                    self.transactions.commit(self.offsets, self.source.group_metadata())
+                    if not self._stop.is_set():
+                        self.transactions.begin()
+                else:
+                    self.source.commit(self.offsets)
         except SourceUnavailable as exc:   # the checkpoint holds the offsets; commit next time
             logger.warning("offset commit failed (checkpoint is durable): %s", exc)
         self.metrics.checkpoints.inc()
@@ -573,7 +707,8 @@ class TopicService:
         if self._prefetch is not None:
             self._prefetch.close()
         self.embedder.close()
-        for exc in close_sinks(self.assignments, self.dead_letters, self.snapshot_sink, self.lineage_sink):
+        for exc in close_sinks(self.assignments, self.dead_letters, self.snapshot_sink, self.lineage_sink,
+                               timeout=STOP_FLUSH_SECONDS):
             logger.warning("closing a sink failed: %s", exc)
         self.source.close()
         self.store.close()

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from model.embedding import Embedder, load_embedder
 from model.embedding_process import ProcessEmbedder
-from stream.sinks import JsonlSink, KafkaSink, make_producer
+from stream.sinks import JsonlSink, KafkaSink, make_producer, topic_record_limits
 from stream.snapshot_store import SnapshotStore
-from stream.sources import JsonlFileSource, KafkaReplaySource, KafkaSource, resolve_replay_window
+from stream.sources import JsonlFileSource, KafkaReplaySource, KafkaSource, committed_offsets, resolve_replay_window
+from stream.transactions import OutputTransactions, covered_by
 
 from consumers.checkpoint import CheckpointStore
 from consumers.config import Settings
@@ -62,12 +63,14 @@ def replay_settings(settings: Settings, namespace: str) -> Settings:
     })
 
 
-def _kafka_sinks(settings: Settings, client: dict) -> dict:
-    """The service's four output topics on one shared producer."""
+def _kafka_sinks(settings: Settings, client: dict, producer=None) -> dict:
+    """The service's four output topics on one shared producer, each knowing its record limit."""
     k = settings.kafka
-    producer = make_producer(k.bootstrap_servers, client)
-    return dict(assignments=KafkaSink(producer, k.assignments_topic), dead_letters=KafkaSink(producer, k.dead_letter_topic),
-                snapshots=KafkaSink(producer, k.snapshots_topic), lineage=KafkaSink(producer, k.lineage_topic))
+    producer = producer or make_producer(k.bootstrap_servers, client, compression=k.compression_type)
+    topics = dict(assignments=k.assignments_topic, dead_letters=k.dead_letter_topic, snapshots=k.snapshots_topic,
+                  lineage=k.lineage_topic)
+    limits = topic_record_limits(k.bootstrap_servers, list(topics.values()), client)
+    return {name: KafkaSink(producer, topic, max_record_bytes=limits[topic]) for name, topic in topics.items()}
 
 
 def build_embedding_worker(settings: Settings) -> EmbeddingWorker:
@@ -84,8 +87,9 @@ def build_embedding_worker(settings: Settings) -> EmbeddingWorker:
     client = k.client_config()
     source = KafkaSource(k.bootstrap_servers, [k.input_topic], k.group_id, auto_offset_reset=k.auto_offset_reset,
                          max_poll_interval_ms=k.max_poll_interval_ms, session_timeout_ms=k.session_timeout_ms,
-                         group_instance_id=k.group_instance_id, client_config=client)
-    producer = make_producer(k.bootstrap_servers, client)
+                         group_instance_id=k.group_instance_id, isolation_level=k.isolation_level,
+                         client_config=client)
+    producer = make_producer(k.bootstrap_servers, client, compression=k.compression_type)
     intake = TextIntake(embedder, Tokenizer(), frozenset(settings.model.languages), settings.batch.max_record_bytes)
     return EmbeddingWorker(source, intake, KafkaSink(producer, k.embedded_topic), KafkaSink(producer, k.dead_letter_topic),
                            settings.batch.max_records, settings.batch.max_wait_ms,
@@ -112,10 +116,16 @@ def _assemble_service(settings: Settings, embedder: Embedder, checkpoints: Check
                       replay: tuple[str, str | None] | None, role: str) -> TopicService:
     data = Path(settings.data_dir)
     compat = {"embedder": embedder.name, "embedding_dim": embedder.dim, "num_topics": settings.model.num_topics}
-    resumed = checkpoints.load_latest(compat)
+    k = settings.kafka
+    live_kafka = replay is None and bool(k.bootstrap_servers) and settings.input_file is None
+    topic, group = (k.embedded_topic, k.group_id + ".trainer") if role == "trainer" else (k.input_topic, k.group_id)
+    transactions = None
+    if live_kafka and k.delivery == "exactly_once":
+        transactions, resumed = _exactly_once_start(settings, checkpoints, compat, topic, group)
+    else:
+        resumed = checkpoints.load_latest(compat)
     start_offsets = resumed[0]["offsets"] if resumed else {}
     store = SnapshotStore(data / "snapshots.sqlite")
-    k = settings.kafka
     if replay is not None:
         if not k.bootstrap_servers:
             raise ValueError("a replay reads Kafka: set kafka.bootstrap_servers")
@@ -125,16 +135,16 @@ def _assemble_service(settings: Settings, embedder: Embedder, checkpoints: Check
             part = int(key.rsplit(":", 1)[1])
             if part in start:
                 start[part] = max(start[part], off)
-        source = KafkaReplaySource(k.bootstrap_servers, k.input_topic, k.group_id, start, stop, client)
+        source = KafkaReplaySource(k.bootstrap_servers, k.input_topic, k.group_id, start, stop, client,
+                                   isolation_level=k.isolation_level)
         sinks = _kafka_sinks(settings, client)
-    elif k.bootstrap_servers and settings.input_file is None:
+    elif live_kafka:
         client = k.client_config()
-        topic, group = (k.embedded_topic, k.group_id + ".trainer") if role == "trainer" else (k.input_topic, k.group_id)
         source = KafkaSource(k.bootstrap_servers, [topic], group, start_offsets=start_offsets,
                              auto_offset_reset=k.auto_offset_reset, max_poll_interval_ms=k.max_poll_interval_ms,
                              session_timeout_ms=k.session_timeout_ms, group_instance_id=k.group_instance_id,
-                             client_config=client)
-        sinks = _kafka_sinks(settings, client)
+                             isolation_level=k.isolation_level, client_config=client)
+        sinks = _kafka_sinks(settings, client, transactions.producer if transactions is not None else None)
     else:
         if role == "trainer":
             raise ValueError("--role trainer needs Kafka: set kafka.bootstrap_servers")
@@ -143,7 +153,28 @@ def _assemble_service(settings: Settings, embedder: Embedder, checkpoints: Check
                      dead_letters=JsonlSink(data / "dead_letters.jsonl", envelope=True), snapshots=None,
                      lineage=JsonlSink(data / "lineage.jsonl"))
     service = TopicService(settings, source, embedder, snapshot_store=store, checkpoints=checkpoints,
-                           start_offsets=start_offsets, role=role, **sinks)
+                           start_offsets=start_offsets, role=role, transactions=transactions, **sinks)
     if resumed:
         service.load_state_dict(resumed[1])
     return service
+
+
+def _exactly_once_start(settings: Settings, checkpoints: CheckpointStore, compat: dict, topic: str,
+                        group: str) -> tuple[OutputTransactions, tuple[dict, dict] | None]:
+    """The transactional producer, its predecessors fenced and their open transaction finished, and
+    the newest checkpoint whose offsets the group has committed (a later one belongs to a
+    transaction that never committed: its outputs are gone, so its documents are learned again)."""
+    k = settings.kafka
+    client = k.client_config()
+    tid = k.transactional_id or f"{group}-{k.group_instance_id or 0}"
+    transactions = OutputTransactions(make_producer(k.bootstrap_servers, client, compression=k.compression_type,
+                                                    transactional_id=tid))
+    try:
+        transactions.init()
+        committed = committed_offsets(k.bootstrap_servers, topic, group, client)
+    except BaseException:
+        transactions.producer.close(timeout=2)
+        raise
+    resumed = checkpoints.load_latest(compat, accept=lambda header: covered_by(header["offsets"], committed))
+    logger.info("exactly-once outputs (transactional id %s); group %s committed %s", tid, group, committed)
+    return transactions, resumed

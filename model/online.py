@@ -47,11 +47,17 @@ from model.training import LanguageCorpus, XTRATrainer, build_xtra, corpus_batch
 from model.vocabulary import Vocabulary
 from model.xtra import XTRA, XTRAConfig, init_beta_from_clusters
 
-__all__ = ["OnlineConfig", "OnlineTopicModel"]
+__all__ = ["MaintenanceFailed", "OnlineConfig", "OnlineTopicModel"]
 
 logger = logging.getLogger(__name__)
 
 WordEmbedder = Callable[[list[str]], np.ndarray]
+
+
+class MaintenanceFailed(RuntimeError):
+    """The batch was learned (counted, clustered, buffered), but the network work it made due
+    (initialisation, a vocabulary refresh, a new language, a re-seeded topic) failed and is left for
+    a later batch. Never learn that batch again: its documents are already counted."""
 
 
 @dataclass
@@ -134,15 +140,27 @@ class OnlineTopicModel:
 
     # -- learning ------------------------------------------------------------------------------
     def learn_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray, langs: Sequence[str]) -> None:
-        """Absorb a batch: k-means, vocabulary statistics, buffer; initialises XTRA when warm-up ends."""
+        """Absorb a batch: k-means, vocabulary statistics, buffer; initialises XTRA when warm-up ends.
+
+        All or nothing for the batch: a ``ValueError`` means nothing was learned (the input was
+        refused before any state changed); :class:`MaintenanceFailed` means all of it was.
+        """
         if len(tokens) == 0:
             return
+        embeddings = np.asarray(embeddings)
+        if embeddings.shape != (len(tokens), self.embedding_dim) or len(langs) != len(tokens):
+            raise ValueError(f"a batch of {len(tokens)} documents needs {len(tokens)} languages and a "
+                             f"({len(tokens)}, {self.embedding_dim}) embedding matrix, got {len(langs)} and "
+                             f"{embeddings.shape}")
+        if not np.isfinite(embeddings).all():
+            raise ValueError("embeddings hold NaN or infinite values")
         with self._data_lock:
             self._learn_many(tokens, embeddings, langs)
 
     def _learn_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray, langs: Sequence[str]) -> None:
         langs_arr = np.asarray(langs)
         restarted = False
+        failed: Exception | None = None
         self.kmeans.learn_many(embeddings)
         clusters = self.kmeans.predict_many(embeddings) if self.kmeans.is_initialised else np.zeros(len(tokens), np.int64)
         reseeded = sorted(self.kmeans.reseeded)
@@ -155,8 +173,11 @@ class OnlineTopicModel:
             if self.xtra is not None and lang in self.xtra.cfg.vocab_sizes:
                 bow = self.vocabs[lang].transform(lang_tokens)
                 if reseeded:
-                    with self._params_lock:
-                        restarted |= self._restart_topics(lang, reseeded, bow, clusters[rows])
+                    try:
+                        with self._params_lock:
+                            restarted |= self._restart_topics(lang, reseeded, bow, clusters[rows])
+                    except (RuntimeError, ValueError, FloatingPointError) as exc:
+                        failed = failed or exc
                 self.buffer.add_many(lang, bow, embeddings[rows], clusters[rows])
             else:
                 self._pending.setdefault(lang, []).extend(zip(lang_tokens, embeddings[rows]))
@@ -167,20 +188,25 @@ class OnlineTopicModel:
         else:
             due = (self._since_refresh >= self.cfg.vocab_refresh_every
                    or any(len(held) >= self.cfg.min_docs_new_language for held in self._pending.values()))
-        if not due:   # the common case: no need to wait for a gradient step in progress
-            if restarted:
-                with self._params_lock:
+        try:
+            if failed is not None:
+                raise failed
+            if not due:   # the common case: no need to wait for a gradient step in progress
+                if restarted:
+                    with self._params_lock:
+                        self._publish_serving()
+                return
+            with self._params_lock, self._own_torch_rng():
+                if self.xtra is None:
+                    self._initialise()
+                else:
+                    self._admit_new_languages()
+                    if self._since_refresh >= self.cfg.vocab_refresh_every:
+                        self._refresh_vocabularies()
+                if self.xtra is not None:
                     self._publish_serving()
-            return
-        with self._params_lock, self._own_torch_rng():
-            if self.xtra is None:
-                self._initialise()
-            else:
-                self._admit_new_languages()
-                if self._since_refresh >= self.cfg.vocab_refresh_every:
-                    self._refresh_vocabularies()
-            if self.xtra is not None:
-                self._publish_serving()
+        except (RuntimeError, ValueError, FloatingPointError) as exc:
+            raise MaintenanceFailed(f"the batch was learned; {exc!r} is retried with a later batch") from exc
 
     def _restart_topics(self, lang: str, slots: list[int], bow, clusters: np.ndarray) -> bool:
         """A re-seeded cluster is a new topic: restart its beta row from its documents' words.
@@ -202,7 +228,17 @@ class OnlineTopicModel:
         return True
 
     def _initialise(self) -> None:
-        """End of warm-up: vocabularies, buffer and XTRA from the held documents."""
+        """End of warm-up: vocabularies, buffer and XTRA from the held documents (or, if that fails,
+        no change but the vocabularies' refresh, so a later batch can try again)."""
+        buffer_before = self.buffer.state_dict()
+        try:
+            self._initialise_from_pending()
+        except BaseException:
+            self.buffer.load_state_dict(buffer_before)
+            self.xtra = self.trainer = None
+            raise
+
+    def _initialise_from_pending(self) -> None:
         corpora = {}
         for lang, held in self._pending.items():
             if len(held) < 2:
@@ -218,8 +254,6 @@ class OnlineTopicModel:
             corpora[lang] = LanguageCorpus(*self.buffer.all(lang))
         if not corpora:
             return
-        for lang in corpora:
-            del self._pending[lang]
         corpora = {lang: LanguageCorpus(c.bow, c.embeddings, self.kmeans.predict_many(c.embeddings))
                    for lang, c in corpora.items()}
         self.xtra = build_xtra(corpora, num_topics=self.cfg.num_topics,
@@ -228,6 +262,8 @@ class OnlineTopicModel:
                                lambda_nce=self.cfg.lambda_nce)
         self.trainer = XTRATrainer(self.xtra, lr=self.cfg.lr, lr_step=self.cfg.lr_step,
                                    batch_size=self.cfg.batch_size, seed=self.cfg.seed)
+        for lang in corpora:
+            del self._pending[lang]
         self._since_refresh = 0
         self._shape_generation += 1
         self._warmup_left = self.cfg.warmup_steps

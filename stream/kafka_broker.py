@@ -114,6 +114,8 @@ class LocalKafkaBroker:
     """One KRaft broker+controller process on loopback, with its data under ``data_dir``.
 
     ``extra_config`` adds or overrides ``server.properties`` entries (e.g. SASL listeners);
+    ``large_messages`` raises ``message.max.bytes`` to 16 MiB (the suite's own broker: some tests
+    dead-letter records of several MiB); without it the broker keeps Kafka's default limits.
     ``format_args`` are appended to ``kafka-storage format`` (e.g. ``["--add-scram", "SCRAM-SHA-512=[...]"]``
     to create users before the first start; kept out of ``repr`` since they may hold passwords).
     Ports are chosen once and kept, so ``stop()`` + ``restart()`` reuses the same address and data.
@@ -125,6 +127,7 @@ class LocalKafkaBroker:
     extra_config: dict[str, str] = field(default_factory=dict)
     format_args: list[str] = field(default_factory=list, repr=False)
     heap: str = "512m"
+    large_messages: bool = True
     log_level: str = "WARN"
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
@@ -172,8 +175,9 @@ class LocalKafkaBroker:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "true",
             "log.flush.interval.messages": "1",  # a test broker that survives kill -9 of itself
-            "message.max.bytes": str(16 * 1024 * 1024),  # dead letters carry oversized originals back
         }
+        if self.large_messages:
+            props["message.max.bytes"] = str(16 * 1024 * 1024)
         props.update(self.extra_config)
         return props
 

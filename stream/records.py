@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Record", "offset_key"]
+__all__ = ["Record", "offset_key", "split_offset_key"]
 
 
 def offset_key(topic: str, partition: int) -> str:
     """``"topic:partition"``: how offsets are keyed in checkpoints and snapshots (JSON-friendly)."""
     return f"{topic}:{partition}"
+
+
+def split_offset_key(key: str) -> tuple[str, int]:
+    """The inverse of :func:`offset_key`."""
+    topic, partition = key.rsplit(":", 1)
+    return topic, int(partition)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
+
+from stream.errors import RecordTooLarge
 
 __all__ = [
     "MAX_RECORD_BYTES",
@@ -242,9 +244,15 @@ class SnapshotTopic(BaseModel):
     prevalence: float = Field(description="share of recent attention (running mean of theta)")
     prevalence_by_lang: dict[str, float] = Field(default_factory=dict, description="the same, per language")
     size: float = Field(description="(decayed) documents in the topic's cluster")
-    embedding: list[float] | None = Field(default=None, description="cluster centroid (unit norm)")
+    embedding: list[float] | None = Field(default=None, description=(
+        "cluster centroid (unit norm, 4 decimals); left out when the snapshot must shrink to fit the topic's "
+        "record limit"))
     drift: dict[str, float] = Field(default_factory=dict,
                                     description="JS divergence of each language's word distribution vs the previous snapshot")
+
+    @field_serializer("embedding")
+    def _rounded(self, embedding: list[float] | None) -> list[float] | None:
+        return None if embedding is None else [round(v, 4) for v in embedding]
 
 
 class LineageRecord(_Out):
@@ -272,6 +280,28 @@ class TopicSnapshot(_Out):
 
     def to_json_bytes(self) -> bytes:
         return self.model_dump_json().encode()
+
+    def fitted_json_bytes(self, max_bytes: int | None) -> bytes:
+        """The JSON, shrunk until it is at most ``max_bytes``: first without the centroids, then with
+        fewer words per topic (never fewer than 3). Raises :class:`RecordTooLarge` if even that is too big."""
+        data = self.to_json_bytes()
+        if max_bytes is None or len(data) <= max_bytes:
+            return data
+        snap = self.model_copy(update={"topics": [t.model_copy(update={"embedding": None}) for t in self.topics]})
+        data = snap.to_json_bytes()
+        words = max((len(w.words) for t in snap.topics for w in t.words.values()), default=0)
+        while len(data) > max_bytes and words > 3:
+            words = max(3, words * 2 // 3)
+            data = snap.model_copy(update={"topics": [_top_words(t, words) for t in snap.topics]}).to_json_bytes()
+        if len(data) > max_bytes:
+            raise RecordTooLarge(f"snapshot v{self.model_version} is {len(data)} bytes even without centroids and "
+                                 f"with 3 words per topic; the topic's limit is {max_bytes}")
+        return data
+
+
+def _top_words(topic: SnapshotTopic, n: int) -> SnapshotTopic:
+    return topic.model_copy(update={"words": {lang: TopicWords(words=w.words[:n], weights=w.weights[:n])
+                                              for lang, w in topic.words.items()}})
 
 
 def finite(x: float) -> float:

@@ -19,7 +19,7 @@ from pathlib import Path
 from stream.errors import SourceUnavailable
 from stream.records import Record, offset_key
 
-__all__ = ["JsonlFileSource", "KafkaSource", "Source"]
+__all__ = ["JsonlFileSource", "KafkaReplaySource", "KafkaSource", "Source", "committed_offsets"]
 
 COMMIT_TIMEOUT_MS = 10_000
 #: Heartbeats every second (kafka-python's default is 3 s): a gone or frozen broker shows within
@@ -51,6 +51,11 @@ class Source(ABC):
 
     def lag(self) -> dict[str, int]:
         """Records behind the end, per ``topic:partition`` (empty when unknown)."""
+        return {}
+
+    def positions(self) -> dict[str, int]:
+        """Next offset to read per ``topic:partition``. After an empty poll it may be past the last
+        record handed out (transaction markers, aborted records): committing it is safe then."""
         return {}
 
     def exhausted(self) -> bool:
@@ -108,7 +113,7 @@ class KafkaSource(Source):
                  on_revoke: Callable[[list[str]], None] | None = None,
                  auto_offset_reset: str = "earliest", max_poll_interval_ms: int = 300_000,
                  session_timeout_ms: int = 45_000, group_instance_id: str | None = None,
-                 client_config: dict | None = None) -> None:
+                 isolation_level: str = "read_committed", client_config: dict | None = None) -> None:
         from kafka import ConsumerRebalanceListener, KafkaConsumer
 
         self.start_offsets = dict(start_offsets or {})
@@ -121,7 +126,7 @@ class KafkaSource(Source):
             bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False,
             auto_offset_reset=auto_offset_reset, max_poll_interval_ms=max_poll_interval_ms,
             session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-            group_instance_id=group_instance_id,
+            group_instance_id=group_instance_id, isolation_level=isolation_level,
             metadata_max_age_ms=30_000, **(client_config or {}))
         # Join the group only once the topics' partitions are known: a group leader that assigns
         # from metadata lacking the topic hands out nothing until the next metadata refresh.
@@ -216,8 +221,60 @@ class KafkaSource(Source):
                 out[key] = max(0, high - pos)
         return out
 
+    def positions(self) -> dict[str, int]:
+        out = {offset_key(tp.topic, tp.partition): _position(self._consumer, tp) for tp in self._consumer.assignment()}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def group_metadata(self):
+        """The consumer's group metadata, for a transactional producer's ``send_offsets_to_transaction``."""
+        return self._consumer.group_metadata()
+
+    def seek(self, offsets: dict[str, int]) -> None:
+        """Read each assigned partition of ``offsets`` from that offset next."""
+        from kafka import TopicPartition
+
+        for key, off in offsets.items():
+            topic, part = key.rsplit(":", 1)
+            tp = TopicPartition(topic, int(part))
+            if tp in self._consumer.assignment():
+                self._consumer.seek(tp, off)
+            self._positions[key] = off
+        self.start_offsets.update(offsets)
+
     def close(self) -> None:
-        self._consumer.close()
+        self._consumer.close(autocommit=False, timeout_ms=3_000)
+
+
+def committed_offsets(bootstrap_servers: str, topic: str, group_id: str,
+                      client_config: dict | None = None) -> dict[str, int]:
+    """The group's committed offset per ``topic:partition`` (partitions without one are left out)."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False,
+                             **(client_config or {}))
+    try:
+        wait_for(lambda: bool(consumer.partitions_for_topic(topic)), timeout=30.0)
+        out = {}
+        for p in sorted(consumer.partitions_for_topic(topic) or ()):
+            off = consumer.committed(TopicPartition(topic, p))
+            if off is not None:
+                out[offset_key(topic, p)] = off
+        return out
+    except KafkaError as exc:
+        raise SourceUnavailable(f"reading {group_id}'s committed offsets failed: {exc!r}") from exc
+    finally:
+        consumer.close()
+
+
+def _position(consumer, tp) -> int | None:
+    """The consumer's next offset for ``tp``, without waiting on the network (None if unknown)."""
+    from kafka.errors import KafkaError
+
+    try:
+        return consumer.position(tp, timeout_ms=0)
+    except KafkaError:
+        return None
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
@@ -238,12 +295,14 @@ class KafkaReplaySource(Source):
     """
 
     def __init__(self, bootstrap_servers: str, topic: str, group_id: str, start: dict[int, int],
-                 stop: dict[int, int], client_config: dict | None = None) -> None:
+                 stop: dict[int, int], client_config: dict | None = None,
+                 isolation_level: str = "read_committed") -> None:
         from kafka import KafkaConsumer, TopicPartition
 
         self.topic = topic
         self._consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group_id,
-                                       enable_auto_commit=False, **(client_config or {}))
+                                       enable_auto_commit=False, isolation_level=isolation_level,
+                                       **(client_config or {}))
         self._tps = {p: TopicPartition(topic, p) for p in sorted(start)}
         self._consumer.assign(list(self._tps.values()))
         for p, tp in self._tps.items():
@@ -270,6 +329,11 @@ class KafkaReplaySource(Source):
                                       tuple((k, v if v is not None else b"") for k, v in (r.headers or ())),
                                       r.timestamp))
                 self._next[r.partition] = max(self._next[r.partition], r.offset + 1)
+        if not polled:   # transaction markers and aborted records move the position, not the records
+            for p, tp in self._tps.items():
+                pos = _position(self._consumer, tp)
+                if pos is not None:
+                    self._next[p] = max(self._next[p], pos)
         out.sort(key=lambda r: (r.partition, r.offset))
         return out
 

@@ -30,6 +30,23 @@ def kafka_bootstrap(tmp_path_factory) -> str:
         broker.stop()
 
 
+@pytest.fixture(scope="session")
+def kafka_default_bootstrap(tmp_path_factory) -> str:
+    """A second broker with Kafka's default limits (``message.max.bytes`` 1,048,588 and the rest):
+    only the single-node replication settings differ from a stock ``server.properties``. Interop
+    tests run here; the main broker raises the record limit for tests that dead-letter huge records.
+    ``XTREAM_TEST_KAFKA_DEFAULT=host:port`` points at one you already have."""
+    external = os.environ.get("XTREAM_TEST_KAFKA_DEFAULT")
+    if external:
+        yield external
+        return
+    broker = LocalKafkaBroker.start_new(tmp_path_factory.mktemp("kafka-default"), large_messages=False)
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
 @pytest.fixture
 def unique_name(request) -> str:
     """A topic/group name no other test uses: test name + random suffix, Kafka-legal characters."""
