@@ -60,6 +60,9 @@ def main() -> None:
                              "embedder' and 'xtream run --role trainer' as two processes, the trainer at "
                              "--trainer-nice (the README's scale-out topology on one host)")
     parser.add_argument("--trainer-nice", type=int, default=10, help="niceness of the trainer process (split)")
+    parser.add_argument("--delivery", choices=("at_least_once", "exactly_once", "both"), default="at_least_once",
+                        help="kafka.delivery of the service; 'both' runs the single topology once in each mode, "
+                             "one after the other on the same topic, and reports exactly-once / at-least-once")
     parser.add_argument("--quick", action="store_true", help="the first 1,500 documents per language")
     parser.add_argument("--out", type=Path, default=None,
                         help="default bench/results/stream_ecnews[_quick].json")
@@ -141,7 +144,11 @@ def main() -> None:
         figures["train_steps_per_slice"] = settings.model.train_steps
         if args.topology == "split":
             service = _run_split(settings, broker.bootstrap, len(docs), args.trainer_nice, work, figures)
+        elif args.delivery == "both":
+            service = _run_both_deliveries(settings, len(docs), work, figures)
         else:
+            settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"delivery": args.delivery})})
+            figures["delivery"] = args.delivery
             service = _run_single(settings, len(docs), figures)
         trainer = service.model.trainer   # None when the stream was too short to initialise XTRA
         figures["train_steps"] = trainer.steps if trainer is not None else 0
@@ -242,6 +249,35 @@ def _run_single(settings, n_docs: int, figures: dict):
             if sample.name.endswith("_sum"):
                 figures[f"share_{sample.labels['stage']}"] = sample.value / elapsed
     figures["snapshots"] = service.stats.snapshots
+    return service
+
+
+def _run_both_deliveries(settings, n_docs: int, work: Path, figures: dict):
+    """At-least-once, then exactly-once, each with its own group, outputs and data dir; the figures
+    of each under its own prefix and their throughput ratio. Returns the exactly-once service."""
+    service = None
+    for delivery in ("at_least_once", "exactly_once"):
+        k = settings.kafka
+        own = settings.model_copy(update={
+            "data_dir": work / f"data-{delivery}",
+            "kafka": k.model_copy(update=dict(delivery=delivery, group_id=f"bench-{delivery}",
+                                              assignments_topic=f"{k.assignments_topic}.{delivery}",
+                                              snapshots_topic=f"{k.snapshots_topic}.{delivery}",
+                                              lineage_topic=f"{k.lineage_topic}.{delivery}",
+                                              dead_letter_topic=f"{k.dead_letter_topic}.{delivery}"))})
+        leg: dict = {"embedder_docs_per_s": figures["embedder_docs_per_s"]}
+        service = _run_single(own, n_docs, leg)
+        for key in ("service_docs_per_s", "service_steady_docs_per_s", "service_over_embedder_throughput",
+                    "service_steady_over_embedder_throughput", "service_seconds", "share_commit", "share_checkpoint"):
+            if key in leg:
+                figures[f"{delivery}_{key}"] = leg[key]
+        figures |= {k: v for k, v in leg.items() if k not in figures and not k.startswith("service_")}
+    figures["exactly_once_over_at_least_once_throughput"] = (figures["exactly_once_service_docs_per_s"]
+                                                            / figures["at_least_once_service_docs_per_s"])
+    if "exactly_once_service_steady_docs_per_s" in figures and "at_least_once_service_steady_docs_per_s" in figures:
+        figures["exactly_once_over_at_least_once_steady"] = (figures["exactly_once_service_steady_docs_per_s"]
+                                                            / figures["at_least_once_service_steady_docs_per_s"])
+    figures["delivery"] = "both"
     return service
 
 

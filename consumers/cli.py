@@ -18,6 +18,8 @@ from rich.table import Table
 app = typer.Typer(help="xtream: streaming cross-lingual topic modelling (XTRA) over Kafka.",
                   no_args_is_help=True, add_completion=False)
 console = Console()
+#: Exit status when the process must be restarted to resume consistently (an output transaction failed).
+EXIT_RESTART = 75
 
 
 class _JsonFormatter(logging.Formatter):
@@ -147,9 +149,14 @@ def run(
 
         api = ApiServer(service).start()
         logging.getLogger("xtream").info("HTTP API on http://%s:%d (OpenAPI at /docs)", settings.http.host, api.port)
+    from stream.errors import TransactionFailed
+
     try:
         stats = service.run()
         latest = service.store.latest()
+    except TransactionFailed as exc:
+        console.print(f"[red]stopping:[/red] {exc}; a restart resumes from the last committed transaction")
+        raise typer.Exit(EXIT_RESTART) from None
     finally:
         if api is not None:
             api.stop()

@@ -77,7 +77,7 @@ def online_config(settings: Settings) -> OnlineConfig:
 #: Longest wait between attempts to publish outputs a sink refused (the stop flag is checked meanwhile).
 MAX_OUTPUT_RETRY_SECONDS = 5.0
 #: On a clean stop, the longest the last flush may take before the stop gives up on it.
-STOP_FLUSH_SECONDS = 4.0
+STOP_FLUSH_SECONDS = 3.0
 
 _OUTPUTS = ("assignments", "dead_letters", "snapshots", "lineage")
 
@@ -108,6 +108,7 @@ class TopicService:
         self.offsets: dict[str, int] = dict(start_offsets or {})   # next offset per partition, processed
         self.stats = ServiceStats()
         self._stop = threading.Event()
+        self._finishing = False   # the last flush and checkpoint of a clean stop are under way
         self._drift_baseline = DriftBaseline(settings.snapshots.drift_window_seconds)
         self._snapshot_version = -1
         self._docs_since_train = 0
@@ -149,6 +150,7 @@ class TopicService:
             sink = self._sink(name)
             if sink is not None and hasattr(sink, "on_rejected"):
                 sink.on_rejected = lambda topic, reason, name=name: self.metrics.output_rejected.labels(name).inc()
+                sink.interrupted = lambda: self._stop.is_set() and not self._finishing
 
     # -- state --------------------------------------------------------------------------------
     def compat(self) -> dict:
@@ -328,6 +330,7 @@ class TopicService:
         short stream may have left undone are run, so the last snapshot comes from XTRA.
         """
         self._stop_trainer()
+        self._finishing = True
         if complete_warmup and self.model.is_initialised and not self.model.is_warm:
             logger.info("input ended during the warm-up: finishing its gradient steps")
             self.model.train(0)
@@ -338,7 +341,9 @@ class TopicService:
             return
         self.maybe_snapshot(force=True)
         if self._dirty:
-            self.checkpoint(flush_timeout=STOP_FLUSH_SECONDS if self._stop.is_set() else None)
+            # On SIGTERM the last flush is bounded, and short when the broker is known to be gone.
+            timeout = None if not self._stop.is_set() else STOP_FLUSH_SECONDS if self.source_reachable else 1.0
+            self.checkpoint(flush_timeout=timeout)
 
     def _prepare(self, records: list[Record]) -> PreparedBatch:
         """Parse and embed (or decode) a batch: touches neither the model nor the consumer, so it
@@ -707,8 +712,11 @@ class TopicService:
         if self._prefetch is not None:
             self._prefetch.close()
         self.embedder.close()
+        if self.transactions is not None:   # outputs not covered by a checkpoint are void
+            self.transactions.abort()
+        delivered = not self._dirty   # else the last checkpoint did not happen: do not wait long again
         for exc in close_sinks(self.assignments, self.dead_letters, self.snapshot_sink, self.lineage_sink,
-                               timeout=STOP_FLUSH_SECONDS):
+                               timeout=STOP_FLUSH_SECONDS if delivered else 1.0):
             logger.warning("closing a sink failed: %s", exc)
         self.source.close()
         self.store.close()

@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["KafkaSetupError", "LocalKafkaBroker", "resolve_kafka_classpath"]
+__all__ = ["LocalKafkaCluster", "KafkaSetupError", "LocalKafkaBroker", "resolve_kafka_classpath"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,10 @@ class LocalKafkaBroker:
     format_args: list[str] = field(default_factory=list, repr=False)
     heap: str = "512m"
     large_messages: bool = True
+    node_id: int = 1
+    voters: str = ""          # controller.quorum.voters; empty: this node alone
+    cluster_id: str = ""      # empty: a new one at format time
+    replication: int = 1      # replication of internal topics and default for new ones
     log_level: str = "WARN"
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
@@ -157,8 +161,8 @@ class LocalKafkaBroker:
     def _properties(self) -> dict[str, str]:
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters or f"{self.node_id}@127.0.0.1:{self.controller_port}",
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -166,12 +170,14 @@ class LocalKafkaBroker:
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(self.data_dir / "logs"),
             "num.partitions": "1",
-            "offsets.topic.replication.factor": "1",
+            "offsets.topic.replication.factor": str(self.replication),
             "offsets.topic.num.partitions": "4",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "transaction.state.log.replication.factor": str(self.replication),
+            "transaction.state.log.min.isr": str(min(2, self.replication)),
+            "share.coordinator.state.topic.replication.factor": str(self.replication),
+            "share.coordinator.state.topic.min.isr": str(min(2, self.replication)),
+            "default.replication.factor": str(self.replication),
+            "min.insync.replicas": str(min(2, self.replication)),
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "true",
             "log.flush.interval.messages": "1",  # a test broker that survives kill -9 of itself
@@ -200,14 +206,15 @@ class LocalKafkaBroker:
     def format(self) -> None:
         """Format the KRaft storage directory with a new cluster id (``kafka-storage format``)."""
         cfg = self._write_config()
-        proc = self._java("kafka.tools.StorageTool", "format", "-t", _kafka_uuid(), "-c", str(cfg),
+        proc = self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id or _kafka_uuid(), "-c", str(cfg),
                           *self.format_args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         out, _ = proc.communicate(timeout=120)
         if proc.returncode != 0:
             raise KafkaSetupError(f"kafka-storage format failed:\n{out[-4000:]}")
 
-    def restart(self, timeout: float = 90.0) -> None:
-        """Start the broker on the existing data dir and block until it serves metadata."""
+    def restart(self, timeout: float = 90.0, wait: bool = True) -> None:
+        """Start the broker on the existing data dir and (unless ``wait`` is False) block until it
+        serves metadata."""
         if self.running:
             return
         cfg = self._write_config()
@@ -215,7 +222,8 @@ class LocalKafkaBroker:
         self._proc = self._java("kafka.Kafka", str(cfg), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         out.close()
-        self._wait_ready(timeout)
+        if wait:
+            self._wait_ready(timeout)
 
     @property
     def running(self) -> bool:
@@ -290,6 +298,49 @@ class LocalKafkaBroker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@dataclass
+class LocalKafkaCluster:
+    """``size`` KRaft nodes (each broker and controller) on loopback, internal topics and new topics
+    replicated ``size`` times with ``min.insync.replicas`` 2: for tests that kill a partition leader."""
+
+    data_dir: Path
+    size: int = 3
+    nodes: list[LocalKafkaBroker] = field(default_factory=list)
+
+    @classmethod
+    def start_new(cls, data_dir: Path, size: int = 3, **kwargs) -> "LocalKafkaCluster":
+        cluster = cls(data_dir=Path(data_dir), size=size)
+        ports = [(free_port(), free_port()) for _ in range(size)]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports))
+        cluster_id = _kafka_uuid()
+        cluster.nodes = [LocalKafkaBroker(data_dir=cluster.data_dir / f"node-{i + 1}", port=p, controller_port=c,
+                                          node_id=i + 1, voters=voters, cluster_id=cluster_id, replication=size,
+                                          **kwargs)
+                         for i, (p, c) in enumerate(ports)]
+        for node in cluster.nodes:
+            node.format()
+        try:
+            for node in cluster.nodes:   # a quorum needs a majority: start all, then wait
+                node.restart(wait=False)
+            for node in cluster.nodes:
+                node._wait_ready(120.0)
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def node(self, node_id: int) -> LocalKafkaBroker:
+        return self.nodes[node_id - 1]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
 
 
 def main() -> None:

@@ -12,7 +12,9 @@ import base64
 import json
 import logging
 import os
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 from stream.errors import RecordTooLarge, SinkError
@@ -81,6 +83,8 @@ def _as_text(name: str, raw: bytes | None) -> dict:
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 #: Room left for the record batch's own framing (headers, offsets, CRC) under the topic's limit.
 BATCH_OVERHEAD_BYTES = 512
+#: A flush waits on the producer in slices this long, so that a stop is noticed.
+FLUSH_SLICE_SECONDS = 0.5
 #: Broker answers that no re-send can change: the record is dropped, counted and logged.
 _PERMANENT = ("MessageSizeTooLargeError", "RecordTooLargeError", "InvalidRecordError", "InvalidTopicError",
               "TopicAuthorizationFailedError", "CorruptRecordError")
@@ -103,6 +107,14 @@ def make_producer(bootstrap_servers: str, client_config: dict | None = None, *, 
                          max_request_size=16 * 1024 * 1024,
                          compression_type=None if compression in (None, "none") else compression,
                          **extra, **(client_config or {}))
+
+
+def _no_config_dump(record: logging.LogRecord) -> bool:
+    """kafka-python's admin client logs its whole configuration, SASL password included, at DEBUG."""
+    return not str(record.msg).startswith("Starting KafkaAdminClient with configuration")
+
+
+logging.getLogger("kafka.admin.client").addFilter(_no_config_dump)
 
 
 def topic_record_limits(bootstrap_servers: str, topics: list[str], client_config: dict | None = None) -> dict[str, int]:
@@ -165,6 +177,8 @@ class KafkaSink(Sink):
         self.flush_timeout = flush_timeout
         self.max_record_bytes = max_record_bytes
         self.on_rejected = on_rejected
+        #: When it returns True, a waiting ``flush()`` gives up at once (the owner is stopping).
+        self.interrupted: Callable[[], bool] = lambda: False
         self._pending: list[tuple[tuple, object]] = []   # ((value, key, headers), future or None if unsent)
 
     @property
@@ -195,10 +209,7 @@ class KafkaSink(Sink):
         from kafka.errors import KafkaError
 
         self._pending = [(args, self._send(*args) if fut is None else fut) for args, fut in self._pending]
-        try:
-            self.producer.flush(timeout=self.flush_timeout)
-        except KafkaError as exc:
-            raise SinkError(f"flush of {self.topic} timed out: {exc!r}") from exc
+        self._wait_for_producer()
         still, refused, failed = [], [], 0
         for args, fut in self._pending:
             if fut is None or not fut.is_done:
@@ -214,8 +225,8 @@ class KafkaSink(Sink):
         for args in refused:
             fut = self._send(*args)
             try:
-                self.producer.flush(timeout=self.flush_timeout)
-            except KafkaError:
+                self._wait_for_producer()
+            except SinkError:
                 still.append((args, fut))
                 continue
             if fut is not None and fut.is_done and fut.failed() and type(fut.exception).__name__ in _PERMANENT:
@@ -228,6 +239,21 @@ class KafkaSink(Sink):
         self._pending = still
         if still:
             raise SinkError(f"{len(still)} records to {self.topic} not acknowledged yet ({failed} re-sent)")
+
+    def _wait_for_producer(self) -> None:
+        """``producer.flush`` within ``flush_timeout``, in short waits so a stop can cut it short."""
+        from kafka.errors import KafkaError
+
+        deadline = time.monotonic() + self.flush_timeout
+        while True:
+            if self.interrupted():
+                raise SinkError(f"flush of {self.topic} given up: stopping")
+            try:
+                self.producer.flush(timeout=max(0.0, min(FLUSH_SLICE_SECONDS, deadline - time.monotonic())))
+                return
+            except KafkaError as exc:
+                if time.monotonic() >= deadline:
+                    raise SinkError(f"flush of {self.topic} timed out: {exc!r}") from exc
 
     def close(self) -> None:
         self.flush()
@@ -248,6 +274,11 @@ def close_sinks(*sinks: Sink | None, timeout: float = 8.0) -> list[SinkError]:
         producer = getattr(sink, "producer", None)
         if producer is not None and all(producer is not p for p in producers):
             producers.append(producer)
+    from kafka.errors import KafkaError
+
     for producer in producers:
-        producer.close(timeout=timeout / 2)
+        try:
+            producer.close(timeout=timeout / 2)
+        except KafkaError as exc:   # records still unsent: they are covered by no checkpoint
+            errors.append(SinkError(f"producer closed with records unsent: {exc!r}"))
     return errors

@@ -242,7 +242,7 @@ class KafkaSource(Source):
         self.start_offsets.update(offsets)
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False, timeout_ms=3_000)
+        self._consumer.close(autocommit=False, timeout_ms=2_000)
 
 
 def committed_offsets(bootstrap_servers: str, topic: str, group_id: str,

@@ -32,14 +32,15 @@ def stream_documents(n: int, shared: Path | None = SHARED_DATA) -> list[dict]:
     return [{**demo[i % len(demo)], "id": f"{demo[i % len(demo)]['id']}-{i}"} for i in range(n)]
 
 
-def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout: float = 30.0) -> list:
+def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout: float = 30.0,
+               isolation_level: str = "read_uncommitted") -> list:
     """All records of ``topic`` (stops at ``expected`` or after 3 s without news)."""
     import time as _time
 
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None)
+                             enable_auto_commit=False, group_id=None, isolation_level=isolation_level)
     out, deadline, quiet_since = [], _time.monotonic() + timeout, _time.monotonic()
     try:
         while _time.monotonic() < deadline:

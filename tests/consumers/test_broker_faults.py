@@ -124,3 +124,65 @@ def test_broker_stop_and_stall_lose_nothing_and_readiness_follows_the_broker(tmp
             service.close()
         broker.resume()
         broker.stop()
+
+
+def partition_leader(bootstrap: str, topic: str, partition: int) -> int:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        (described,) = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    (part,) = [p for p in described["partitions"] if p.get("partition_index", p.get("partition")) == partition]
+    return int(part.get("leader_id", part.get("leader")))
+
+
+def test_three_broker_cluster_partition_leader_killed_mid_stream(tmp_path, unique_name):
+    """Replication factor 3, min.insync.replicas 2: the input partition's leader is SIGKILLed while
+    the service streams and restarted later; every document is assigned and learned once."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from stream.kafka_broker import LocalKafkaCluster
+
+    cluster = LocalKafkaCluster.start_new(tmp_path / "kafka", size=3)
+    try:
+        bootstrap = cluster.bootstrap
+        settings = settings_for(bootstrap, unique_name, tmp_path)
+        topic = settings.kafka.input_topic
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=3)])
+        finally:
+            admin.close()
+        docs = stream_documents(3000)
+        send(bootstrap, topic, docs[:1500])
+        service = build_service(settings)
+        thread = threading.Thread(target=service.run, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 180
+            while service.model.n_docs < 600 and time.monotonic() < deadline:
+                assert thread.is_alive(), "the service crashed"
+                time.sleep(0.5)
+            leader = partition_leader(bootstrap, topic, 0)
+            cluster.node(leader).kill()
+            send(bootstrap, topic, docs[1500:])   # acks=all: the two in-sync replicas take it
+            assert time_to_progress(service, thread, 120) is not None, "no progress after the leader died"
+            cluster.node(leader).restart()
+            deadline = time.monotonic() + 300
+            while not fully_committed(bootstrap, topic, settings.kafka.group_id) and time.monotonic() < deadline:
+                assert thread.is_alive(), "the service crashed"
+                time.sleep(1.0)
+            assert fully_committed(bootstrap, topic, settings.kafka.group_id), "the stream was not finished"
+        finally:
+            service.stop()
+            thread.join(60)
+            service.close()
+        assert service.model.n_docs == len(docs), "each document learned once"
+        assigned = {json.loads(r.value)["document_id"] for r in read_topic(bootstrap, settings.kafka.assignments_topic)}
+        assert assigned == {d["id"] for d in docs}, "every document assigned"
+        print(f"\nleader {leader} of {topic}:0 killed at {service.model.n_docs} docs; all {len(docs)} learned once")
+    finally:
+        cluster.stop()

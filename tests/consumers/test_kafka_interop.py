@@ -179,3 +179,28 @@ def test_a_record_over_the_topic_limit_is_refused_and_counted_not_retried_foreve
     producer.close()
     assert rejected == ["MessageSizeTooLargeError"]
     assert [m.value() for m in _librdkafka_read(kafka_default_bootstrap, topic, 1)] == [b"small"]
+
+
+def test_exactly_once_outputs_and_offsets_commit_together(kafka_default_bootstrap, unique_name, tmp_path):
+    """Exactly-once mode: a read_committed librdkafka reader sees one assignment per document, and
+    the group's committed offsets are those of the last checkpoint."""
+    from consumers.checkpoint import CheckpointStore
+
+    bootstrap = kafka_default_bootstrap
+    settings = _settings(bootstrap, unique_name, tmp_path)
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"delivery": "exactly_once"})})
+    docs = stream_documents(600)
+    _create_topic(bootstrap, settings.kafka.input_topic, partitions=2)
+    _librdkafka_produce(bootstrap, settings.kafka.input_topic, docs, **{"compression.type": "lz4"})
+
+    service = build_service(settings)
+    try:
+        run_until_committed(service, bootstrap, settings.kafka.input_topic, settings.kafka.group_id, timeout=180)
+    finally:
+        service.close()
+    assigned = [json.loads(m.value()) for m in _librdkafka_read(bootstrap, settings.kafka.assignments_topic,
+                                                                 len(docs) + 1, timeout=15)]
+    assert sorted(a["document_id"] for a in assigned) == sorted(d["id"] for d in docs), "exactly one each"
+    header, state = CheckpointStore(tmp_path / "data" / "checkpoints").load_latest()
+    assert state["model"]["n_docs"] == len(docs)
+    assert sum(header["offsets"].values()) >= len(docs)

@@ -55,9 +55,14 @@ def wait_until(pred, timeout, interval=0.5):
     return False
 
 
-def test_sigkill_at_random_moments_loses_and_duplicates_nothing(kafka_bootstrap, unique_name, produce, tmp_path):
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(kafka_bootstrap, unique_name, produce, tmp_path,
+                                                               delivery):
+    """Per document id: at least one assignment (exactly one for a read_committed reader in
+    exactly-once mode), and the model counts each document once."""
     docs = stream_documents(5000)
-    env = service_env(kafka_bootstrap, unique_name, XTREAM_KAFKA__GROUP_INSTANCE_ID=f"{unique_name}-0")
+    env = service_env(kafka_bootstrap, unique_name, XTREAM_KAFKA__GROUP_INSTANCE_ID=f"{unique_name}-0",
+                      XTREAM_KAFKA__DELIVERY=delivery)
     topic, group = f"{unique_name}-in", f"{unique_name}-g"
     produce(kafka_bootstrap, topic, [json.dumps(d).encode() for d in docs], partitions=2,
             keys=[d["id"].encode() for d in docs])
@@ -98,6 +103,13 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(kafka_bootstrap,
     print(f"\n{kills} SIGKILLs; final model count {model['n_docs']} for {len(docs)} documents")
     assert model["n_docs"] == len(docs), "each document counted exactly once"
     assert model["docs_by_lang"] == dict(Counter(d["lang"] for d in docs))
+    outputs = read_topic(kafka_bootstrap, f"{unique_name}-assign", isolation_level="read_committed")
+    per_id = Counter(json.loads(r.value)["document_id"] for r in outputs)
+    assert set(per_id) == {d["id"] for d in docs}, "every document has an assignment"
+    repeated = sum(n > 1 for n in per_id.values())
+    print(f"{delivery}: {len(outputs)} assignments visible to read_committed, {repeated} ids more than once")
+    if delivery == "exactly_once":
+        assert repeated == 0, "exactly one assignment per document"
 
 
 def malformed(i: int) -> bytes:
@@ -199,3 +211,38 @@ def test_sigterm_finishes_batch_checkpoints_commits_and_exits_zero(kafka_bootstr
     committed, _ = committed_offsets(kafka_bootstrap, topic, group)
     assert committed[0] == ckpt["offsets"][f"{topic}:0"] > 0, "the final checkpoint's offsets were committed"
     assert ckpt["state"]["model"]["n_docs"] == committed[0], "every committed record is in the model"
+
+
+@pytest.mark.parametrize("state", ["warming_up", "broker_gone"])
+def test_sigterm_exits_within_10_seconds_in_every_state(unique_name, produce, tmp_path, state):
+    """Warm-up steps running, or the broker gone (polls failing, outputs waiting to be flushed):
+    SIGTERM ends the process within 10 s."""
+    from stream.kafka_broker import LocalKafkaBroker
+
+    broker = LocalKafkaBroker.start_new(tmp_path / "kafka")
+    try:
+        docs = stream_documents(3000)
+        env = service_env(broker.bootstrap, unique_name, XTREAM_MODEL__WARMUP_STEPS="100000")
+        produce(broker.bootstrap, f"{unique_name}-in", [json.dumps(d).encode() for d in docs])
+        log_path = tmp_path / "service.log"
+        with open(log_path, "ab") as log:
+            proc = start(tmp_path / "data", env, log)
+            try:
+                assert wait_until(lambda: "XTRA initialised" in log_path.read_text(errors="replace"), 120)
+                if state == "broker_gone":
+                    broker.kill()
+                    time.sleep(5)   # polls fail, flushes wait on the gone broker
+                sent = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    code = proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    code = None
+                elapsed = time.monotonic() - sent
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        print(f"\nSIGTERM while {state}: exit {code} after {elapsed:.1f} s")
+        assert code is not None and elapsed < 10, f"exit {code} after {elapsed:.1f} s"
+    finally:
+        broker.stop()
