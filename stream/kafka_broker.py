@@ -1,6 +1,6 @@
 """A real single-node Apache Kafka (KRaft) broker on 127.0.0.1, for tests and local runs.
 
-The jars come from Maven Central: ``deploy/kafka/pom.xml`` is resolved once with Maven into a cache
+The jars come from Maven Central: ``stream/kafka_pom.xml`` (package data) is resolved once with Maven into a cache
 outside the clone (``$XTREAM_CACHE/kafka-<hash of the pom>``), then ``kafka.Kafka`` runs from them as
 combined broker + controller. There is no fake broker anywhere in xtream's tests: this is it.
 
@@ -32,7 +32,7 @@ __all__ = ["LocalKafkaCluster", "KafkaSetupError", "LocalKafkaBroker", "resolve_
 
 logger = logging.getLogger(__name__)
 
-POM = Path(__file__).resolve().parent.parent / "deploy" / "kafka" / "pom.xml"
+POM = Path(__file__).resolve().parent / "kafka_pom.xml"   # package data: works outside a checkout
 
 
 class KafkaSetupError(RuntimeError):
