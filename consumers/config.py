@@ -10,16 +10,26 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = ["Settings"]
 
+#: The file :meth:`Settings.load` was given, for the file source (never written to the environment).
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("xtream_config_file", default=None)
 
-class KafkaSettings(BaseModel):
+
+class _Section(BaseModel):
+    """A settings section: an unknown key (a mistyped ``XTREAM_*`` variable) is an error naming it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Section):
     bootstrap_servers: str | None = Field(None, description="host:port[,...]; unset = no Kafka (embedded default)")
     input_topic: str = "xtream.documents"
     group_id: str = "xtream"
@@ -88,7 +98,7 @@ class KafkaSettings(BaseModel):
         return cfg
 
 
-class BatchSettings(BaseModel):
+class BatchSettings(_Section):
     max_records: int = Field(256, ge=1, description="records per processing batch")
     max_wait_ms: int = Field(500, ge=1, description="longest wait to fill a batch")
     max_record_bytes: int = Field(1_000_000, ge=1024)
@@ -97,7 +107,7 @@ class BatchSettings(BaseModel):
         "learns, publishes and checkpoints meanwhile, and offsets still advance only after a batch is learned"))
 
 
-class ModelSettings(BaseModel):
+class ModelSettings(_Section):
     embedder: str = Field("use-multilingual-v3", description="'use-multilingual-v3' or a sentence-transformers name/path")
     embed_batch_size: int = 64
     embedder_process: bool = Field(True, description=(
@@ -137,7 +147,7 @@ class ModelSettings(BaseModel):
     seed: int = 0
 
 
-class SnapshotSettings(BaseModel):
+class SnapshotSettings(_Section):
     every_docs: int = 5000
     every_seconds: float = 300.0
     top_words: int = 15
@@ -149,7 +159,7 @@ class SnapshotSettings(BaseModel):
     death_horizon: int = Field(3, description="snapshots a topic may stay not alive before it is declared dead")
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
@@ -158,7 +168,7 @@ class HttpSettings(BaseModel):
     max_documents: int = 256
 
 
-class CheckpointSettings(BaseModel):
+class CheckpointSettings(_Section):
     every_seconds: float = 10.0
     every_docs: int = 5000
     keep: int = 3
@@ -184,9 +194,12 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> "Settings":
-        if config_file is not None:
-            os.environ["XTREAM_CONFIG_FILE"] = str(config_file)
-        return cls(**overrides)
+        """Settings from ``config_file`` (else ``$XTREAM_CONFIG_FILE``), the environment and ``overrides``."""
+        token = _CONFIG_FILE.set(config_file)
+        try:
+            return cls(**overrides)
+        finally:
+            _CONFIG_FILE.reset(token)
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -196,8 +209,9 @@ class _FileSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("XTREAM_CONFIG_FILE")
+        path = _CONFIG_FILE.get() or os.environ.get("XTREAM_CONFIG_FILE")
         if not path:
             return {}
+        path = str(path)
         text = Path(path).read_bytes()
         return json.loads(text) if path.endswith(".json") else tomllib.loads(text.decode())
