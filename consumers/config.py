@@ -113,6 +113,11 @@ class ModelSettings(BaseModel):
     train_steps: int = Field(10, description="gradient steps per slice")
     train_budget_seconds: float = Field(5.0, description="a slice stops early past this, to keep polling")
     train_in_background: bool = Field(True, description="train on a worker thread, overlapping embedding")
+    max_training_debt_steps: float = Field(40.0, gt=0, description=(
+        "gradient steps the trainer may owe (train_steps per train_every_docs documents learned); past "
+        "this the loop trains itself and intake waits, so training keeps up whatever the host's load"))
+    warmup_within_docs: int = Field(2000, ge=1, description=(
+        "documents after XTRA's initialisation by which its warm-up steps are done, even during a backlog"))
     train_max_share: float = Field(1.0, gt=0, le=1, description=(
         "most of the wall time training may take (a duty cycle); below 1 it leaves CPU to ingestion"))
     train_nice: int = Field(19, ge=0, le=19, description=(

@@ -51,6 +51,9 @@ class ServiceMetrics:
                                       ["lang"], registry=r)
         self.vocabulary_words = Gauge("xtream_vocabulary_words", "Words in the vocabulary", ["lang"], registry=r)
         self.training_steps = Counter("xtream_training_steps_total", "XTRA gradient steps", registry=r)
+        self.training_debt = Gauge("xtream_training_debt_steps",
+                                   "Gradient steps the trainer owes for the documents learned (the loop "
+                                   "trains itself past model.max_training_debt_steps)", registry=r)
         self.training_loss = Gauge("xtream_training_loss", "Mean loss of the last training slice", ["component"],
                                    registry=r)
         self.snapshots = Counter("xtream_snapshots_published_total", "Topic snapshots published", registry=r)

@@ -38,6 +38,7 @@ from consumers.config import Settings
 from consumers.metrics import ServiceMetrics
 from consumers.backpressure import AdaptiveBatchSize, DutyCycle
 from consumers.snapshots import DriftBaseline, build_snapshot
+from consumers.training_debt import TrainingDebt
 
 __all__ = ["ServiceStats", "TopicService"]
 
@@ -102,6 +103,7 @@ class TopicService:
         self._stop = threading.Event()
         self._drift_baseline = DriftBaseline(settings.snapshots.drift_window_seconds)
         self._snapshot_version = -1
+        self._snapshot_docs = -1   # model.n_docs at the last snapshot
         self._docs_since_train = 0
         self._docs_since_snapshot = 0
         self._docs_since_checkpoint = 0
@@ -129,6 +131,9 @@ class TopicService:
         self._stop_training = threading.Event()
         self._trainer_thread: threading.Thread | None = None
         self._training_duty = DutyCycle(settings.model.train_max_share)
+        self._train_lock = threading.Lock()   # one slice at a time: the trainer's, or the loop paying debt
+        m = settings.model
+        self.debt = TrainingDebt(m.train_steps / m.train_every_docs, m.warmup_within_docs, m.max_training_debt_steps)
         snap_cfg = settings.snapshots
         self.tracker = TopicTracker(match_threshold=snap_cfg.match_threshold, death_horizon=snap_cfg.death_horizon)
         self.stream_time: datetime | None = None   # latest event time processed
@@ -382,6 +387,10 @@ class TopicService:
         CPU left over instead of stalling consumption.
         """
         m = self.settings.model
+        self.metrics.training_debt.set(self.debt.steps(self.model))
+        if self.model.is_initialised and self.debt.overdue(self.model):   # the trainer fell behind
+            self._train_slice(pay_debt=True)
+            return
         if not self.model.is_initialised or self._docs_since_train < m.train_every_docs:
             return
         if not m.train_in_background:
@@ -420,29 +429,39 @@ class TopicService:
             self._trainer_thread.join(60)
             self._trainer_thread = None
 
-    def _train_slice(self) -> None:
+    def _train_slice(self, pay_debt: bool = False) -> None:
         """``train_steps`` steps, cut short past ``train_budget_seconds`` or at shutdown.
 
         The model locks itself per step and serves inference from its last published copy, so
         this does not hold the service lock: the loop keeps consuming while gradients are computed.
+        With ``pay_debt`` (the loop's own thread, the trainer having fallen behind) the slice runs
+        until the training debt is paid, with no time budget: intake waits (:mod:`consumers.training_debt`).
         """
         m = self.settings.model
-        started = time.monotonic()
-        deadline = started + m.train_budget_seconds
-        before = self.model.trainer.steps if self.model.trainer else 0
-        with self.metrics.stage_seconds.labels("train").time():
-            self.model.train(m.train_steps,
-                             stop=lambda: time.monotonic() >= deadline or self._stop_training.is_set())
-        done = (self.model.trainer.steps if self.model.trainer else 0) - before
+        with self._train_lock, self.metrics.stage_seconds.labels("train").time():
+            started = time.monotonic()
+            deadline = started + m.train_budget_seconds
+            before = self.model.trainer.steps if self.model.trainer else 0
+            if pay_debt:
+                self.debt.pay(self.model, stop=lambda: self._stop.is_set() or self._stop_training.is_set())
+            else:
+                self.model.train(m.train_steps,
+                                 stop=lambda: time.monotonic() >= deadline or self._stop_training.is_set())
+            done = (self.model.trainer.steps if self.model.trainer else 0) - before
         if done:
             self._dirty = True
-        self._training_duty.ran(started, time.monotonic())
+        if not pay_debt:
+            self._training_duty.ran(started, time.monotonic())
         self._observe_model(done)
+        self.metrics.training_debt.set(self.debt.steps(self.model))
         self.stats.train_slices += 1
 
     def maybe_snapshot(self, force: bool = False) -> TopicSnapshot | None:
         s = self.settings.snapshots
-        if not self.model.is_warm or self.model.version == self._snapshot_version:
+        # Due by documents or time, whatever training did: the clusters' topics exist from the
+        # first batch, XTRA's once it is warm. Nothing new learned, nothing to publish.
+        if not self.model.kmeans.is_initialised or (self.model.version == self._snapshot_version
+                                                    and self.model.n_docs == self._snapshot_docs):
             return None
         due = (self._docs_since_snapshot >= s.every_docs
                or time.monotonic() - self._last_snapshot >= s.every_seconds or force)
@@ -452,6 +471,8 @@ class TopicService:
         started = time.perf_counter()
         with self.lock:
             model = self.model
+            if model.version == self._snapshot_version:   # learned since, not trained: a version of its own
+                model.bump_version()
             sizes = model.kmeans.counts
             alive = sizes >= s.alive_share * sizes.sum() / max(len(sizes), 1)
             signature = [tuple(w for lang in model.languages for w in model.topic_words(lang, 5)[0][k])
@@ -459,9 +480,12 @@ class TopicService:
             ids, events = self.tracker.update(model.kmeans.centers, alive, signature)
             now = datetime.now(timezone.utc)
             at = (self.stream_time or now).timestamp()
-            snap, dists = build_snapshot(model, self._drift_baseline.reference(at), self.offsets, top_n=s.top_words,
+            # drift compares XTRA's words with XTRA's: the clusters' words of the warm-up are no baseline
+            reference = self._drift_baseline.reference(at) if model.is_warm else None
+            snap, dists = build_snapshot(model, reference, self.offsets, top_n=s.top_words,
                                          now=now, stream_time=self.stream_time, topic_ids=ids, alive=alive)
-            self._drift_baseline.add(at, dists)
+            if model.is_warm:
+                self._drift_baseline.add(at, dists)
         records = [LineageRecord(kind=e.kind, topic_id=e.topic_id, related_topic_id=e.related_topic_id,
                                  model_version=snap.model_version, at=snap.created_at, words=list(e.words),
                                  previous_words=list(e.previous_words)) for e in events]
@@ -475,7 +499,8 @@ class TopicService:
         self.metrics.births.inc(sum(r.kind == "born" for r in records))
         self.metrics.deaths.inc(sum(r.kind == "died" for r in records))
         self.metrics.topics_alive.set(int(alive.sum()))
-        self._snapshot_version = self.model.version
+        self._snapshot_version = snap.model_version
+        self._snapshot_docs = snap.documents_seen
         self._docs_since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self.stats.snapshots += 1

@@ -92,16 +92,18 @@ def _align(prev_words: list[str], prev: np.ndarray, words: list[str]) -> np.ndar
 def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets: dict[str, int],
                    top_n: int = 15, now: datetime | None = None, stream_time: datetime | None = None,
                    topic_ids: list[int] | None = None, alive: np.ndarray | None = None) -> tuple[TopicSnapshot, WordDists]:
-    """The snapshot of a warm model and the word distributions to diff the next one against."""
-    if not model.is_warm:
-        raise ValueError("no snapshot before the model is warm")
+    """The snapshot of a model with topics and the word distributions to diff the next one against.
+
+    Before XTRA is warm the topics' words are the clusters' (:meth:`OnlineTopicModel.topic_word_distribution`)."""
+    if not model.kmeans.is_initialised:
+        raise ValueError("no snapshot before the first topics are clustered")
     langs = model.languages
     k = model.cfg.num_topics
     dists: WordDists = {}
     words_by_lang, drift_by_lang = {}, {}
     for lang in langs:
-        dist = model.topic_distribution(lang).astype(np.float64)
-        vocab = list(model.vocabs[lang].words)
+        vocab, dist = model.topic_word_distribution(lang)
+        dist = dist.astype(np.float64)
         dists[lang] = (vocab, dist)
         idx = np.argsort(-dist, axis=1)[:, :top_n]
         words_by_lang[lang] = ([[vocab[i] for i in row] for row in idx], np.take_along_axis(dist, idx, 1))

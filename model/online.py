@@ -78,6 +78,17 @@ class OnlineConfig:
     seed: int = 0
 
 
+def _cluster_words(bow, clusters: np.ndarray, num_topics: int) -> np.ndarray:
+    """(K, V) idf-weighted word distributions of each cluster's documents (uniform for an empty one)."""
+    x = sp.csr_matrix(bow, dtype=np.float64)
+    n, v = x.shape
+    onehot = sp.csr_matrix((np.ones(n), (np.asarray(clusters), np.arange(n))), shape=(num_topics, n))
+    sums = np.asarray((onehot @ x).todense())
+    df = np.asarray((x > 0).sum(axis=0)).ravel()
+    dist = sums * (np.log((1.0 + n) / (1.0 + df)) + 1.0) + 1e-9
+    return dist / dist.sum(axis=1, keepdims=True)
+
+
 class OnlineTopicModel:
     """Streaming XTRA. ``learn_many`` / ``predict_many`` on tokenised, embedded batches."""
 
@@ -120,6 +131,11 @@ class OnlineTopicModel:
     def is_initialised(self) -> bool:
         """XTRA exists and wants :meth:`train` calls (the warm-up steps may still be due)."""
         return self.xtra is not None
+
+    @property
+    def warmup_steps_left(self) -> int:
+        """Warm-up steps still to run before the first network is published."""
+        return self._warmup_left
 
     @property
     def is_warm(self) -> bool:
@@ -401,6 +417,13 @@ class OnlineTopicModel:
         if self.xtra is not None and not self._warmup_left:
             self.serving = self._serving_copy()
 
+    def bump_version(self) -> int:
+        """A new version for a state that changed without a training slice (clusters, vocabulary
+        statistics, the warm-up's cluster words): whoever publishes it names it by this version."""
+        with self._data_lock:
+            self.version += 1
+            return self.version
+
     # -- inference -----------------------------------------------------------------------------
     def predict_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray,
                      langs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -442,10 +465,35 @@ class OnlineTopicModel:
 
     def topic_words(self, lang: str, top_n: int = 15) -> tuple[list[list[str]], np.ndarray]:
         """Top words per topic for ``lang`` and their probabilities (K, top_n)."""
-        dist = self.topic_distribution(lang)
+        words, dist = self.topic_word_distribution(lang)
         idx = np.argsort(-dist, axis=1)[:, :top_n]
-        words = self.vocabs[lang].words
         return [[words[i] for i in row] for row in idx], np.take_along_axis(dist, idx, axis=1)
+
+    def topic_word_distribution(self, lang: str) -> tuple[list[str], np.ndarray]:
+        """``(words, (K, V) distributions)``: XTRA's once it is warm, the clusters' words before.
+
+        Topics exist from the first clustered batch: until a trained network is published, topic
+        k's words are cluster k's (idf-weighted word frequencies of its documents), over the
+        vocabulary once XTRA is initialised and over the held documents' own words before that.
+        """
+        if self.serving is not None:
+            return list(self.vocabs[lang].words), self.topic_distribution(lang)
+        with self._data_lock:
+            if self.xtra is not None and lang in self.xtra.cfg.vocab_sizes:
+                bow, emb, _ = self.buffer.all(lang)
+                return list(self.vocabs[lang].words), _cluster_words(bow, self.kmeans.predict_many(emb),
+                                                                     self.cfg.num_topics)
+            held = self._pending.get(lang, [])
+            if len(held) < 2 or not self.kmeans.is_initialised:
+                raise ValueError(f"no topic words for {lang!r} yet")
+            tokens = [t for t, _ in held]
+            clusters = self.kmeans.predict_many(np.stack([e for _, e in held]))
+        words = sorted({w for doc in tokens for w in doc})
+        index = {w: i for i, w in enumerate(words)}
+        rows = np.repeat(np.arange(len(tokens)), [len(doc) for doc in tokens])
+        cols = np.fromiter((index[w] for doc in tokens for w in doc), dtype=np.int64, count=len(rows))
+        bow = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(tokens), len(words)))
+        return words, _cluster_words(bow, clusters, self.cfg.num_topics)
 
     def topic_distribution(self, lang: str) -> np.ndarray:
         """(K, V_lang) topic-word distributions of the published network."""
@@ -459,8 +507,16 @@ class OnlineTopicModel:
 
     @property
     def languages(self) -> list[str]:
-        """Languages the published network knows (sorted)."""
-        return [] if self.serving is None else sorted(self.serving.cfg.vocab_sizes)
+        """Languages the topics have words in (sorted): the published network's, or before it is
+        published, those with clustered documents (see :meth:`topic_word_distribution`)."""
+        if self.serving is not None:
+            return sorted(self.serving.cfg.vocab_sizes)
+        if not self.kmeans.is_initialised:
+            return []
+        with self._data_lock:
+            if self.xtra is not None:
+                return sorted(self.xtra.cfg.vocab_sizes)
+            return sorted(lang for lang, held in self._pending.items() if len(held) >= 2)
 
     # -- persistence ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
