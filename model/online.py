@@ -66,8 +66,9 @@ class OnlineConfig:
     vocab_max_df_ratio: float = 0.3
     vocab_refresh_every: int = 5000
     kmeans_decay: float = 1.0
-    novelty_threshold: float | None = None
-    min_novel: int = 8
+    novelty_quantile: float | None = None
+    min_novel: int = 12
+    novelty_margin: float = 0.1
     prevalence_momentum: float = 0.99
     lr: float = 0.002
     lr_step: int = 5000
@@ -97,7 +98,8 @@ class OnlineTopicModel:
         self.embedding_dim = embedding_dim
         self.embed_words = embed_words
         self.kmeans = MiniBatchKMeans(cfg.num_topics, decay=cfg.kmeans_decay, seed=cfg.seed,
-                                      novelty_threshold=cfg.novelty_threshold, min_novel=cfg.min_novel)
+                                      novelty_quantile=cfg.novelty_quantile, min_novel=cfg.min_novel,
+                                      novelty_margin=cfg.novelty_margin)
         self.buffer = ReplayBuffer(cfg.buffer_per_language, embedding_dim, seed=cfg.seed)
         self.vocabs: dict[str, Vocabulary] = {}
         self.xtra: XTRA | None = None         # the live network the trainer updates
