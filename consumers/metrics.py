@@ -1,7 +1,7 @@
 """Prometheus metrics of the service, named by Prometheus conventions.
 
 Labels are bounded: language (a handful), stage (9), reason (a dozen codes), partition (the input
-topic's partitions), loss component (6), quantile (4). Never a topic id or a document id.
+topic's partitions), loss component (6), quantile (4), emergence kind (2). Never a topic id or a document id.
 Every series that will exist is created at start with value 0, so alerts and dashboards see a
 flat line instead of "no data" before the first event.
 """
@@ -70,6 +70,9 @@ class ServiceMetrics:
                                     registry=r)
         self.births = Counter("xtream_topic_births_total", "Topics that became alive", registry=r)
         self.deaths = Counter("xtream_topic_deaths_total", "Topics that died", registry=r)
+        self.topic_emergences = Counter("xtream_topic_emergences_total",
+                                        "Topics born, or whose prevalence jumped (Page-Hinkley), once the model is warm",
+                                        ["kind"], registry=r)
         self.topics_alive = Gauge("xtream_topics_alive", "Topics currently alive", registry=r)
         self.cluster_size = Gauge("xtream_cluster_size_documents", "Quantiles of cluster sizes (decayed documents)",
                                   ["quantile"], registry=r)
@@ -87,6 +90,8 @@ class ServiceMetrics:
             self.stage_seconds.labels(stage)
         for part in LOSS_PARTS:
             self.training_loss.labels(part)
+        for kind in ("born", "prevalence_jump"):
+            self.topic_emergences.labels(kind)
         for q in QUANTILES:
             self.drift_quantile.labels(q)
             self.cluster_size.labels(q)

@@ -22,6 +22,7 @@ import numpy as np
 from model.embedding import Embedder, LanguageCentering
 from model.lineage import TopicTracker
 from model.online import OnlineConfig, OnlineTopicModel
+from model.prevalence_shift import PrevalenceShift
 from model.text import Tokenizer
 from stream.dead_letter import dead_letter_headers
 from stream.errors import SinkError, SourceUnavailable
@@ -136,6 +137,7 @@ class TopicService:
         self.debt = TrainingDebt(m.train_steps / m.train_every_docs, m.warmup_within_docs, m.max_training_debt_steps)
         snap_cfg = settings.snapshots
         self.tracker = TopicTracker(match_threshold=snap_cfg.match_threshold, death_horizon=snap_cfg.death_horizon)
+        self.prevalence_shift = PrevalenceShift(settings.model.num_topics)
         self.stream_time: datetime | None = None   # latest event time processed
 
     # -- state --------------------------------------------------------------------------------
@@ -336,6 +338,7 @@ class TopicService:
                 with m.stage_seconds.labels("infer").time():
                     clusters, theta = self.model.predict_many(tokens, embeddings, langs)
                     self.model.observe_topics(theta, langs)
+                    self.prevalence_shift.learn_many(clusters)
             except (ValueError, RuntimeError, FloatingPointError) as exc:
                 raise _AfterLearning() from exc
             version = self.model.version
@@ -477,7 +480,9 @@ class TopicService:
             alive = sizes >= s.alive_share * sizes.sum() / max(len(sizes), 1)
             signature = [tuple(w for lang in model.languages for w in model.topic_words(lang, 5)[0][k])
                          for k in range(model.cfg.num_topics)]
+            previous_ids = list(self.tracker.slot_ids)
             ids, events = self.tracker.update(model.kmeans.centers, alive, signature)
+            events += self.prevalence_shift.events(previous_ids, ids, signature)
             now = datetime.now(timezone.utc)
             at = (self.stream_time or now).timestamp()
             # drift compares XTRA's words with XTRA's: the clusters' words of the warm-up are no baseline
@@ -498,6 +503,9 @@ class TopicService:
         self.store.add_lineage(records)
         self.metrics.births.inc(sum(r.kind == "born" for r in records))
         self.metrics.deaths.inc(sum(r.kind == "died" for r in records))
+        if model.is_warm:   # what the topic alerts watch: not the topics' first appearance at start
+            for kind in ("born", "prevalence_jump"):
+                self.metrics.topic_emergences.labels(kind).inc(sum(r.kind == kind for r in records))
         self.metrics.topics_alive.set(int(alive.sum()))
         self._snapshot_version = snap.model_version
         self._snapshot_docs = snap.documents_seen

@@ -117,6 +117,9 @@ class OnlineTopicModel:
         self.prevalence_by_lang: dict[str, np.ndarray] = {}
         self._pending: dict[str, list[tuple[list[str], np.ndarray]]] = {}   # tokens+embedding before XTRA knows the lang
         self._since_refresh = 0
+        #: Re-seeded topic slots that XTRA has not learned yet, with the share of their documents
+        #: its theta already puts there (a running estimate): their documents get the cluster as topic.
+        self._fresh: dict[int, float] = {}
         self.last_losses: dict[str, float] = {}
         # torch draws (weight init, dropout, reparameterisation) come from this model's own stream
         self._torch_rng = torch.Generator().manual_seed(cfg.seed).get_state()
@@ -165,6 +168,8 @@ class OnlineTopicModel:
         clusters = self.kmeans.predict_many(embeddings) if self.kmeans.is_initialised else np.zeros(len(tokens), np.int64)
         reseeded = sorted(self.kmeans.reseeded)
         self.kmeans.reseeded.clear()
+        if self.xtra is not None:
+            self._fresh.update((k, 0.0) for k in reseeded)
         for lang in np.unique(langs_arr).tolist():
             rows = np.flatnonzero(langs_arr == lang)
             lang_tokens = [tokens[i] for i in rows]
@@ -448,7 +453,24 @@ class OnlineTopicModel:
                 has_words = np.asarray(bow.sum(axis=1)).ravel() > 0
                 if has_words.any():
                     theta[rows[has_words]] = infer_theta(self.serving, bow[has_words], lang)
+            self._serve_fresh_topics(clusters, theta)
         return clusters, theta
+
+    def _serve_fresh_topics(self, clusters: np.ndarray, theta: np.ndarray) -> None:
+        """A re-seeded slot is a new topic XTRA has not learned yet (its encoder still sends those
+        documents to the topics they resembled): until theta puts at least half of the slot's
+        documents there, they get the cluster as their topic, as every document does during the warm-up."""
+        for k in list(self._fresh):
+            rows = np.flatnonzero(clusters == k)
+            if not len(rows):
+                continue
+            agree = float((theta[rows].argmax(axis=1) == k).mean())
+            share = self._fresh[k] = self._fresh[k] + (1 - 0.99 ** len(rows)) * (agree - self._fresh[k])
+            if share >= 0.5:
+                del self._fresh[k]
+                continue
+            theta[rows] = 0.0
+            theta[rows, k] = 1.0
 
     def observe_topics(self, theta: np.ndarray, langs: Sequence[str] | None = None) -> None:
         """Fold a batch's topic mixtures into the running prevalence, overall and per language."""
@@ -534,6 +556,7 @@ class OnlineTopicModel:
             "warmup_left": self._warmup_left,
             "words_to_embed": {lang: sorted(words) for lang, words in self._words_to_embed.items() if words},
             "prevalence": self.prevalence.copy(), "since_refresh": self._since_refresh,
+            "fresh_topics": dict(self._fresh),
             "prevalence_by_lang": {k: v.copy() for k, v in self.prevalence_by_lang.items()},
             "torch_rng": self._torch_rng.numpy().copy(),
             "pending": {lang: {"tokens": [t for t, _ in held], "emb": np.stack([e for _, e in held])}
@@ -562,6 +585,7 @@ class OnlineTopicModel:
         self.prevalence_by_lang = {k: np.asarray(v, dtype=np.float64)
                                    for k, v in state.get("prevalence_by_lang", {}).items()}
         self._since_refresh = int(state["since_refresh"])
+        self._fresh = {int(k): float(v) for k, v in state.get("fresh_topics", {}).items()}
         self._pending = {lang: list(zip(p["tokens"], np.asarray(p["emb"]))) for lang, p in state["pending"].items()}
         if state["xtra"] is not None:
             x = state["xtra"]
