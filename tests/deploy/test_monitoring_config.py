@@ -185,7 +185,7 @@ def test_dashboard_queries_parse(tmp_path):
 
 # -- alert rules ----------------------------------------------------------------------------------
 
-EXPECTED_ALERTS = {"XtreamTopicDriftHigh", "XtreamManyTopicsDrifting", "XtreamNoRecentSnapshot",
+EXPECTED_ALERTS = {"XtreamTopicEmerged", "XtreamTopicDriftHigh", "XtreamManyTopicsDrifting", "XtreamNoRecentSnapshot",
                    "XtreamConsumerLagGrowing", "XtreamDeadLetterRateHigh", "XtreamDown", "XtreamNotReady"}
 
 
