@@ -109,7 +109,7 @@ class ModelSettings(BaseModel):
         "documents fitting their centre worse than this running quantile of the stream wait in a "
         "novelty pool; min_novel of them closer to each other than to their centres by novelty_margin "
         "seed a new topic in the weakest cluster (None = off)"))
-    min_novel: int = Field(12, ge=2)
+    min_novel: int = Field(8, ge=2)
     novelty_margin: float = 0.1
     train_every_docs: int = Field(512, description="run a training slice after this many new documents")
     train_steps: int = Field(10, description="gradient steps per slice")

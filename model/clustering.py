@@ -66,7 +66,7 @@ class MiniBatchKMeans:
 
     def __init__(self, n_clusters: int = 50, decay: float = 1.0, max_count: float = 1e6,
                  reassign_ratio: float | None = 0.01, seed: int = 0, novelty_quantile: float | None = None,
-                 min_novel: int = 12, novelty_margin: float = 0.1, novelty_pool: int = 512) -> None:
+                 min_novel: int = 8, novelty_margin: float = 0.1, novelty_pool: int = 512) -> None:
         if n_clusters < 1:
             raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
         if not 0.0 < decay <= 1.0:
@@ -234,7 +234,7 @@ class MiniBatchKMeans:
         self.reassign_ratio = state["reassign_ratio"]
         self.seed = state["seed"]
         self.novelty_quantile = state.get("novelty_quantile")
-        self.min_novel = int(state.get("min_novel", 12))
+        self.min_novel = int(state.get("min_novel", 8))
         self.novelty_margin = float(state.get("novelty_margin", 0.1))
         self.novelty_pool = int(state.get("novelty_pool", 512))
         self.fit_low, self.fit_typical = state.get("fit_low"), state.get("fit_typical")

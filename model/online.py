@@ -67,7 +67,7 @@ class OnlineConfig:
     vocab_refresh_every: int = 5000
     kmeans_decay: float = 1.0
     novelty_quantile: float | None = None
-    min_novel: int = 12
+    min_novel: int = 8
     novelty_margin: float = 0.1
     prevalence_momentum: float = 0.99
     lr: float = 0.002
