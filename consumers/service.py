@@ -487,8 +487,9 @@ class TopicService:
             at = (self.stream_time or now).timestamp()
             # drift compares XTRA's words with XTRA's: the clusters' words of the warm-up are no baseline
             reference = self._drift_baseline.reference(at) if model.is_warm else None
-            snap, dists = build_snapshot(model, reference, self.offsets, top_n=s.top_words,
-                                         now=now, stream_time=self.stream_time, topic_ids=ids, alive=alive)
+            new_slots = frozenset(k for k, i in enumerate(ids) if previous_ids and i not in previous_ids)
+            snap, dists = build_snapshot(model, reference, self.offsets, top_n=s.top_words, now=now,
+                                         stream_time=self.stream_time, topic_ids=ids, alive=alive, new_slots=new_slots)
             if model.is_warm:
                 self._drift_baseline.add(at, dists)
         records = [LineageRecord(kind=e.kind, topic_id=e.topic_id, related_topic_id=e.related_topic_id,

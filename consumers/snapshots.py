@@ -108,10 +108,12 @@ def _align(prev_words: list[str], prev: np.ndarray, words: list[str]) -> np.ndar
 
 def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets: dict[str, int],
                    top_n: int = 15, now: datetime | None = None, stream_time: datetime | None = None,
-                   topic_ids: list[int] | None = None, alive: np.ndarray | None = None) -> tuple[TopicSnapshot, WordDists]:
+                   topic_ids: list[int] | None = None, alive: np.ndarray | None = None,
+                   new_slots: frozenset[int] = frozenset()) -> tuple[TopicSnapshot, WordDists]:
     """The snapshot of a model with topics and the word distributions to diff the next one against.
 
-    Before XTRA is warm the topics' words are the clusters' (:meth:`OnlineTopicModel.topic_word_distribution`)."""
+    Before XTRA is warm the topics' words are the clusters' (:meth:`OnlineTopicModel.topic_word_distribution`).
+    ``new_slots`` hold a new topic (a new stable id): they have no past to drift from."""
     if not model.kmeans.is_initialised:
         raise ValueError("no snapshot before the first topics are clustered")
     langs = model.languages
@@ -138,7 +140,7 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
             prevalence_by_lang={lang: float(p[t]) for lang, p in model.prevalence_by_lang.items()},
             size=float(model.kmeans.counts[t]),
             embedding=None if centers is None else [round(float(x), 5) for x in centers[t]],
-            drift={lang: float(d[t]) for lang, d in drift_by_lang.items()},
+            drift={} if t in new_slots else {lang: float(d[t]) for lang, d in drift_by_lang.items()},
         )
         for t in range(k)
     ]

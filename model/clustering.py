@@ -20,6 +20,10 @@ import numpy as np
 
 __all__ = ["MiniBatchKMeans"]
 
+#: Cosine above which a pooled document counts as a copy of another (a theme is many documents,
+#: not one document many times).
+DUPLICATE = 0.95
+
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -149,7 +153,10 @@ class MiniBatchKMeans:
         The seed group is the pooled document with the most pooled neighbours at least as close as
         a typical fit, widened to the pooled documents near the group's mean. It becomes a centre
         only if its members are ``novelty_margin`` closer to that mean than to their current
-        centres. The batch's documents are relabelled against the moved centre in place.
+        centres, and the mean is farther from every centre than most centres are from their nearest
+        other centre (the worst-fitted tail of a broad cluster is near that cluster; a new theme is
+        not). Copies of a pooled document are not pooled. The batch's documents are relabelled
+        against the moved centre in place.
         """
         if self.novelty_quantile is None or self.n_seen < 10 * self.n_clusters:
             return
@@ -162,7 +169,12 @@ class MiniBatchKMeans:
             self.fit_low += weight * (float(low) - self.fit_low)
             self.fit_typical += weight * (float(typical) - self.fit_typical)
         poor = x[best < self.fit_low]
-        pool = poor if self._pool.size == 0 else np.concatenate([self._pool, poor])
+        held = self._pool if self._pool.size else np.zeros((0, x.shape[1]), np.float32)
+        if len(poor):
+            copies = poor @ np.concatenate([held, poor]).T > DUPLICATE
+            earlier = np.arange(copies.shape[1])[None, :] < (len(held) + np.arange(len(poor)))[:, None]
+            poor = poor[~(copies & earlier).any(axis=1)]
+        pool = np.concatenate([held, poor])
         self._pool = pool = pool[-self.novelty_pool:]
         if len(pool) < self.min_novel or len(poor) == 0:
             return
@@ -177,6 +189,10 @@ class MiniBatchKMeans:
         own = float((pool[members] @ centre).mean())
         current = float((pool[members] @ self.centers.T).max(axis=1).mean())
         if members.sum() < self.min_novel or own - current < self.novelty_margin:
+            return
+        between = self.centers @ self.centers.T
+        np.fill_diagonal(between, -1.0)
+        if float((self.centers @ centre).max()) >= float(np.median(between.max(axis=1))):
             return
         weakest = int(np.argmin(self.counts))
         self.centers[weakest] = centre.astype(np.float32)
