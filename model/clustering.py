@@ -48,8 +48,8 @@ class MiniBatchKMeans:
         Documents whose similarity to their centre is below this running quantile of the stream's
         (e.g. 0.2: the worst-fitted fifth) enter the novelty pool. ``None`` disables the pool.
     min_novel
-        Pooled documents, each at least as close to the group's seed as a typical document is to
-        its centre, that a new theme needs.
+        Distinct pooled documents a new theme needs, each at least as close to the group's seed as
+        halfway between a poor and a typical document-to-centre fit.
     novelty_margin
         How much closer (mean cosine) the group must be to its own mean than to the centres it
         has now: a loose tail of an existing cluster does not pass, a theme of its own does.
@@ -151,9 +151,9 @@ class MiniBatchKMeans:
         """Pool the batch's poorly fitted documents; seed the weakest centre on a theme among them.
 
         The seed group is the pooled document with the most pooled neighbours at least as close as
-        a typical fit, widened to the pooled documents near the group's mean. It becomes a centre
-        only if its members are ``novelty_margin`` closer to that mean than to their current
-        centres, and the mean is farther from every centre than most centres are from their nearest
+        a fit halfway between a poor and a typical one, widened to the pooled documents near the
+        group's mean. It becomes a centre only if its members are ``novelty_margin`` closer to that
+        mean than to their current centres, and the mean is farther from every centre than most centres are from their nearest
         other centre (the worst-fitted tail of a broad cluster is near that cluster; a new theme is
         not). Copies of a pooled document are not pooled. The batch's documents are relabelled
         against the moved centre in place.
@@ -178,7 +178,7 @@ class MiniBatchKMeans:
         self._pool = pool = pool[-self.novelty_pool:]
         if len(pool) < self.min_novel or len(poor) == 0:
             return
-        near = (pool @ pool.T) >= self.fit_typical
+        near = (pool @ pool.T) >= 0.5 * (self.fit_low + self.fit_typical)
         neighbours = near.sum(axis=1)
         seed = int(np.argmax(neighbours))
         if neighbours[seed] < self.min_novel:
