@@ -71,7 +71,8 @@ class ServiceMetrics:
         self.births = Counter("xtream_topic_births_total", "Topics that became alive", registry=r)
         self.deaths = Counter("xtream_topic_deaths_total", "Topics that died", registry=r)
         self.topic_emergences = Counter("xtream_topic_emergences_total",
-                                        "Topics born, or whose prevalence jumped (Page-Hinkley), once the model is warm",
+                                        "Topics born that did not exist when the model became warm, and topics whose "
+                                        "prevalence jumped (Page-Hinkley) since",
                                         ["kind"], registry=r)
         self.topics_alive = Gauge("xtream_topics_alive", "Topics currently alive", registry=r)
         self.cluster_size = Gauge("xtream_cluster_size_documents", "Quantiles of cluster sizes (decayed documents)",

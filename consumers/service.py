@@ -138,6 +138,7 @@ class TopicService:
         snap_cfg = settings.snapshots
         self.tracker = TopicTracker(match_threshold=snap_cfg.match_threshold, death_horizon=snap_cfg.death_horizon)
         self.prevalence_shift = PrevalenceShift(settings.model.num_topics)
+        self._warm_ids: int | None = None   # topic ids below this existed when the model became warm
         self.stream_time: datetime | None = None   # latest event time processed
 
     # -- state --------------------------------------------------------------------------------
@@ -485,13 +486,11 @@ class TopicService:
             events += self.prevalence_shift.events(previous_ids, ids, signature)
             now = datetime.now(timezone.utc)
             at = (self.stream_time or now).timestamp()
-            # drift compares XTRA's words with XTRA's: the clusters' words of the warm-up are no baseline
-            reference = self._drift_baseline.reference(at) if model.is_warm else None
+            reference = self._drift_baseline.reference(at)
             new_slots = frozenset(k for k, i in enumerate(ids) if previous_ids and i not in previous_ids)
             snap, dists = build_snapshot(model, reference, self.offsets, top_n=s.top_words, now=now,
                                          stream_time=self.stream_time, topic_ids=ids, alive=alive, new_slots=new_slots)
-            if model.is_warm:
-                self._drift_baseline.add(at, dists)
+            self._drift_baseline.add(at, dists)
         records = [LineageRecord(kind=e.kind, topic_id=e.topic_id, related_topic_id=e.related_topic_id,
                                  model_version=snap.model_version, at=snap.created_at, words=list(e.words),
                                  previous_words=list(e.previous_words)) for e in events]
@@ -504,9 +503,12 @@ class TopicService:
         self.store.add_lineage(records)
         self.metrics.births.inc(sum(r.kind == "born" for r in records))
         self.metrics.deaths.inc(sum(r.kind == "died" for r in records))
-        if model.is_warm:   # what the topic alerts watch: not the topics' first appearance at start
-            for kind in ("born", "prevalence_jump"):
-                self.metrics.topic_emergences.labels(kind).inc(sum(r.kind == kind for r in records))
+        if model.is_warm:   # what the topic alerts watch: topics new since warm-up, and jumps
+            if self._warm_ids is None:
+                self._warm_ids = self.tracker.next_id
+            self.metrics.topic_emergences.labels("born").inc(
+                sum(r.kind == "born" and r.topic_id >= self._warm_ids for r in records))
+            self.metrics.topic_emergences.labels("prevalence_jump").inc(sum(r.kind == "prevalence_jump" for r in records))
         self.metrics.topics_alive.set(int(alive.sum()))
         self._snapshot_version = snap.model_version
         self._snapshot_docs = snap.documents_seen

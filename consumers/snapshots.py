@@ -113,7 +113,7 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
     """The snapshot of a model with topics and the word distributions to diff the next one against.
 
     Before XTRA is warm the topics' words are the clusters' (:meth:`OnlineTopicModel.topic_word_distribution`).
-    ``new_slots`` hold a new topic (a new stable id): they have no past to drift from."""
+    ``new_slots`` hold a new topic (a new stable id): they have no past to drift from (drift 0)."""
     if not model.kmeans.is_initialised:
         raise ValueError("no snapshot before the first topics are clustered")
     langs = model.languages
@@ -140,7 +140,7 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
             prevalence_by_lang={lang: float(p[t]) for lang, p in model.prevalence_by_lang.items()},
             size=float(model.kmeans.counts[t]),
             embedding=None if centers is None else [round(float(x), 5) for x in centers[t]],
-            drift={} if t in new_slots else {lang: float(d[t]) for lang, d in drift_by_lang.items()},
+            drift={lang: 0.0 if t in new_slots else float(d[t]) for lang, d in drift_by_lang.items()},
         )
         for t in range(k)
     ]
