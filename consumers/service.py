@@ -503,7 +503,10 @@ class TopicService:
         self.store.add_lineage(records)
         self.metrics.births.inc(sum(r.kind == "born" for r in records))
         self.metrics.deaths.inc(sum(r.kind == "died" for r in records))
-        if model.is_warm:   # what the topic alerts watch: topics new since warm-up, and jumps
+        # The drift gauges and emergence counters are what the topic alerts watch: from the second
+        # snapshot of a warm model on (the first one's drift is from the clusters' words to XTRA's).
+        settled = model.is_warm and self._warm_ids is not None
+        if model.is_warm:
             if self._warm_ids is None:
                 self._warm_ids = self.tracker.next_id
             self.metrics.topic_emergences.labels("born").inc(
@@ -516,7 +519,7 @@ class TopicService:
         self._last_snapshot = time.monotonic()
         self.stats.snapshots += 1
         self._dirty = True
-        self._observe_snapshot(snap)
+        self._observe_snapshot(snap, drift=settled)
         self.metrics.stage_seconds.labels("snapshot").observe(time.perf_counter() - started)
         logger.info("snapshot v%d: %d documents, %d topics", snap.model_version, snap.documents_seen, len(snap.topics))
         return snap
@@ -587,17 +590,17 @@ class TopicService:
         m.model_version.set(model.version)
         m.model_documents.set(model.n_docs)
 
-    def _observe_snapshot(self, snap: TopicSnapshot) -> None:
-        """Drift quantiles over topics (max over languages per topic), births and deaths, sizes."""
+    def _observe_snapshot(self, snap: TopicSnapshot, drift: bool = True) -> None:
+        """Drift quantiles over topics (max over languages per topic; with ``drift``), sizes."""
         m = self.metrics
         m.snapshots.inc()
         m.last_snapshot.set(snap.created_at.timestamp())
-        drift = np.array([max(t.drift.values()) if t.drift else 0.0 for t in snap.topics])
-        if any(t.drift for t in snap.topics):
-            m.drift_max.set(float(drift.max()))
+        if drift and any(t.drift for t in snap.topics):
+            values = np.array([max(t.drift.values()) if t.drift else 0.0 for t in snap.topics])
+            m.drift_max.set(float(values.max()))
             for q in ("0.5", "0.9", "0.99", "1"):
-                m.drift_quantile.labels(q).set(float(np.quantile(drift, float(q))))
-            m.drifting_ratio.set(float((drift > self.settings.snapshots.drift_threshold).mean()))
+                m.drift_quantile.labels(q).set(float(np.quantile(values, float(q))))
+            m.drifting_ratio.set(float((values > self.settings.snapshots.drift_threshold).mean()))
         sizes = np.array([t.size for t in snap.topics])
         for q in ("0.5", "0.9", "0.99", "1"):
             m.cluster_size.labels(q).set(float(np.quantile(sizes, float(q))))
