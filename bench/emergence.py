@@ -40,7 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import RESULTS, emit, load_stream, pin_threads, print_table, setup_logging, write_json
+from bench._common import (
+    RESULTS,
+    emit,
+    load_stream,
+    pin_threads,
+    print_table,
+    setup_logging,
+    write_json,
+)
 from model.embedding import Embedder
 
 logger = logging.getLogger("bench.emergence")
@@ -202,10 +210,11 @@ def measure(service, settings, labels: np.ndarray, quiet: int) -> dict:
     figures["warmup_transition_max_drift"] = (max(max(t.drift.values()) for t in warm[0].topics if t.drift)
                                               if warm else None)
     version_seen = {s.model_version: s.documents_seen for s in snaps}
-    events = [json.loads(line) for line in open(data / "lineage.jsonl", encoding="utf-8")]
+    with open(data / "lineage.jsonl", encoding="utf-8") as f:
+        events = [json.loads(line) for line in f]
     for e in events:
         e["seen"] = version_seen.get(e["model_version"])
-    after_warm = lambda e: warm_at is not None and e["seen"] is not None and e["seen"] > warm_at  # noqa: E731
+    after_warm = lambda e: warm_at is not None and e["seen"] is not None and e["seen"] > warm_at
     in_quiet = [e for e in events if after_warm(e) and e["seen"] <= quiet]
     figures["quiet_births_after_warmup"] = sum(e["kind"] == "born" for e in in_quiet)
     # what xtream_topic_emergences_total counts: births of topic ids that did not exist at warm-up

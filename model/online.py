@@ -82,7 +82,7 @@ class OnlineConfig:
 def _cluster_words(bow, clusters: np.ndarray, num_topics: int) -> np.ndarray:
     """(K, V) idf-weighted word distributions of each cluster's documents (uniform for an empty one)."""
     x = sp.csr_matrix(bow, dtype=np.float64)
-    n, v = x.shape
+    n = x.shape[0]
     onehot = sp.csr_matrix((np.ones(n), (np.asarray(clusters), np.arange(n))), shape=(num_topics, n))
     sums = np.asarray((onehot @ x).todense())
     df = np.asarray((x > 0).sum(axis=0)).ravel()
