@@ -192,7 +192,8 @@ def run_kmeans(emb: np.ndarray, batch: int, passes: int) -> tuple[_Clock, int, d
 
     cfg = service_defaults()["online"]
     km = MiniBatchKMeans(cfg.num_topics, decay=cfg.kmeans_decay, seed=cfg.seed,
-                         novelty_threshold=cfg.novelty_threshold, min_novel=cfg.min_novel)
+                         novelty_quantile=cfg.novelty_quantile, min_novel=cfg.min_novel,
+                         novelty_margin=cfg.novelty_margin)
     with _Clock() as clock:
         for _ in range(passes):
             for i in range(0, len(emb), batch):

@@ -129,14 +129,21 @@ class ModelSettings(_Section):
     vocab_min_df: float = 3
     vocab_refresh_every: int = 5000
     kmeans_decay: float = Field(0.999, description="per-batch forgetting of cluster counts (1 = never forget)")
-    novelty_threshold: float | None = Field(
-        0.3, description="documents less similar than this to every centre are novel; a batch with "
-                          "min_novel of them (and 4% of the batch) seeds a new topic in the weakest cluster (None = off)")
-    min_novel: int = 8
+    novelty_quantile: float | None = Field(0.2, gt=0, lt=0.5, description=(
+        "documents fitting their centre worse than this running quantile of the stream wait in a "
+        "novelty pool; min_novel of them closer to each other than to their centres by novelty_margin "
+        "seed a new topic in the weakest cluster (None = off)"))
+    min_novel: int = Field(8, ge=2)
+    novelty_margin: float = 0.1
     train_every_docs: int = Field(512, description="run a training slice after this many new documents")
     train_steps: int = Field(10, description="gradient steps per slice")
     train_budget_seconds: float = Field(5.0, description="a slice stops early past this, to keep polling")
     train_in_background: bool = Field(True, description="train on a worker thread, overlapping embedding")
+    max_training_debt_steps: float = Field(40.0, gt=0, description=(
+        "gradient steps the trainer may owe (train_steps per train_every_docs documents learned); past "
+        "this the loop trains itself and intake waits, so training keeps up whatever the host's load"))
+    warmup_within_docs: int = Field(2000, ge=1, description=(
+        "documents after XTRA's initialisation by which its warm-up steps are done, even during a backlog"))
     train_max_share: float = Field(1.0, gt=0, le=1, description=(
         "most of the wall time training may take (a duty cycle); below 1 it leaves CPU to ingestion"))
     train_nice: int = Field(19, ge=0, le=19, description=(

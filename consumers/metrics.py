@@ -1,7 +1,7 @@
 """Prometheus metrics of the service, named by Prometheus conventions.
 
 Labels are bounded: language (a handful), stage (9), reason (a dozen codes), partition (the input
-topic's partitions), loss component (6), quantile (4). Never a topic id or a document id.
+topic's partitions), loss component (6), quantile (4), emergence kind (2). Never a topic id or a document id.
 Every series that will exist is created at start with value 0, so alerts and dashboards see a
 flat line instead of "no data" before the first event.
 """
@@ -51,6 +51,9 @@ class ServiceMetrics:
                                       ["lang"], registry=r)
         self.vocabulary_words = Gauge("xtream_vocabulary_words", "Words in the vocabulary", ["lang"], registry=r)
         self.training_steps = Counter("xtream_training_steps_total", "XTRA gradient steps", registry=r)
+        self.training_debt = Gauge("xtream_training_debt_steps",
+                                   "Gradient steps the trainer owes for the documents learned (the loop "
+                                   "trains itself past model.max_training_debt_steps)", registry=r)
         self.training_loss = Gauge("xtream_training_loss", "Mean loss of the last training slice", ["component"],
                                    registry=r)
         self.snapshots = Counter("xtream_snapshots_published_total", "Topic snapshots published", registry=r)
@@ -67,6 +70,10 @@ class ServiceMetrics:
                                     registry=r)
         self.births = Counter("xtream_topic_births_total", "Topics that became alive", registry=r)
         self.deaths = Counter("xtream_topic_deaths_total", "Topics that died", registry=r)
+        self.topic_emergences = Counter("xtream_topic_emergences_total",
+                                        "Topics born that did not exist when the model became warm, and topics whose "
+                                        "prevalence jumped (Page-Hinkley) since",
+                                        ["kind"], registry=r)
         self.topics_alive = Gauge("xtream_topics_alive", "Topics currently alive", registry=r)
         self.cluster_size = Gauge("xtream_cluster_size_documents", "Quantiles of cluster sizes (decayed documents)",
                                   ["quantile"], registry=r)
@@ -102,6 +109,8 @@ class ServiceMetrics:
             self.stage_seconds.labels(stage)
         for part in LOSS_PARTS:
             self.training_loss.labels(part)
+        for kind in ("born", "prevalence_jump"):
+            self.topic_emergences.labels(kind)
         for q in QUANTILES:
             self.drift_quantile.labels(q)
             self.cluster_size.labels(q)

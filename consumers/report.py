@@ -2,7 +2,9 @@
 
 Produces, in the output folder:
 
-- ``prevalence.png``: prevalence over time of the most prevalent topics, one panel per language;
+- ``prevalence.png``: prevalence over time of the most prevalent topics and of those born or jumping
+  in prevalence, one panel per language, with the lineage events marked (born, prevalence jump,
+  died) and the snapshots whose drift crossed the alert threshold shaded;
 - ``drift.png``: drift timeline (max and median per-topic JS divergence per snapshot) above a
   topic x snapshot heat map of drift;
 - ``report.md``: the latest topics with their words per language, the most drifting topics, and
@@ -48,8 +50,15 @@ def _label(s: TopicSnapshot, topic_id: int, lang: str | None = None, n: int = 3)
     return f"{topic_id}: " + (" ".join(t.words[lang].words[:n]) if lang else "")
 
 
-def write_report(store: SnapshotStore, out: Path, top_topics: int = 8) -> Path:
-    """Render the report of everything in ``store`` into ``out``; returns the Markdown path."""
+#: Lineage events marked on the prevalence plot: kind -> (marker, colour).
+EVENT_MARKS = {"born": ("^", "tab:green"), "prevalence_jump": ("P", "tab:orange"), "died": ("x", "tab:red")}
+
+
+def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_alert: float = 0.35) -> Path:
+    """Render the report of everything in ``store`` into ``out``; returns the Markdown path.
+
+    ``drift_alert`` is the drift the alert rule fires at (``XtreamTopicDriftHigh``): snapshots above
+    it are shaded on the prevalence plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,14 +75,31 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8) -> Path:
         plt.rcParams["font.family"] = [cjk[0], "DejaVu Sans"]
     times, langs, prev, drift, ids = _series(snaps)
     latest = snaps[-1]
-    top = np.argsort(-prev["all"][-1])[:top_topics]   # columns of the most prevalent topics now
+    col = {tid: j for j, tid in enumerate(ids)}
+    row = {s.model_version: i for i, s in enumerate(snaps)}
+    # Every topic is born at the first snapshot: only what happens after it is an event worth marking.
+    events = [e for e in store.lineage() if e.kind in EVENT_MARKS and row.get(e.model_version, 0) > 0
+              and e.topic_id in col]
+    top = list(np.argsort(-prev["all"][-1])[:top_topics])   # columns of the most prevalent topics now
+    top += [col[e.topic_id] for e in events if e.kind != "died" and col[e.topic_id] not in top][:4]
+    alerted = np.nan_to_num(drift).max(axis=1) > drift_alert
 
     panels = langs if any(prev[lang].any() for lang in langs) else ["all"]
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.2 * len(panels)), sharex=True, squeeze=False)
     for ax, lang in zip(axes[:, 0], panels):
         for t in top:
             ax.plot(times, prev[lang][:, t], marker=".", label=_label(latest, ids[t], "en"))
-        ax.set_title(f"topic prevalence over time ({lang})")
+        for e in events:
+            i, j = row[e.model_version], col[e.topic_id]
+            marker, colour = EVENT_MARKS[e.kind]
+            ax.scatter([times[i]], [prev[lang][i, j]], marker=marker, color=colour, s=60, zorder=3)
+            if e.kind != "died":
+                ax.annotate(f"{e.topic_id}", (times[i], prev[lang][i, j]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        for i in np.flatnonzero(alerted):
+            ax.axvline(times[i], color="tab:red", alpha=0.25, linewidth=4)
+        ax.set_title(f"topic prevalence over time ({lang}): ^ born, + prevalence jump, x died, "
+                     f"red band: drift > {drift_alert:g}")
         ax.set_ylabel("prevalence")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, ncol=2, loc="upper left")
@@ -110,6 +136,12 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8) -> Path:
     for t in sorted(latest.topics, key=lambda t: -t.prevalence):
         words = [" ".join(t.words[lang].words[:8]) if lang in t.words else "" for lang in latest.languages]
         lines.append(f"| {t.topic_id} | {t.prevalence:.3f} | " + " | ".join(words) + " |")
+    if events:
+        lines += ["", "## Topic events", "", "| snapshot | documents | event | topic | words |", "|---:|---:|---|---:|---|"]
+        for e in events:
+            s = snaps[row[e.model_version]]
+            lines.append(f"| v{s.model_version} | {s.documents_seen} | {e.kind} | {e.topic_id} | "
+                         f"{' '.join((e.words or e.previous_words)[:8])} |")
     last_drift = drift[-1]
     if not np.isnan(last_drift).all():
         lines += ["", "## Most drifting topics in the last snapshot", ""]

@@ -23,6 +23,7 @@ import numpy as np
 from model.embedding import Embedder, LanguageCentering
 from model.lineage import TopicTracker
 from model.online import MaintenanceFailed, OnlineConfig, OnlineTopicModel
+from model.prevalence_shift import PrevalenceShift
 from model.text import Tokenizer
 from stream.dead_letter import dead_letter_headers
 from stream.errors import RecordTooLarge, SinkError, SourceUnavailable, TransactionFailed
@@ -40,6 +41,7 @@ from consumers.config import Settings
 from consumers.metrics import ServiceMetrics
 from consumers.backpressure import AdaptiveBatchSize, DutyCycle
 from consumers.snapshots import DriftBaseline, build_snapshot
+from consumers.training_debt import TrainingDebt
 
 __all__ = ["ServiceStats", "TopicService"]
 
@@ -111,6 +113,7 @@ class TopicService:
         self._finishing = False   # the last flush and checkpoint of a clean stop are under way
         self._drift_baseline = DriftBaseline(settings.snapshots.drift_window_seconds)
         self._snapshot_version = -1
+        self._snapshot_docs = -1   # model.n_docs at the last snapshot
         self._docs_since_train = 0
         self._docs_since_snapshot = 0
         self._docs_since_checkpoint = 0
@@ -138,8 +141,13 @@ class TopicService:
         self._stop_training = threading.Event()
         self._trainer_thread: threading.Thread | None = None
         self._training_duty = DutyCycle(settings.model.train_max_share)
+        self._train_lock = threading.Lock()   # one slice at a time: the trainer's, or the loop paying debt
+        m = settings.model
+        self.debt = TrainingDebt(m.train_steps / m.train_every_docs, m.warmup_within_docs, m.max_training_debt_steps)
         snap_cfg = settings.snapshots
         self.tracker = TopicTracker(match_threshold=snap_cfg.match_threshold, death_horizon=snap_cfg.death_horizon)
+        self.prevalence_shift = PrevalenceShift(settings.model.num_topics)
+        self._warm_ids: int | None = None   # topic ids below this existed when the model became warm
         self.stream_time: datetime | None = None   # latest event time processed
         #: Outputs of learned batches not yet accepted by their sink, oldest first: (output, value, key, headers).
         #: While it holds anything, no new batch is learned and no checkpoint is written.
@@ -435,6 +443,7 @@ class TopicService:
                 with m.stage_seconds.labels("infer").time():
                     clusters, theta = self.model.predict_many(tokens, embeddings, langs)
                     self.model.observe_topics(theta, langs)
+                    self.prevalence_shift.learn_many(clusters)
             except (ValueError, RuntimeError, FloatingPointError) as exc:
                 logger.exception("documents learned but not assigned: dead-lettered")
                 for rec in batch.records:
@@ -495,6 +504,10 @@ class TopicService:
         CPU left over instead of stalling consumption.
         """
         m = self.settings.model
+        self.metrics.training_debt.set(self.debt.steps(self.model))
+        if self.model.is_initialised and self.debt.overdue(self.model):   # the trainer fell behind
+            self._train_slice(pay_debt=True)
+            return
         if not self.model.is_initialised or self._docs_since_train < m.train_every_docs:
             return
         if not m.train_in_background:
@@ -533,29 +546,39 @@ class TopicService:
             self._trainer_thread.join(60)
             self._trainer_thread = None
 
-    def _train_slice(self) -> None:
+    def _train_slice(self, pay_debt: bool = False) -> None:
         """``train_steps`` steps, cut short past ``train_budget_seconds`` or at shutdown.
 
         The model locks itself per step and serves inference from its last published copy, so
         this does not hold the service lock: the loop keeps consuming while gradients are computed.
+        With ``pay_debt`` (the loop's own thread, the trainer having fallen behind) the slice runs
+        until the training debt is paid, with no time budget: intake waits (:mod:`consumers.training_debt`).
         """
         m = self.settings.model
-        started = time.monotonic()
-        deadline = started + m.train_budget_seconds
-        before = self.model.trainer.steps if self.model.trainer else 0
-        with self.metrics.stage_seconds.labels("train").time():
-            self.model.train(m.train_steps,
-                             stop=lambda: time.monotonic() >= deadline or self._stop_training.is_set())
-        done = (self.model.trainer.steps if self.model.trainer else 0) - before
+        with self._train_lock, self.metrics.stage_seconds.labels("train").time():
+            started = time.monotonic()
+            deadline = started + m.train_budget_seconds
+            before = self.model.trainer.steps if self.model.trainer else 0
+            if pay_debt:
+                self.debt.pay(self.model, stop=lambda: self._stop.is_set() or self._stop_training.is_set())
+            else:
+                self.model.train(m.train_steps,
+                                 stop=lambda: time.monotonic() >= deadline or self._stop_training.is_set())
+            done = (self.model.trainer.steps if self.model.trainer else 0) - before
         if done:
             self._dirty = True
-        self._training_duty.ran(started, time.monotonic())
+        if not pay_debt:
+            self._training_duty.ran(started, time.monotonic())
         self._observe_model(done)
+        self.metrics.training_debt.set(self.debt.steps(self.model))
         self.stats.train_slices += 1
 
     def maybe_snapshot(self, force: bool = False) -> TopicSnapshot | None:
         s = self.settings.snapshots
-        if not self.model.is_warm or self.model.version == self._snapshot_version:
+        # Due by documents or time, whatever training did: the clusters' topics exist from the
+        # first batch, XTRA's once it is warm. Nothing new learned, nothing to publish.
+        if not self.model.kmeans.is_initialised or (self.model.version == self._snapshot_version
+                                                    and self.model.n_docs == self._snapshot_docs):
             return None
         due = (self._docs_since_snapshot >= s.every_docs
                or time.monotonic() - self._last_snapshot >= s.every_seconds or force)
@@ -565,15 +588,21 @@ class TopicService:
         started = time.perf_counter()
         with self.lock:
             model = self.model
+            if model.version == self._snapshot_version:   # learned since, not trained: a version of its own
+                model.bump_version()
             sizes = model.kmeans.counts
             alive = sizes >= s.alive_share * sizes.sum() / max(len(sizes), 1)
             signature = [tuple(w for lang in model.languages for w in model.topic_words(lang, 5)[0][k])
                          for k in range(model.cfg.num_topics)]
+            previous_ids = list(self.tracker.slot_ids)
             ids, events = self.tracker.update(model.kmeans.centers, alive, signature)
+            events += self.prevalence_shift.events(previous_ids, ids, signature)
             now = datetime.now(timezone.utc)
             at = (self.stream_time or now).timestamp()
-            snap, dists = build_snapshot(model, self._drift_baseline.reference(at), self.offsets, top_n=s.top_words,
-                                         now=now, stream_time=self.stream_time, topic_ids=ids, alive=alive)
+            reference = self._drift_baseline.reference(at)
+            new_slots = frozenset(k for k, i in enumerate(ids) if previous_ids and i not in previous_ids)
+            snap, dists = build_snapshot(model, reference, self.offsets, top_n=s.top_words, now=now,
+                                         stream_time=self.stream_time, topic_ids=ids, alive=alive, new_slots=new_slots)
             self._drift_baseline.add(at, dists)
         records = [LineageRecord(kind=e.kind, topic_id=e.topic_id, related_topic_id=e.related_topic_id,
                                  model_version=snap.model_version, at=snap.created_at, words=list(e.words),
@@ -593,13 +622,23 @@ class TopicService:
         self.store.add_lineage(records)
         self.metrics.births.inc(sum(r.kind == "born" for r in records))
         self.metrics.deaths.inc(sum(r.kind == "died" for r in records))
+        # The drift gauges and emergence counters are what the topic alerts watch: from the second
+        # snapshot of a warm model on (the first one's drift is from the clusters' words to XTRA's).
+        settled = model.is_warm and self._warm_ids is not None
+        if model.is_warm:
+            if self._warm_ids is None:
+                self._warm_ids = self.tracker.next_id
+            self.metrics.topic_emergences.labels("born").inc(
+                sum(r.kind == "born" and r.topic_id >= self._warm_ids for r in records))
+            self.metrics.topic_emergences.labels("prevalence_jump").inc(sum(r.kind == "prevalence_jump" for r in records))
         self.metrics.topics_alive.set(int(alive.sum()))
-        self._snapshot_version = self.model.version
+        self._snapshot_version = snap.model_version
+        self._snapshot_docs = snap.documents_seen
         self._docs_since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self.stats.snapshots += 1
         self._dirty = True
-        self._observe_snapshot(snap)
+        self._observe_snapshot(snap, drift=settled)
         self.metrics.stage_seconds.labels("snapshot").observe(time.perf_counter() - started)
         logger.info("snapshot v%d: %d documents, %d topics", snap.model_version, snap.documents_seen, len(snap.topics))
         return snap
@@ -690,17 +729,17 @@ class TopicService:
         m.model_version.set(model.version)
         m.model_documents.set(model.n_docs)
 
-    def _observe_snapshot(self, snap: TopicSnapshot) -> None:
-        """Drift quantiles over topics (max over languages per topic), births and deaths, sizes."""
+    def _observe_snapshot(self, snap: TopicSnapshot, drift: bool = True) -> None:
+        """Drift quantiles over topics (max over languages per topic; with ``drift``), sizes."""
         m = self.metrics
         m.snapshots.inc()
         m.last_snapshot.set(snap.created_at.timestamp())
-        drift = np.array([max(t.drift.values()) if t.drift else 0.0 for t in snap.topics])
-        if any(t.drift for t in snap.topics):
-            m.drift_max.set(float(drift.max()))
+        if drift and any(t.drift for t in snap.topics):
+            values = np.array([max(t.drift.values()) if t.drift else 0.0 for t in snap.topics])
+            m.drift_max.set(float(values.max()))
             for q in ("0.5", "0.9", "0.99", "1"):
-                m.drift_quantile.labels(q).set(float(np.quantile(drift, float(q))))
-            m.drifting_ratio.set(float((drift > self.settings.snapshots.drift_threshold).mean()))
+                m.drift_quantile.labels(q).set(float(np.quantile(values, float(q))))
+            m.drifting_ratio.set(float((values > self.settings.snapshots.drift_threshold).mean()))
         sizes = np.array([t.size for t in snap.topics])
         for q in ("0.5", "0.9", "0.99", "1"):
             m.cluster_size.labels(q).set(float(np.quantile(sizes, float(q))))

@@ -2,7 +2,9 @@
 
 Drift of topic k in language l is the Jensen-Shannon divergence (base 2, so in [0, 1]) between its
 word distribution now and in the snapshot in force ``window`` seconds of stream time earlier
-(:class:`DriftBaseline`). Measuring against consecutive snapshots would make the figure depend on the
+(:class:`DriftBaseline`), over the words that lead the topic in either (:func:`top_word_divergence`):
+a topic is what its leading words say, and mass shuffled among thousands of tail words of a
+quiet topic is not a change anyone reading the topic would see. Measuring against consecutive snapshots would make the figure depend on the
 snapshot cadence: the same change spread over ten snapshots looks ten times smaller, and no alert
 threshold would fit both cadences. Vocabularies change between snapshots, so the baseline
 distribution is re-indexed onto the current words first (words new since then get 0).
@@ -18,7 +20,10 @@ import numpy as np
 from model.online import OnlineTopicModel
 from stream.schemas import SnapshotTopic, TopicSnapshot, TopicWords
 
-__all__ = ["DriftBaseline", "build_snapshot", "js_divergence"]
+__all__ = ["DriftBaseline", "build_snapshot", "js_divergence", "top_word_divergence"]
+
+#: Leading words per topic (in either distribution) that drift is measured over.
+DRIFT_WORDS = 30
 
 WordDists = dict[str, tuple[list[str], np.ndarray]]
 
@@ -32,6 +37,18 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
         kl_pm = np.where(p > 0, p * np.log2(p / m), 0.0).sum(1)
         kl_qm = np.where(q > 0, q * np.log2(q / m), 0.0).sum(1)
     return np.clip(0.5 * (kl_pm + kl_qm), 0.0, 1.0)
+
+
+def top_word_divergence(p: np.ndarray, q: np.ndarray, top_n: int = DRIFT_WORDS) -> np.ndarray:
+    """Row-wise JS divergence of ``p`` and ``q`` restricted to each row's ``top_n`` leading words in
+    either (renormalised): 0 when the leading words keep their weights, 1 when they are all new."""
+    if p.shape[1] <= top_n:
+        return js_divergence(p, q)
+    rows = np.arange(p.shape[0])[:, None]
+    mask = np.zeros(p.shape, dtype=bool)
+    mask[rows, np.argpartition(-p, top_n, axis=1)[:, :top_n]] = True
+    mask[rows, np.argpartition(-q, top_n, axis=1)[:, :top_n]] = True
+    return js_divergence(np.where(mask, p, 0.0), np.where(mask, q, 0.0))
 
 
 class DriftBaseline:
@@ -91,22 +108,26 @@ def _align(prev_words: list[str], prev: np.ndarray, words: list[str]) -> np.ndar
 
 def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets: dict[str, int],
                    top_n: int = 15, now: datetime | None = None, stream_time: datetime | None = None,
-                   topic_ids: list[int] | None = None, alive: np.ndarray | None = None) -> tuple[TopicSnapshot, WordDists]:
-    """The snapshot of a warm model and the word distributions to diff the next one against."""
-    if not model.is_warm:
-        raise ValueError("no snapshot before the model is warm")
+                   topic_ids: list[int] | None = None, alive: np.ndarray | None = None,
+                   new_slots: frozenset[int] = frozenset()) -> tuple[TopicSnapshot, WordDists]:
+    """The snapshot of a model with topics and the word distributions to diff the next one against.
+
+    Before XTRA is warm the topics' words are the clusters' (:meth:`OnlineTopicModel.topic_word_distribution`).
+    ``new_slots`` hold a new topic (a new stable id): they have no past to drift from (drift 0)."""
+    if not model.kmeans.is_initialised:
+        raise ValueError("no snapshot before the first topics are clustered")
     langs = model.languages
     k = model.cfg.num_topics
     dists: WordDists = {}
     words_by_lang, drift_by_lang = {}, {}
     for lang in langs:
-        dist = model.topic_distribution(lang).astype(np.float64)
-        vocab = list(model.vocabs[lang].words)
+        vocab, dist = model.topic_word_distribution(lang)
+        dist = dist.astype(np.float64)
         dists[lang] = (vocab, dist)
         idx = np.argsort(-dist, axis=1)[:, :top_n]
         words_by_lang[lang] = ([[vocab[i] for i in row] for row in idx], np.take_along_axis(dist, idx, 1))
         if previous and lang in previous:
-            drift_by_lang[lang] = js_divergence(dist, _align(*previous[lang], vocab))
+            drift_by_lang[lang] = top_word_divergence(dist, _align(*previous[lang], vocab))
     centers = model.kmeans.centers
     topics = [
         SnapshotTopic(
@@ -119,7 +140,7 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
             prevalence_by_lang={lang: float(p[t]) for lang, p in model.prevalence_by_lang.items()},
             size=float(model.kmeans.counts[t]),
             embedding=None if centers is None else [round(float(x), 5) for x in centers[t]],
-            drift={lang: float(d[t]) for lang, d in drift_by_lang.items()},
+            drift={lang: 0.0 if t in new_slots else float(d[t]) for lang, d in drift_by_lang.items()},
         )
         for t in range(k)
     ]

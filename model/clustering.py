@@ -7,7 +7,11 @@ batch, so old documents weigh less and centres follow a drifting stream. Centres
 unit sphere because the embeddings are compared by cosine.
 
 Centres that receive (almost) nothing for long are *dead*: with ``reassign_ratio`` set they are
-re-seeded from the batch's worst-fitted documents, which is how a new theme gets a cluster.
+re-seeded from the batch's worst-fitted documents. A new theme gets a cluster sooner through the
+*novelty pool*: documents that fit their centre worse than most of the stream wait there, across
+batches, and when enough of them are much closer to each other than to any centre, the weakest
+centre moves to them. "Worse than most" is calibrated on the stream itself (a running quantile of
+the documents' fit), because what cosine similarity a good fit has depends on the embedder.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["MiniBatchKMeans"]
+
+#: Cosine above which a pooled document counts as a copy of another (a theme is many documents,
+#: not one document many times).
+DUPLICATE = 0.95
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -36,10 +44,17 @@ class MiniBatchKMeans:
     reassign_ratio
         A centre whose count falls below this share of the mean count is re-seeded from a badly
         fitted document of the current batch. ``None`` disables it.
-    novelty_threshold, min_novel, min_novel_share
-        When at least ``min_novel`` documents (and ``min_novel_share`` of the batch) have cosine similarity below
-        ``novelty_threshold`` to every centre, the weakest centre is re-seeded on them (a new
-        theme). ``None`` disables it.
+    novelty_quantile
+        Documents whose similarity to their centre is below this running quantile of the stream's
+        (e.g. 0.2: the worst-fitted fifth) enter the novelty pool. ``None`` disables the pool.
+    min_novel
+        Distinct pooled documents a new theme needs, each at least as close to the group's seed as
+        halfway between a poor and a typical document-to-centre fit.
+    novelty_margin
+        How much closer (mean cosine) the group must be to its own mean than to the centres it
+        has now: a loose tail of an existing cluster does not pass, a theme of its own does.
+    novelty_pool
+        Most documents the pool holds (the oldest leave first).
     seed
         Seeds k-means++ initialisation and re-seeding.
 
@@ -54,8 +69,8 @@ class MiniBatchKMeans:
     """
 
     def __init__(self, n_clusters: int = 50, decay: float = 1.0, max_count: float = 1e6,
-                 reassign_ratio: float | None = 0.01, seed: int = 0, novelty_threshold: float | None = None,
-                 min_novel: int = 8, min_novel_share: float = 0.04) -> None:
+                 reassign_ratio: float | None = 0.01, seed: int = 0, novelty_quantile: float | None = None,
+                 min_novel: int = 8, novelty_margin: float = 0.1, novelty_pool: int = 512) -> None:
         if n_clusters < 1:
             raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
         if not 0.0 < decay <= 1.0:
@@ -65,9 +80,12 @@ class MiniBatchKMeans:
         self.max_count = max_count
         self.reassign_ratio = reassign_ratio
         self.seed = seed
-        self.novelty_threshold = novelty_threshold
+        if novelty_quantile is not None and not 0.0 < novelty_quantile < 0.5:
+            raise ValueError(f"novelty_quantile must be in (0, 0.5), got {novelty_quantile}")
+        self.novelty_quantile = novelty_quantile
         self.min_novel = min_novel
-        self.min_novel_share = min_novel_share
+        self.novelty_margin = novelty_margin
+        self.novelty_pool = novelty_pool
         #: Centres re-seeded on a new theme since the owner last cleared this set.
         self.reseeded: set[int] = set()
         self.centers: np.ndarray | None = None
@@ -75,6 +93,10 @@ class MiniBatchKMeans:
         self.n_seen = 0
         self._rng = np.random.default_rng(seed)
         self._pending: list[np.ndarray] = []  # documents held until there are K to initialise from
+        #: Running estimates of a poor fit (the ``novelty_quantile``) and a typical one (the median).
+        self.fit_low: float | None = None
+        self.fit_typical: float | None = None
+        self._pool = np.zeros((0, 0), dtype=np.float32)   # poorly fitted documents awaiting a theme
 
     @property
     def is_initialised(self) -> bool:
@@ -126,23 +148,60 @@ class MiniBatchKMeans:
         return centers
 
     def _seed_novel(self, x: np.ndarray, sims: np.ndarray, labels: np.ndarray) -> None:
-        """A batch with ``min_novel`` documents unlike every centre gets a centre of its own.
+        """Pool the batch's poorly fitted documents; seed the weakest centre on a theme among them.
 
-        The weakest centre (smallest count) moves to the mean of those documents, which are
-        relabelled to it in place. This is how a theme that appears mid-stream is born quickly
-        instead of being smeared over its nearest neighbours until some centre dies of old age.
+        The seed group is the pooled document with the most pooled neighbours at least as close as
+        a fit halfway between a poor and a typical one, widened to the pooled documents near the
+        group's mean. It becomes a centre only if its members are ``novelty_margin`` closer to that
+        mean than to their current centres, and the mean is farther from every centre than most centres are from their nearest
+        other centre (the worst-fitted tail of a broad cluster is near that cluster; a new theme is
+        not). Copies of a pooled document are not pooled. The batch's documents are relabelled
+        against the moved centre in place.
         """
-        if self.novelty_threshold is None or self.n_seen < 10 * self.n_clusters:
+        if self.novelty_quantile is None or self.n_seen < 10 * self.n_clusters:
             return
-        novel = np.flatnonzero(sims.max(axis=1) < self.novelty_threshold)
-        if len(novel) < max(self.min_novel, self.min_novel_share * len(x)):
+        best = sims.max(axis=1)
+        weight = 1.0 - 0.999 ** len(x)   # a memory of about a thousand documents
+        low, typical = np.quantile(best, [self.novelty_quantile, 0.5])
+        if self.fit_low is None:
+            self.fit_low, self.fit_typical = float(low), float(typical)
+        else:
+            self.fit_low += weight * (float(low) - self.fit_low)
+            self.fit_typical += weight * (float(typical) - self.fit_typical)
+        poor = x[best < self.fit_low]
+        held = self._pool if self._pool.size else np.zeros((0, x.shape[1]), np.float32)
+        if len(poor):
+            copies = poor @ np.concatenate([held, poor]).T > DUPLICATE
+            earlier = np.arange(copies.shape[1])[None, :] < (len(held) + np.arange(len(poor)))[:, None]
+            poor = poor[~(copies & earlier).any(axis=1)]
+        pool = np.concatenate([held, poor])
+        self._pool = pool = pool[-self.novelty_pool:]
+        if len(pool) < self.min_novel or len(poor) == 0:
+            return
+        near = (pool @ pool.T) >= 0.5 * (self.fit_low + self.fit_typical)
+        neighbours = near.sum(axis=1)
+        seed = int(np.argmax(neighbours))
+        if neighbours[seed] < self.min_novel:
+            return
+        centre = _unit(pool[near[seed]].mean(axis=0))
+        members = pool @ centre >= 0.8 * self.fit_typical
+        centre = _unit(pool[members].mean(axis=0))
+        own = float((pool[members] @ centre).mean())
+        current = float((pool[members] @ self.centers.T).max(axis=1).mean())
+        if members.sum() < self.min_novel or own - current < self.novelty_margin:
+            return
+        between = self.centers @ self.centers.T
+        np.fill_diagonal(between, -1.0)
+        if float((self.centers @ centre).max()) >= float(np.median(between.max(axis=1))):
             return
         weakest = int(np.argmin(self.counts))
-        self.centers[weakest] = _unit(x[novel].mean(axis=0)).astype(np.float32)
+        self.centers[weakest] = centre.astype(np.float32)
         self.reseeded.add(weakest)
         others = np.delete(self.counts, weakest)
         self.counts[weakest] = others.min() if len(others) else 1.0
-        labels[novel] = weakest
+        self._pool = pool[~members]
+        sims[:, weakest] = x @ self.centers[weakest]
+        labels[:] = np.argmax(sims, axis=1)
 
     def _reassign_dead(self, x: np.ndarray, labels: np.ndarray) -> None:
         if self.reassign_ratio is None or self.n_seen < 10 * self.n_clusters:
@@ -175,8 +234,9 @@ class MiniBatchKMeans:
         return {
             "n_clusters": self.n_clusters, "decay": self.decay, "max_count": self.max_count,
             "reassign_ratio": self.reassign_ratio, "seed": self.seed, "n_seen": self.n_seen,
-            "novelty_threshold": self.novelty_threshold, "min_novel": self.min_novel,
-            "min_novel_share": self.min_novel_share,
+            "novelty_quantile": self.novelty_quantile, "min_novel": self.min_novel,
+            "novelty_margin": self.novelty_margin, "novelty_pool": self.novelty_pool,
+            "fit_low": self.fit_low, "fit_typical": self.fit_typical, "novel_pool": self._pool.copy(),
             "centers": None if self.centers is None else self.centers.copy(),
             "counts": self.counts.copy(),
             "pending": np.concatenate(self._pending) if self._pending else None,
@@ -189,9 +249,12 @@ class MiniBatchKMeans:
         self.max_count = state["max_count"]
         self.reassign_ratio = state["reassign_ratio"]
         self.seed = state["seed"]
-        self.novelty_threshold = state.get("novelty_threshold")
+        self.novelty_quantile = state.get("novelty_quantile")
         self.min_novel = int(state.get("min_novel", 8))
-        self.min_novel_share = float(state.get("min_novel_share", 0.04))
+        self.novelty_margin = float(state.get("novelty_margin", 0.1))
+        self.novelty_pool = int(state.get("novelty_pool", 512))
+        self.fit_low, self.fit_typical = state.get("fit_low"), state.get("fit_typical")
+        self._pool = np.asarray(state.get("novel_pool", np.zeros((0, 0))), dtype=np.float32).copy()
         self.n_seen = state["n_seen"]
         self.centers = None if state["centers"] is None else np.asarray(state["centers"], dtype=np.float32).copy()
         self.counts = np.asarray(state["counts"], dtype=np.float64).copy()

@@ -8,6 +8,7 @@ identity. Life is separate from identity: a topic is *alive* while its cluster h
 of the stream. Events:
 
 - ``born``: an id becomes alive for the first time;
+- ``revived``: an id that died becomes alive again (a topic near the life threshold, not a new one);
 - ``died``: an alive id stayed not alive for ``death_horizon`` snapshots, or its slot became
   another topic;
 - ``merged_into``: an id that lost its slot is close (``related_threshold``) to another live topic;
@@ -27,7 +28,7 @@ __all__ = ["LineageEvent", "TopicTracker"]
 
 @dataclass(frozen=True)
 class LineageEvent:
-    kind: str                     # born | died | merged_into | split_from | renamed
+    kind: str                     # born | revived | died | merged_into | split_from | renamed | prevalence_jump
     topic_id: int
     related_topic_id: int | None = None
     words: tuple[str, ...] = ()
@@ -115,7 +116,7 @@ class TopicTracker:
             t.vector, t.words = vectors[c], new_words
             if alive[c]:
                 if not t.alive:   # first life, or back after dying
-                    events.append(LineageEvent("born", tid, words=new_words))
+                    events.append(LineageEvent("revived" if t.ever_alive else "born", tid, words=new_words))
                 t.alive, t.ever_alive, t.not_alive_streak = True, True, 0
             elif t.alive:
                 t.not_alive_streak += 1

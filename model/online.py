@@ -72,8 +72,9 @@ class OnlineConfig:
     vocab_max_df_ratio: float = 0.3
     vocab_refresh_every: int = 5000
     kmeans_decay: float = 1.0
-    novelty_threshold: float | None = None
+    novelty_quantile: float | None = None
     min_novel: int = 8
+    novelty_margin: float = 0.1
     prevalence_momentum: float = 0.99
     lr: float = 0.002
     lr_step: int = 5000
@@ -84,6 +85,17 @@ class OnlineConfig:
     seed: int = 0
 
 
+def _cluster_words(bow, clusters: np.ndarray, num_topics: int) -> np.ndarray:
+    """(K, V) idf-weighted word distributions of each cluster's documents (uniform for an empty one)."""
+    x = sp.csr_matrix(bow, dtype=np.float64)
+    n = x.shape[0]
+    onehot = sp.csr_matrix((np.ones(n), (np.asarray(clusters), np.arange(n))), shape=(num_topics, n))
+    sums = np.asarray((onehot @ x).todense())
+    df = np.asarray((x > 0).sum(axis=0)).ravel()
+    dist = sums * (np.log((1.0 + n) / (1.0 + df)) + 1.0) + 1e-9
+    return dist / dist.sum(axis=1, keepdims=True)
+
+
 class OnlineTopicModel:
     """Streaming XTRA. ``learn_many`` / ``predict_many`` on tokenised, embedded batches."""
 
@@ -92,7 +104,8 @@ class OnlineTopicModel:
         self.embedding_dim = embedding_dim
         self.embed_words = embed_words
         self.kmeans = MiniBatchKMeans(cfg.num_topics, decay=cfg.kmeans_decay, seed=cfg.seed,
-                                      novelty_threshold=cfg.novelty_threshold, min_novel=cfg.min_novel)
+                                      novelty_quantile=cfg.novelty_quantile, min_novel=cfg.min_novel,
+                                      novelty_margin=cfg.novelty_margin)
         self.buffer = ReplayBuffer(cfg.buffer_per_language, embedding_dim, seed=cfg.seed)
         self.vocabs: dict[str, Vocabulary] = {}
         self.xtra: XTRA | None = None         # the live network the trainer updates
@@ -110,6 +123,9 @@ class OnlineTopicModel:
         self.prevalence_by_lang: dict[str, np.ndarray] = {}
         self._pending: dict[str, list[tuple[list[str], np.ndarray]]] = {}   # tokens+embedding before XTRA knows the lang
         self._since_refresh = 0
+        #: Re-seeded topic slots that XTRA has not learned yet, with the share of their documents
+        #: its theta already puts there (a running estimate): their documents get the cluster as topic.
+        self._fresh: dict[int, float] = {}
         self.last_losses: dict[str, float] = {}
         # torch draws (weight init, dropout, reparameterisation) come from this model's own stream
         self._torch_rng = torch.Generator().manual_seed(cfg.seed).get_state()
@@ -126,6 +142,11 @@ class OnlineTopicModel:
     def is_initialised(self) -> bool:
         """XTRA exists and wants :meth:`train` calls (the warm-up steps may still be due)."""
         return self.xtra is not None
+
+    @property
+    def warmup_steps_left(self) -> int:
+        """Warm-up steps still to run before the first network is published."""
+        return self._warmup_left
 
     @property
     def is_warm(self) -> bool:
@@ -165,6 +186,8 @@ class OnlineTopicModel:
         clusters = self.kmeans.predict_many(embeddings) if self.kmeans.is_initialised else np.zeros(len(tokens), np.int64)
         reseeded = sorted(self.kmeans.reseeded)
         self.kmeans.reseeded.clear()
+        if self.xtra is not None:
+            self._fresh.update((k, 0.0) for k in reseeded)
         for lang in np.unique(langs_arr).tolist():
             rows = np.flatnonzero(langs_arr == lang)
             lang_tokens = [tokens[i] for i in rows]
@@ -437,6 +460,13 @@ class OnlineTopicModel:
         if self.xtra is not None and not self._warmup_left:
             self.serving = self._serving_copy()
 
+    def bump_version(self) -> int:
+        """A new version for a state that changed without a training slice (clusters, vocabulary
+        statistics, the warm-up's cluster words): whoever publishes it names it by this version."""
+        with self._data_lock:
+            self.version += 1
+            return self.version
+
     # -- inference -----------------------------------------------------------------------------
     def predict_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray,
                      langs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -459,7 +489,24 @@ class OnlineTopicModel:
                 has_words = np.asarray(bow.sum(axis=1)).ravel() > 0
                 if has_words.any():
                     theta[rows[has_words]] = infer_theta(self.serving, bow[has_words], lang)
+            self._serve_fresh_topics(clusters, theta)
         return clusters, theta
+
+    def _serve_fresh_topics(self, clusters: np.ndarray, theta: np.ndarray) -> None:
+        """A re-seeded slot is a new topic XTRA has not learned yet (its encoder still sends those
+        documents to the topics they resembled): until theta puts at least half of the slot's
+        documents there, they get the cluster as their topic, as every document does during the warm-up."""
+        for k in list(self._fresh):
+            rows = np.flatnonzero(clusters == k)
+            if not len(rows):
+                continue
+            agree = float((theta[rows].argmax(axis=1) == k).mean())
+            share = self._fresh[k] = self._fresh[k] + (1 - 0.99 ** len(rows)) * (agree - self._fresh[k])
+            if share >= 0.5:
+                del self._fresh[k]
+                continue
+            theta[rows] = 0.0
+            theta[rows, k] = 1.0
 
     def observe_topics(self, theta: np.ndarray, langs: Sequence[str] | None = None) -> None:
         """Fold a batch's topic mixtures into the running prevalence, overall and per language."""
@@ -478,10 +525,35 @@ class OnlineTopicModel:
 
     def topic_words(self, lang: str, top_n: int = 15) -> tuple[list[list[str]], np.ndarray]:
         """Top words per topic for ``lang`` and their probabilities (K, top_n)."""
-        dist = self.topic_distribution(lang)
+        words, dist = self.topic_word_distribution(lang)
         idx = np.argsort(-dist, axis=1)[:, :top_n]
-        words = self.vocabs[lang].words
         return [[words[i] for i in row] for row in idx], np.take_along_axis(dist, idx, axis=1)
+
+    def topic_word_distribution(self, lang: str) -> tuple[list[str], np.ndarray]:
+        """``(words, (K, V) distributions)``: XTRA's once it is warm, the clusters' words before.
+
+        Topics exist from the first clustered batch: until a trained network is published, topic
+        k's words are cluster k's (idf-weighted word frequencies of its documents), over the
+        vocabulary once XTRA is initialised and over the held documents' own words before that.
+        """
+        if self.serving is not None:
+            return list(self.vocabs[lang].words), self.topic_distribution(lang)
+        with self._data_lock:
+            if self.xtra is not None and lang in self.xtra.cfg.vocab_sizes:
+                bow, emb, _ = self.buffer.all(lang)
+                return list(self.vocabs[lang].words), _cluster_words(bow, self.kmeans.predict_many(emb),
+                                                                     self.cfg.num_topics)
+            held = self._pending.get(lang, [])
+            if len(held) < 2 or not self.kmeans.is_initialised:
+                raise ValueError(f"no topic words for {lang!r} yet")
+            tokens = [t for t, _ in held]
+            clusters = self.kmeans.predict_many(np.stack([e for _, e in held]))
+        words = sorted({w for doc in tokens for w in doc})
+        index = {w: i for i, w in enumerate(words)}
+        rows = np.repeat(np.arange(len(tokens)), [len(doc) for doc in tokens])
+        cols = np.fromiter((index[w] for doc in tokens for w in doc), dtype=np.int64, count=len(rows))
+        bow = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(tokens), len(words)))
+        return words, _cluster_words(bow, clusters, self.cfg.num_topics)
 
     def topic_distribution(self, lang: str) -> np.ndarray:
         """(K, V_lang) topic-word distributions of the published network."""
@@ -495,8 +567,16 @@ class OnlineTopicModel:
 
     @property
     def languages(self) -> list[str]:
-        """Languages the published network knows (sorted)."""
-        return [] if self.serving is None else sorted(self.serving.cfg.vocab_sizes)
+        """Languages the topics have words in (sorted): the published network's, or before it is
+        published, those with clustered documents (see :meth:`topic_word_distribution`)."""
+        if self.serving is not None:
+            return sorted(self.serving.cfg.vocab_sizes)
+        if not self.kmeans.is_initialised:
+            return []
+        with self._data_lock:
+            if self.xtra is not None:
+                return sorted(self.xtra.cfg.vocab_sizes)
+            return sorted(lang for lang, held in self._pending.items() if len(held) >= 2)
 
     # -- persistence ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -512,6 +592,7 @@ class OnlineTopicModel:
             "warmup_left": self._warmup_left,
             "words_to_embed": {lang: sorted(words) for lang, words in self._words_to_embed.items() if words},
             "prevalence": self.prevalence.copy(), "since_refresh": self._since_refresh,
+            "fresh_topics": dict(self._fresh),
             "prevalence_by_lang": {k: v.copy() for k, v in self.prevalence_by_lang.items()},
             "torch_rng": self._torch_rng.numpy().copy(),
             "pending": {lang: {"tokens": [t for t, _ in held], "emb": np.stack([e for _, e in held])}
@@ -540,6 +621,7 @@ class OnlineTopicModel:
         self.prevalence_by_lang = {k: np.asarray(v, dtype=np.float64)
                                    for k, v in state.get("prevalence_by_lang", {}).items()}
         self._since_refresh = int(state["since_refresh"])
+        self._fresh = {int(k): float(v) for k, v in state.get("fresh_topics", {}).items()}
         self._pending = {lang: list(zip(p["tokens"], np.asarray(p["emb"]))) for lang, p in state["pending"].items()}
         if state["xtra"] is not None:
             x = state["xtra"]

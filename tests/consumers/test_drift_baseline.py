@@ -56,3 +56,23 @@ def test_state_round_trips():
     again = DriftBaseline(window_seconds=60)
     again.load_state_dict(base.state_dict())
     assert again.reference(100.0)["en"][1][0, 0] == pytest.approx(0.3)
+
+
+def test_drift_is_measured_on_the_leading_words():
+    """Mass moving among tail words of a topic whose leading words hold is no drift; the leading
+    words replaced by others is full drift."""
+    from consumers.snapshots import top_word_divergence
+
+    rng = np.random.default_rng(0)
+    v = 2000
+    head = np.zeros(v)
+    head[:10] = 0.05                                  # half the mass on ten leading words
+    tail_a, tail_b = rng.dirichlet(np.ones(v - 10)), rng.dirichlet(np.ones(v - 10))
+    p = head.copy()
+    p[10:] = 0.5 * tail_a
+    q = head.copy()
+    q[10:] = 0.5 * tail_b
+    assert float(js_divergence(p[None], q[None])[0]) > 0.1          # the full JS sees the tail shuffle
+    assert float(top_word_divergence(p[None], q[None])[0]) < 0.05
+    r = np.roll(p, 1000)                              # other leading words
+    assert float(top_word_divergence(p[None], r[None])[0]) > 0.9

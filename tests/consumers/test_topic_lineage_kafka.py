@@ -37,7 +37,7 @@ def test_ids_stable_then_birth_then_death(kafka_bootstrap, unique_name, produce,
         "model": base.model.model_copy(update=dict(
             num_topics=6, warmup_docs=200, warmup_steps=10, batch_size=32, vocab_max_size=1500, vocab_min_df=2,
             train_every_docs=100, train_steps=1, train_in_background=False, kmeans_decay=0.9,
-            novelty_threshold=0.3)),
+            novelty_quantile=0.2)),
         "snapshots": base.snapshots.model_copy(update=dict(every_docs=200, every_seconds=3600, death_horizon=2)),
         "batch": base.batch.model_copy(update=dict(max_records=100)),
     })

@@ -185,7 +185,7 @@ def test_dashboard_queries_parse(tmp_path):
 
 # -- alert rules ----------------------------------------------------------------------------------
 
-EXPECTED_ALERTS = {"XtreamTopicDriftHigh", "XtreamManyTopicsDrifting", "XtreamNoRecentSnapshot",
+EXPECTED_ALERTS = {"XtreamTopicEmerged", "XtreamTopicDriftHigh", "XtreamManyTopicsDrifting", "XtreamNoRecentSnapshot",
                    "XtreamConsumerLagGrowing", "XtreamDeadLetterRateHigh", "XtreamDown", "XtreamNotReady",
                    "XtreamOutputsBlocked", "XtreamOutputRecordsRejected", "XtreamOffsetsWentBackwards"}
 
@@ -397,3 +397,50 @@ def test_container_settings_load(monkeypatch):
         assert s.http.host == "0.0.0.0" and s.http.port == 8000
         assert str(s.data_dir) == "/var/lib/xtream"
         assert s.kafka.bootstrap_servers
+
+
+# -- alertmanager ----------------------------------------------------------------------------------
+
+ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
+AMTOOL = shutil.which("amtool")
+needs_amtool = pytest.mark.skipif(
+    AMTOOL is None,
+    reason="amtool is not installed: apt-get install -y --no-install-recommends prometheus-alertmanager")
+
+
+def _route(*labels: str) -> str:
+    proc = subprocess.run([AMTOOL, "config", "routes", "test", f"--config.file={ALERTMANAGER}", *labels],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.strip()
+
+
+@needs_amtool
+def test_alertmanager_config_is_valid():
+    proc = subprocess.run([AMTOOL, "check-config", str(ALERTMANAGER)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@needs_amtool
+def test_topic_alerts_are_routed_apart_from_on_call():
+    """Every alert of alerts.yml, with its own labels, reaches the receiver of its audience."""
+    for rule in _alert_rules():
+        labels = [f"alertname={rule['alert']}"] + [f"{k}={v}" for k, v in rule["labels"].items()]
+        topical = rule["labels"].get("team") == "topics" or rule["labels"]["severity"] == "info"
+        assert _route(*labels) == ("topics" if topical else "on-call"), rule["alert"]
+    assert any(r["labels"].get("team") == "topics" for r in _alert_rules())
+
+
+def test_alertmanager_in_compose_and_kubernetes():
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    am = compose["services"]["alertmanager"]
+    assert any(v.startswith("./alertmanager/alertmanager.yml:") for v in am["volumes"])
+    cfg = yaml.safe_load(PROM_CONFIG.read_text(encoding="utf-8"))
+    assert cfg["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    docs = [d for p in sorted(K8S.glob("*.yaml")) for d in _load_all(p)]
+    (amc,) = [d for d in docs if d["kind"] == "AlertmanagerConfig"]
+    kustomization = next(d for d in docs if d["kind"] == "Kustomization")
+    assert "alertmanagerconfig.yaml" in kustomization["resources"]
+    route = amc["spec"]["route"]
+    topics = [r for r in route["routes"] if {"name": "team", "value": "topics"} in r["matchers"]]
+    assert topics and topics[0]["receiver"] != route["receiver"]

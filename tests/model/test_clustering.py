@@ -292,3 +292,67 @@ def test_state_dict_round_trip_continues_exactly_like_the_original(first_batch):
     np.testing.assert_array_equal(clone.centers, km.centers)
     np.testing.assert_array_equal(clone.counts, km.counts)
     assert (clone.n_clusters, clone.decay, clone.n_seen) == (4, 0.9, km.n_seen)
+
+
+# --------------------------------------------------------------------------- novelty pool
+def _themes(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    return unit(rng.normal(size=(n, dim)))
+
+
+def _noisy(directions: np.ndarray, which: np.ndarray, rng: np.random.Generator, noise: float = 1.4) -> np.ndarray:
+    """Documents around their theme with a cosine to it of about 0.5 (as sentence embeddings have)."""
+    dim = directions.shape[1]
+    return unit(directions[which] + noise * rng.normal(size=(len(which), dim)) / np.sqrt(dim)).astype(np.float32)
+
+
+def test_a_burst_far_from_every_centre_becomes_a_cluster_within_a_bounded_number_of_documents():
+    """Six themes over twelve clusters (several per theme, as K=50 over news classes); then a seventh
+    theme at a quarter of the stream. The novelty pool seeds it within 300 of its documents, and the
+    centre it seeds holds most of what follows; the quiet stream before seeds nothing."""
+    rng = np.random.default_rng(0)
+    themes = _themes(7, 48, rng)
+    km = MiniBatchKMeans(n_clusters=12, decay=0.999, reassign_ratio=None, seed=0, novelty_quantile=0.2)
+    for _ in range(60):   # quiet: 15,000 documents of the six known themes
+        km.learn_many(_noisy(themes[:6], rng.integers(6, size=250), rng))
+        assert not km.reseeded, "the quiet stream seeded a new cluster"
+    new_seen = 0
+    for _ in range(40):
+        which = rng.integers(6, size=250)
+        story = rng.random(250) < 0.25
+        which[story] = 6
+        km.learn_many(_noisy(themes, which, rng))
+        new_seen += int(story.sum())
+        if km.reseeded:
+            break
+    assert km.reseeded and new_seen <= 300, f"no cluster after {new_seen} documents of the new theme"
+    slot = next(iter(km.reseeded))
+    for _ in range(20):
+        which = rng.integers(7, size=250)
+        km.learn_many(_noisy(themes, which, rng))
+    which = rng.integers(7, size=2000)
+    got = km.predict_many(_noisy(themes, which, rng))
+    precision = float((which[got == slot] == 6).mean())
+    recall = float((got[which == 6] == slot).mean())
+    assert precision >= 0.7 and recall >= 0.5, (precision, recall)
+
+
+def test_without_the_novelty_pool_the_burst_is_absorbed_by_existing_clusters():
+    rng = np.random.default_rng(0)
+    themes = _themes(7, 48, rng)
+    km = MiniBatchKMeans(n_clusters=12, decay=0.999, reassign_ratio=None, seed=0, novelty_quantile=None)
+    for _ in range(60):
+        km.learn_many(_noisy(themes[:6], rng.integers(6, size=250), rng))
+    for _ in range(20):
+        which = rng.integers(7, size=250)
+        km.learn_many(_noisy(themes, which, rng))
+    assert not km.reseeded
+    which = rng.integers(7, size=2000)
+    got = km.predict_many(_noisy(themes, which, rng))
+    best = max(float((which[got == k] == 6).mean()) * float((got[which == 6] == k).mean() >= 0.5)
+               for k in np.unique(got))
+    assert best < 0.7
+
+
+def test_novelty_quantile_is_validated():
+    with pytest.raises(ValueError):
+        MiniBatchKMeans(4, novelty_quantile=0.7)

@@ -90,3 +90,14 @@ def test_state_round_trip_continues_identically():
     t2.load_state_dict(t1.state_dict())
     step = (basis(4)[[0, 3, 2]], np.array([True, True, False]), words(3))
     assert t1.update(*step) == t2.update(*step)
+
+
+def test_a_topic_back_after_dying_is_revived_not_born():
+    tracker = TopicTracker(death_horizon=1)
+    vecs = np.eye(3)
+    words = [("a",), ("b",), ("c",)]
+    tracker.update(vecs, np.array([True, True, True]), words)
+    _, events = tracker.update(vecs, np.array([True, False, True]), words)
+    assert [(e.kind, e.topic_id) for e in events] == [("died", 1)]
+    _, events = tracker.update(vecs, np.array([True, True, True]), words)
+    assert [(e.kind, e.topic_id) for e in events] == [("revived", 1)]

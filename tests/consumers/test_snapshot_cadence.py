@@ -1,0 +1,141 @@
+"""Snapshots keep their cadence whatever training does, the last one covers every document learned,
+and the training debt stays bounded (the warm-up ends within a bounded number of documents) even
+when the background trainer gets no CPU at all."""
+
+import json
+import random
+import threading
+
+import pytest
+
+from consumers.config import Settings
+from consumers.training_debt import TrainingDebt
+from consumers.wiring import build_service
+
+THEMES = {
+    "football": "goal match striker league coach penalty stadium season referee",
+    "markets": "shares index investors bank profit earnings stock bond trading",
+    "science": "telescope galaxy planet orbit research laboratory physics cells",
+    "cooking": "recipe oven flour butter garlic sauce kitchen dinner roast",
+}
+
+
+def write_stream(path, n: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    themes = list(THEMES.items())
+    with open(path, "w") as f:
+        for i in range(n):
+            name, words = themes[i % len(themes)]
+            text = " ".join(rng.choices(words.split(), k=12))
+            f.write(json.dumps({"id": f"d{i}", "text": text, "lang": "en", "metadata": {"theme": name}}) + "\n")
+
+
+def settings(tmp_path, n: int, **model) -> Settings:
+    path = tmp_path / "stream.jsonl"
+    write_stream(path, n)
+    s = Settings(data_dir=tmp_path / "data", input_file=path)
+    base = dict(embedder="hashing:64", embedder_process=False, num_topics=6, warmup_docs=200, warmup_steps=30,
+                batch_size=32, vocab_min_df=1, train_every_docs=100, train_steps=2)
+    base.update(model)
+    return s.model_copy(update={
+        "model": s.model.model_copy(update=base),
+        "batch": s.batch.model_copy(update=dict(max_records=50, prefetch_batches=0)),
+        "snapshots": s.snapshots.model_copy(update=dict(every_docs=100, every_seconds=1e9)),
+        "http": s.http.model_copy(update=dict(enabled=False))})
+
+
+def history(service) -> list:
+    return [service.store.get(v) for v in service.store.versions()]
+
+
+def starve_the_trainer(service) -> threading.Event:
+    """The background trainer never gets to run (a host whose CPU ingestion takes entirely)."""
+    release = threading.Event()
+    worker = service._train_worker
+
+    def blocked():
+        while not release.is_set() and not service._stop_training.wait(0.05):
+            pass
+        worker()
+
+    service._train_worker = blocked
+    return release
+
+
+def test_a_snapshot_per_every_docs_documents_during_warm_up_and_while_training_lags(tmp_path):
+    n = 1000
+    service = build_service(settings(tmp_path, n))
+    release = starve_the_trainer(service)
+    try:
+        service.run()
+        snaps = history(service)
+    finally:
+        release.set()
+        service.close()
+    seen = [s.documents_seen for s in snaps]
+    assert len(snaps) >= n // 100, f"{len(snaps)} snapshots for {n} documents: {seen}"
+    gaps = [b - a for a, b in zip([0] + seen, seen)]
+    assert max(gaps) <= 100 + 50, f"a gap of {max(gaps)} documents between snapshots: {seen}"
+    # the first ones come before XTRA (the clusters' words), and every topic has words
+    assert snaps[0].model_version == 0 and snaps[0].documents_seen <= 150
+    assert all(t.words["en"].words for t in snaps[0].topics)
+
+
+def test_the_last_snapshot_covers_every_document_learned(tmp_path):
+    n = 1030   # not a multiple of any cadence: the tail after the last training slice is covered too
+    service = build_service(settings(tmp_path, n, train_in_background=False, train_every_docs=300))
+    try:
+        service.run()
+        last = history(service)[-1]
+    finally:
+        service.close()
+    assert service.model.n_docs == n
+    assert last.documents_seen == n
+
+
+def test_the_training_debt_stays_bounded_and_the_warm_up_ends_within_its_documents(tmp_path):
+    n = 1200
+    s = settings(tmp_path, n, max_training_debt_steps=6, warmup_within_docs=300)
+    service = build_service(s)
+    release = starve_the_trainer(service)
+    debts, warm_at = [], []
+    maybe_train = service.maybe_train
+
+    def recording():
+        maybe_train()
+        debts.append(service.debt.steps(service.model))
+        if service.model.is_warm and not warm_at:
+            warm_at.append(service.model.n_docs)
+
+    service.maybe_train = recording
+    try:
+        service.run()
+    finally:
+        release.set()
+        service.close()
+    per_batch = 50 * (2 / 100 + 30 / 300)   # steps one batch of 50 documents adds at most
+    assert max(debts) <= 6 + per_batch
+    assert service.debt.paid_steps >= 30, "the loop paid the debt the starved trainer could not"
+    assert warm_at and warm_at[0] <= 200 + 300 + 50, f"warm after {warm_at} documents"
+    sample = service.metrics.registry.get_sample_value("xtream_training_debt_steps")
+    assert sample is not None and sample <= 6 + per_batch
+
+
+def test_training_debt_accounts_warm_up_and_steady_steps():
+    class Trainer:
+        steps = 0
+
+    class Model:
+        is_initialised, is_warm, n_docs, warmup_steps_left, trainer = True, False, 1000, 40, Trainer()
+
+    debt = TrainingDebt(steps_per_doc=0.1, warmup_within_docs=200, max_steps=15)
+    model = Model()
+    assert debt.steps(model) == 0.0 and not debt.overdue(model)
+    model.n_docs += 100                     # half the warm-up + 10 steady steps
+    assert debt.steps(model) == pytest.approx(30.0) and debt.overdue(model)
+    model.trainer.steps = 25
+    assert debt.steps(model) == pytest.approx(5.0) and not debt.overdue(model)
+    model.n_docs += 100                     # warm-up fully owed and overdue while not warm
+    assert debt.steps(model) == pytest.approx(35.0) and debt.overdue(model)
+    with pytest.raises(ValueError):
+        TrainingDebt(0.1, 0, 1)
