@@ -89,7 +89,7 @@ class XTRATrainer:
     batch_size: int = 128
     seed: int = 0
     sparse_rows: bool = True
-    beta_every: int = 1
+    beta_every: int = 4
     steps: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
