@@ -1,7 +1,7 @@
 """What one XTRA training step costs, by component, today's step against an earlier commit's.
 
     python -m bench.step_profile [--baseline 9d831f1] [--steps 20] [--repeats 5] [--threads 1]
-                                 [--out bench/results/step_profile.json]
+                                 [--ablations] [--out bench/results/step_profile.json]
 
 The service's training set-up on EC News: two languages (en, zh) x 5,000-word vocabularies, K=50,
 batch 128 documents per language, 512-d document and word embeddings, one thread. The bags of words
@@ -9,9 +9,12 @@ and cluster ids are EC News' own (``train_bow_matrix_*.npz``, ``cluster_labels_*
 the document and word embeddings are random unit vectors, because their values do not change what a
 step computes (the shapes do) and running the embedder would cost minutes.
 
-Two tables. *Step*: the whole ``XTRATrainer.step`` of the baseline commit (``--baseline``, loaded
+One table, two kinds of rows. *Step*: the whole ``XTRATrainer.step`` of the baseline commit (``--baseline``, loaded
 from git by :mod:`bench._baseline`) and of today's code, timed in alternating blocks of ``--steps``
-steps on the same batches, ``--repeats`` times; the median ms per step of each and their ratio.
+steps on the same batches, ``--repeats`` times; the median ms per step of each and their ratio
+(``--ablations`` adds today's step with dense row updates, and with the beta alignment every step).
+Times are CPU time of the benchmark's thread, which leaves out waiting for a core on a shared host;
+wall-clock medians are shown beside them.
 *Components*: each part of a step run alone, forward and backward, median over ``--steps`` runs:
 the word projections, the shared encoder with the reparameterisation and KL, the decoder's
 reconstruction over the vocabulary, the three alignment losses, gradient clipping and the optimizer
@@ -76,12 +79,12 @@ def _batches(training, corpora: dict, n: int, seed: int = 2) -> list[dict]:
             for _ in range(n)]
 
 
-def _trainer(package, corpora: dict, words: dict):
+def _trainer(package, corpora: dict, words: dict, **settings):
     import torch
 
     torch.manual_seed(0)
     model = package.training.build_xtra(corpora, K, word_embeddings=words)
-    return package.training.XTRATrainer(model, seed=0)
+    return package.training.XTRATrainer(model, seed=0, **settings)
 
 
 def _median_ms(fn, n: int) -> float:
@@ -169,9 +172,8 @@ def profile_components(trainer, batch: dict, n: int) -> dict[str, float]:
     out["cluster contrastive loss"] = _median_ms(fresh(lambda: model.cluster_loss(all_theta, clusters)), n)
     out["InfoNCE (theta -> embedding)"] = _median_ms(
         fresh(lambda: sum(model.infonce_loss(theta[lang], batch[lang]["embedding"]) for lang in langs)), n)
-    every = getattr(trainer, "beta_every", 1)
-    out[f"beta alignment (every {every} step{'s' if every > 1 else ''}, per step)"] = \
-        _median_ms(fresh(model.beta_loss), n) / every
+    out["beta alignment (per step: cost / beta_every)"] = \
+        _median_ms(fresh(model.beta_loss), n) / getattr(trainer, "beta_every", 1)
 
     trainer.optimizer.zero_grad(set_to_none=True)
     model(batch).loss.backward()
@@ -191,6 +193,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="steps per timed block and runs per component")
     p.add_argument("--repeats", type=int, default=5, help="alternating blocks per trainer")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ablations", action="store_true",
+                   help="also time today's step with dense row updates, and with the beta alignment every step")
     p.add_argument("--out", type=Path, default=RESULTS / "step_profile.json")
     return p.parse_args(argv)
 
@@ -209,6 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
     words = _word_embeddings()
     batches = _batches(current.training, corpora, 2 * args.steps)
     trainers = {"baseline": _trainer(baseline, corpora, words), "current": _trainer(current, corpora, words)}
+    if args.ablations:
+        trainers["current, dense rows"] = _trainer(current, corpora, words, sparse_rows=False)
+        trainers["current, beta every step"] = _trainer(current, corpora, words, beta_every=1)
     touched = {lang: int(np.mean([len(np.unique(b[lang]["bow"].coalesce().indices()[1].numpy())) for b in batches]))
                for lang in corpora}
     logger.info("words touched per batch of %d: %s of %d", BATCH, touched, VOCAB)
@@ -226,9 +233,13 @@ def main(argv: list[str] | None = None) -> dict:
     rows.append(["whole step, wall clock (median)", wall_ms["baseline"], wall_ms["current"]])
     print_table(f"one XTRA step, CPU ms, {args.threads} thread(s): baseline {args.baseline} vs current",
                 ["component", "baseline", "current"], rows)
+    for name in trainers:
+        if name not in ("baseline", "current"):
+            print(f"{name}: {step_ms[name]:.1f} ms CPU, {step_ms[name] / step_ms['baseline']:.3f} x baseline")
     print(f"step CPU time current/baseline = {ratio:.3f} ({step_ms['baseline']:.1f} -> {step_ms['current']:.1f} ms); "
           f"wall clock {wall_ms['current'] / wall_ms['baseline']:.3f}")
-    payload = {"baseline": args.baseline, "threads": args.threads, "batch": BATCH, "vocab": VOCAB, "topics": K,
+    payload = {"baseline": args.baseline, "beta_every": getattr(trainers["current"], "beta_every", 1),
+               "sparse_rows": getattr(trainers["current"], "sparse_rows", False), "threads": args.threads, "batch": BATCH, "vocab": VOCAB, "topics": K,
                "words_touched_per_batch": touched, "step_cpu_ms": step_ms, "ratio": ratio,
                "step_wall_ms": wall_ms, "wall_ratio": wall_ms["current"] / wall_ms["baseline"],
                "step_cpu_ms_all": per, "components_ms": components}
