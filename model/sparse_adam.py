@@ -8,7 +8,7 @@ what ``tf.keras``' LazyAdam and ``torch.optim.SparseAdam`` do. Dense gradients g
 own (fused) Adam kernel unchanged, so one optimizer serves a model with both kinds of parameter.
 
 The state has Adam's layout (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter, full size), so
-checkpoints written by ``torch.optim.Adam`` load into it and vice versa.
+checkpoints written by ``torch.optim.Adam`` load into it.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def _sparse_update(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, 
 
     The touched rows' moments are gathered and updated by torch's fused Adam kernel, which writes
     the step into a zero tensor that is then added to the rows (one pass over the parameter instead
-    of a gather and a scatter). Elementwise ``torch.sqrt`` is avoided: it is an order of magnitude
-    slower on exact zeros, and rows of units a ReLU switched off hold zero moments.
+    of a gather and a scatter). Elementwise ``torch.sqrt`` is avoided: it is much slower on exact
+    zeros than on other values, and the columns of units a ReLU switched off hold zero moments.
     """
     rows, g = grad._indices()[0], grad._values()
     if not grad.is_coalesced() and not bool((rows[1:] > rows[:-1]).all()):

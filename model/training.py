@@ -73,7 +73,7 @@ class XTRATrainer:
     ``sparse_rows``: the word projections' gradients cover only the words of the batch and
     :class:`~model.sparse_adam.LazyAdam` updates only those rows (their moments included); with
     ``False`` every row gets a dense (mostly zero) gradient and a full Adam update. A batch of
-    128 short documents touches about a fifth of a 5,000-word vocabulary.
+    short documents touches a small part of the vocabulary.
 
     ``beta_every``: the beta alignment loss, which depends on the parameters only and not on the
     batch, is computed on every ``beta_every``-th step with its weight multiplied by

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["XTRA", "Dropout", "WordProjection", "XTRAConfig", "XTRAOutput", "dirichlet_laplace_prior", "init_beta_from_clusters"]
+__all__ = ["XTRA", "Dropout", "WordProjection", "XTRAConfig", "XTRAOutput", "dirichlet_laplace_prior",
+           "init_beta_from_clusters"]
 
 
 @dataclass
@@ -199,8 +200,8 @@ class WordProjection(nn.Module):
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose mask is drawn with ``torch.rand``: the same distribution, and on CPU about
-    half the cost of the ``bernoulli_`` that ``F.dropout`` draws it with."""
+    """``nn.Dropout`` whose mask is drawn with ``torch.rand``: the same distribution, drawn more
+    cheaply on CPU than by the ``bernoulli_`` of ``F.dropout`` (the random stream differs)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:

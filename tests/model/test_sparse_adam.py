@@ -81,3 +81,24 @@ def test_clipping_takes_a_sparse_gradient_by_its_stored_rows():
     total = torch.sqrt(sparse.grad.to_dense().pow(2).sum() + other.grad.pow(2).sum())
     assert abs(float(total) - 1.0) < 1e-5
     assert abs(norm - 1.0) > 1.0   # it was clipped, not already small
+
+
+def test_a_torch_adam_checkpoint_loads_and_continues_exactly():
+    import copy
+
+    torch.manual_seed(1)
+    a = torch.nn.Parameter(torch.randn(5, 3))
+    b = torch.nn.Parameter(torch.zeros(5, 3))
+    ref = torch.optim.Adam([a], lr=0.01, fused=True)
+    a.grad = torch.randn(5, 3)
+    ref.step()
+    lazy = LazyAdam([b], lr=0.01)
+    lazy.load_state_dict(copy.deepcopy(ref.state_dict()))
+    with torch.no_grad():
+        b.copy_(a)
+    for _ in range(3):
+        g = torch.randn(5, 3)
+        a.grad, b.grad = g.clone(), g.clone()
+        ref.step()
+        lazy.step()
+    assert torch.equal(a, b)
