@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["XTRA", "WordProjection", "XTRAConfig", "XTRAOutput", "dirichlet_laplace_prior", "init_beta_from_clusters"]
+__all__ = ["XTRA", "Dropout", "WordProjection", "XTRAConfig", "XTRAOutput", "dirichlet_laplace_prior",
+           "init_beta_from_clusters"]
 
 
 @dataclass
@@ -127,33 +128,38 @@ class _SparseRowsProduct(torch.autograd.Function):
     """``bow @ weight`` for a sparse COO ``bow``, with a deterministic weight gradient.
 
     Forward sums the rows of each document's words (``embedding_bag``). The gradient is
-    ``bow.T @ grad`` as a sparse-dense product, whose summation order is fixed; ``embedding_bag``'s
-    own backward sorts indices and can sum a word's contributions in a different order from run to
-    run, which breaks the bit-for-bit reproducibility that checkpoint replay relies on.
+    ``bow.T @ grad`` as a sparse-dense product over the words the batch contains only, whose
+    summation order is fixed; ``embedding_bag``'s own backward sorts indices and can sum a word's
+    contributions in a different order from run to run, which breaks the bit-for-bit reproducibility
+    that checkpoint replay relies on. With ``sparse_grad`` the gradient is returned as a sparse COO
+    tensor of those rows (for :class:`model.sparse_adam.LazyAdam`); otherwise the rows are scattered
+    into a dense (V, P) gradient with zeros for absent words.
     """
 
     @staticmethod
-    def forward(ctx, bow: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, bow: torch.Tensor, weight: torch.Tensor, sparse_grad: bool) -> torch.Tensor:
         rows, cols = bow.indices()
         offsets = torch.searchsorted(rows, torch.arange(bow.shape[0] + 1, device=rows.device))
         ctx.bow = bow   # transposed in backward only: inference never pays for it
+        ctx.sparse_grad = sparse_grad
         return F.embedding_bag(cols, weight, offsets, mode="sum", per_sample_weights=bow.values(),
                                include_last_offset=True)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
-        # Multiply only the rows of words the batch contains, then scatter them into the (V, P)
-        # gradient: the product over all V rows zero-filled two V x P buffers per call (2.0-2.4
-        # instead of 4.5-6.4 ms per call at V = 5,000, P = 1,000, 128 documents). Same sums in the
-        # same order, so the gradient is bit-identical.
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
         bow_t = ctx.bow.t().coalesce()
         words, docs = bow_t.indices()
         present, row = torch.unique_consecutive(words, return_inverse=True)
         compact = torch.sparse_coo_tensor(torch.stack([row, docs]), bow_t.values(), (len(present), grad.shape[0]),
                                           is_coalesced=True, check_invariants=False)
-        out = grad.new_zeros(ctx.bow.shape[1], grad.shape[1])
-        out[present] = torch.sparse.mm(compact, grad)
-        return None, out
+        rows = torch.sparse.mm(compact, grad)
+        shape = (ctx.bow.shape[1], grad.shape[1])
+        if ctx.sparse_grad:
+            return None, torch.sparse_coo_tensor(present[None], rows, shape, is_coalesced=True,
+                                                 check_invariants=False), None
+        out = grad.new_zeros(shape)
+        out[present] = rows
+        return None, out, None
 
 
 class WordProjection(nn.Module):
@@ -161,14 +167,18 @@ class WordProjection(nn.Module):
 
     A BoW row has a few dozen non-zeros out of thousands of words, so the product is a weighted sum
     of the rows of the document's words: the forward costs O(non-zeros x P) instead of O(V x P),
-    and no transposed copy of a V x P gradient is made. This was the largest cost of a training
-    step (``torch.sparse.mm`` against ``Linear.weight.T``: 97 -> 63 ms per step at V = 5,000, two
-    languages, batch 128). Rows also make a growing vocabulary an append.
+    and no transposed copy of a V x P gradient is made. Rows also make a growing vocabulary an
+    append.
+
+    ``sparse_grad`` (an attribute, not state; a trainer with a row-wise optimizer sets it for its
+    step) makes the gradient of ``word_weight`` a sparse COO tensor of the rows of the batch's
+    words, for an optimizer that updates only those rows.
     """
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, sparse_grad: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.sparse_grad = sparse_grad
         bound = 1.0 / math.sqrt(in_features)   # nn.Linear's default initialisation
         self.word_weight = nn.Parameter(torch.empty(in_features, out_features).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
@@ -176,7 +186,7 @@ class WordProjection(nn.Module):
     def forward(self, bow: torch.Tensor) -> torch.Tensor:
         if not bow.is_sparse:
             return bow @ self.word_weight + self.bias
-        return _SparseRowsProduct.apply(bow.coalesce(), self.word_weight) + self.bias
+        return _SparseRowsProduct.apply(bow.coalesce(), self.word_weight, self.sparse_grad) + self.bias
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Models saved before this layout held an nn.Linear here: ``weight`` is (P, V).
@@ -189,6 +199,17 @@ class WordProjection(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose mask is drawn with ``torch.rand``: the same distribution, drawn more
+    cheaply on CPU than by the ``bernoulli_`` of ``F.dropout`` (the random stream differs)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * keep
+
+
 class _SharedEncoder(nn.Module):
     """Projected BoW (B, P) -> (mu, logvar), each (B, K), batch-normalised as in ProdLDA."""
 
@@ -196,7 +217,7 @@ class _SharedEncoder(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(cfg.projection_units, cfg.encoder_units)
         self.fc2 = nn.Linear(cfg.encoder_units, cfg.encoder_units)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.mu = nn.Linear(cfg.encoder_units, cfg.num_topics)
         self.logvar = nn.Linear(cfg.encoder_units, cfg.num_topics)
         self.mu_bn = nn.BatchNorm1d(cfg.num_topics)
@@ -219,7 +240,7 @@ class XTRA(nn.Module):
         self.cfg = cfg
         k = cfg.num_topics
         self.projections = nn.ModuleDict({
-            lang: nn.Sequential(WordProjection(v, cfg.projection_units), nn.ReLU(), nn.Dropout(cfg.dropout))
+            lang: nn.Sequential(WordProjection(v, cfg.projection_units), nn.ReLU(), Dropout(cfg.dropout))
             for lang, v in cfg.vocab_sizes.items()})
         self.encoder = _SharedEncoder(cfg)
         self.betas = nn.ParameterDict({
@@ -229,14 +250,14 @@ class XTRA(nn.Module):
         self.decoder_bn = nn.ModuleDict({lang: nn.BatchNorm1d(v) for lang, v in cfg.vocab_sizes.items()})
         for bn in self.decoder_bn.values():
             bn.weight.requires_grad_(False)
-        self.theta_to_embedding = nn.Sequential(nn.Linear(k, cfg.embedding_dim), nn.Dropout(cfg.dropout))
+        self.theta_to_embedding = nn.Sequential(nn.Linear(k, cfg.embedding_dim), Dropout(cfg.dropout))
         mu = np.zeros(k, np.float32) if prior_mu is None else prior_mu
         var = np.ones(k, np.float32) if prior_var is None else prior_var
         self.register_buffer("prior_mu", torch.as_tensor(mu).float().clone())
         self.register_buffer("prior_var", torch.as_tensor(var).float().clone())
         if cfg.beta_alignment == "learned_projection":
             self.beta_projections = nn.ModuleDict({
-                lang: nn.Sequential(nn.Linear(v, cfg.beta_projection_dim), nn.Dropout(cfg.dropout))
+                lang: nn.Sequential(nn.Linear(v, cfg.beta_projection_dim), Dropout(cfg.dropout))
                 for lang, v in cfg.vocab_sizes.items()})
         for lang, v in cfg.vocab_sizes.items():
             emb = None if word_embeddings is None else word_embeddings.get(lang)
@@ -257,6 +278,23 @@ class XTRA(nn.Module):
 
     def decode(self, theta: torch.Tensor, lang: str) -> torch.Tensor:
         return F.softmax(self.decoder_bn[lang](theta @ self.betas[lang]), dim=1)
+
+    def reconstruction_loss(self, theta: torch.Tensor, bow: torch.Tensor, lang: str) -> torch.Tensor:
+        """``-sum_w x_w log x_hat_w`` per document (B,), the log-softmax read at the document's words only.
+
+        With logits ``z`` of the decoder, ``log x_hat_w = z_w - logsumexp(z)``, so the loss is
+        ``n * logsumexp(z) - sum_w x_w z_w`` (``n`` the document's length): the sum runs over the
+        BoW's non-zeros instead of a dense (B, V) product, and no log of a softmax is taken.
+        """
+        logits = self.decoder_bn[lang](theta @ self.betas[lang])
+        if not bow.is_sparse:
+            return -(bow * F.log_softmax(logits, dim=1)).sum(1)
+        bow = bow.coalesce()
+        docs, words = bow.indices()
+        counts = bow.values()
+        picked = logits.reshape(-1).index_select(0, docs * logits.shape[1] + words) * counts
+        length = logits.new_zeros(len(logits)).index_add_(0, docs, counts)
+        return length * torch.logsumexp(logits, dim=1) - logits.new_zeros(len(logits)).index_add(0, docs, picked)
 
     def topic_word(self, lang: str) -> torch.Tensor:
         """Topic-word distributions (K, V_l): what the decoder reconstructs for a document of topic k alone.
@@ -334,10 +372,13 @@ class XTRA(nn.Module):
         return torch.stack(total).mean()
 
     # -- forward -------------------------------------------------------------------------------
-    def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> XTRAOutput:
+    def forward(self, batch: dict[str, dict[str, torch.Tensor]], beta_weight: float = 1.0) -> XTRAOutput:
         """``batch[lang]`` has ``bow`` (B_l, V_l), ``embedding`` (B_l, d), ``cluster`` (B_l,).
 
         Languages missing from the batch are skipped; a language needs >= 2 documents (BatchNorm).
+        ``beta_weight`` scales ``lambda_beta`` for this call; at 0 the beta alignment, which does
+        not depend on the batch, is not computed (a trainer that applies it every n-th step only
+        passes 0 or n).
         """
         cfg = self.cfg
         loss = 0.0
@@ -347,8 +388,7 @@ class XTRA(nn.Module):
             bow = data["bow"]
             mu, logvar = self.encode(bow, lang)
             theta = F.softmax(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar), dim=1)
-            dense = bow.to_dense() if bow.is_sparse else bow
-            recon = -(dense * torch.log(self.decode(theta, lang) + 1e-10)).sum(1)
+            recon = self.reconstruction_loss(theta, bow, lang)
             lang_loss = (recon + self._kl(mu, logvar)).mean()
             loss = loss + lang_loss
             parts[f"recon_kl_{lang}"] = float(lang_loss.detach())
@@ -365,9 +405,9 @@ class XTRA(nn.Module):
             l_nce = torch.stack(nce).sum()
             loss = loss + cfg.lambda_nce * l_nce
             parts["infonce"] = float(l_nce.detach())
-        if cfg.lambda_beta > 0:
+        if cfg.lambda_beta > 0 and beta_weight > 0:
             l_beta = self.beta_loss()
-            loss = loss + cfg.lambda_beta * l_beta
+            loss = loss + beta_weight * cfg.lambda_beta * l_beta
             parts["beta"] = float(l_beta.detach())
         parts["total"] = float(loss.detach())
         if not math.isfinite(parts["total"]):
@@ -441,7 +481,7 @@ class XTRA(nn.Module):
         cfg = self.cfg
         device = self.prior_mu.device
         self.projections[lang] = nn.Sequential(WordProjection(vocab_size, cfg.projection_units), nn.ReLU(),
-                                               nn.Dropout(cfg.dropout)).to(device)
+                                               Dropout(cfg.dropout)).to(device)
         init = torch.randn(cfg.num_topics, vocab_size) * 0.02 if beta is None else torch.as_tensor(beta).float()
         self.betas[lang] = nn.Parameter(init.to(device))
         bn = nn.BatchNorm1d(vocab_size).to(device)
@@ -449,7 +489,7 @@ class XTRA(nn.Module):
         self.decoder_bn[lang] = bn
         if cfg.beta_alignment == "learned_projection":
             self.beta_projections[lang] = nn.Sequential(nn.Linear(vocab_size, cfg.beta_projection_dim),
-                                                        nn.Dropout(cfg.dropout)).to(device)
+                                                        Dropout(cfg.dropout)).to(device)
         emb = torch.zeros(vocab_size, cfg.word_embedding_dim) if word_embeddings is None \
             else torch.as_tensor(word_embeddings).float()
         self.register_buffer(f"word_embeddings_{lang}", emb.to(device))

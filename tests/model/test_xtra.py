@@ -424,6 +424,96 @@ def test_training_on_a_learnable_toy_problem_lowers_the_loss_and_recovers_the_to
         assert (infer_theta(net, c.bow, lang).argmax(1) == c.clusters).mean() > 0.9
 
 
+def _sparse_batch(vocabs: dict[str, int], seed: int, n: int = 6, words: int = 4) -> dict:
+    """Documents that each use a few words of a small part of the vocabulary (most rows untouched)."""
+    rng = np.random.default_rng(seed)
+    batch = {}
+    for lang, v in vocabs.items():
+        counts = np.zeros((n, v), np.float32)
+        for i in range(n):
+            counts[i, rng.choice(v // 2, words, replace=False)] = 1 + rng.poisson(1.0, words)
+        batch[lang] = {"bow": csr_to_torch(sp.csr_matrix(counts)),
+                       "embedding": torch.from_numpy(rng.normal(size=(n, EMB)).astype(np.float32)),
+                       "cluster": torch.from_numpy(rng.integers(K, size=n))}
+    return batch
+
+
+def test_the_same_seed_gives_bit_identical_parameters_and_optimizer_state_after_n_steps():
+    runs = []
+    for _ in range(2):
+        net = model(seed=3)
+        trainer = XTRATrainer(net, seed=3, beta_every=2)
+        for step in range(7):
+            trainer.step(_sparse_batch(VOCABS, seed=step))
+        runs.append((net.state_dict(), trainer.optimizer.state_dict()["state"]))
+    (w1, o1), (w2, o2) = runs
+    assert w1.keys() == w2.keys()
+    for key in w1:
+        assert torch.equal(w1[key], w2[key]), key
+    for i in o1:
+        for key in o1[i]:
+            assert torch.equal(o1[i][key], o2[i][key]), (i, key)
+
+
+def test_a_step_leaves_the_projection_rows_of_words_absent_from_the_batch_untouched():
+    net = model()
+    trainer = XTRATrainer(net, seed=0)
+    trainer.step(random_batch(VOCABS, seed=1))          # every word gets moments
+    before = {lang: net.projections[lang][0].word_weight.detach().clone() for lang in VOCABS}
+    batch = _sparse_batch(VOCABS, seed=2)
+    trainer.step(batch)
+    for lang, v in VOCABS.items():
+        present = torch.zeros(v, dtype=torch.bool)
+        present[batch[lang]["bow"].coalesce().indices()[1]] = True
+        moved = (net.projections[lang][0].word_weight != before[lang]).any(1)
+        assert not moved[~present].any(), lang
+        assert moved[present].any(), lang
+        assert net.projections[lang][0].sparse_grad is False   # the model is a plain module outside a step
+
+
+def test_dense_rows_setting_updates_every_row_with_adam():
+    net = model()
+    trainer = XTRATrainer(net, seed=0, sparse_rows=False)
+    trainer.step(random_batch(VOCABS, seed=1))
+    before = net.projections["en"][0].word_weight.detach().clone()
+    batch = _sparse_batch(VOCABS, seed=2)
+    trainer.step(batch)
+    absent = torch.ones(VOCABS["en"], dtype=torch.bool)
+    absent[batch["en"]["bow"].coalesce().indices()[1]] = False
+    moved = (net.projections["en"][0].word_weight != before).any(1)
+    assert moved[absent].sum() > absent.sum() // 2   # momentum moves words absent from the batch too
+
+
+def test_beta_alignment_every_n_steps_is_computed_on_those_steps_at_n_times_its_weight():
+    net = model()
+    trainer = XTRATrainer(net, seed=0, beta_every=3)
+    parts = [trainer.step(random_batch(VOCABS, seed=s)) for s in range(4)]
+    for i, p in enumerate(parts):
+        recon = sum(p[f"recon_kl_{lang}"] for lang in VOCABS)
+        rest = recon + net.cfg.lambda_cluster * p["cluster"] + net.cfg.lambda_nce * p["infonce"]
+        weight = 3.0 * net.cfg.lambda_beta if i % 3 == 0 else 0.0
+        assert p["total"] == pytest.approx(rest + weight * p["beta"], rel=1e-5), i
+    assert parts[1]["beta"] == parts[0]["beta"]   # repeated for the steps that skip it
+    with pytest.raises(ValueError, match="beta_every"):
+        XTRATrainer(model(), beta_every=0)
+
+
+def test_reconstruction_loss_is_the_cross_entropy_of_the_decoded_words_for_sparse_and_dense_bows():
+    net = model().train()
+    batch = random_batch(VOCABS, seed=5)
+    theta = torch.softmax(torch.randn(8, K), dim=1)
+    for lang in VOCABS:
+        bow = batch[lang]["bow"]
+        torch.manual_seed(0)
+        sparse = net.reconstruction_loss(theta, bow, lang)
+        dense = net.reconstruction_loss(theta, bow.to_dense(), lang)
+        net.eval()   # the decoder's BatchNorm on running statistics, so decode() sees the same logits
+        expected = -(bow.to_dense() * torch.log(net.decode(theta, lang))).sum(1)
+        torch.testing.assert_close(net.reconstruction_loss(theta, bow, lang), expected, rtol=1e-5, atol=1e-4)
+        net.train()
+        torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-4)
+
+
 def test_fit_records_one_history_entry_per_epoch():
     corpora, _ = planted_corpora(n=60)
     net = build_xtra(corpora, num_topics=K, **SMALL)

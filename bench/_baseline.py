@@ -1,0 +1,40 @@
+"""Import ``model.xtra`` and ``model.training`` as they were at an earlier commit, beside today's.
+
+A benchmark that states a speed-up as a ratio should time the old code and the new in the same run
+on the same host load; keeping the old step alive in the model as a setting would leave dead code in
+the package. This reads the two modules out of git (``git show REV:path``), writes them to a
+temporary package whose ``training`` imports that package's ``xtra``, and imports it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+__all__ = ["load_baseline"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_baseline(rev: str) -> types.ModuleType:
+    """A package with ``xtra`` and ``training`` submodules as of commit ``rev`` of this repository."""
+    name = "xtream_baseline_" + "".join(c if c.isalnum() else "_" for c in rev)
+    if name in sys.modules:
+        return sys.modules[name]
+    folder = Path(tempfile.mkdtemp(prefix="xtream-baseline-")) / name
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    for module in ("xtra", "training"):
+        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:model/{module}.py"], check=True,
+                                capture_output=True, text=True).stdout
+        source = source.replace("from model.xtra import", f"from {name}.xtra import")
+        (folder / f"{module}.py").write_text(source)
+    sys.path.insert(0, str(folder.parent))
+    package = importlib.import_module(name)
+    for module in ("xtra", "training"):
+        importlib.import_module(f"{name}.{module}")
+    return package
