@@ -316,8 +316,9 @@ def quality_metrics(
         raise QualityError(f"dictionary_langs {dictionary_langs} must name two of {langs}")
     n = max(tu_top, npmi_top if reference_docs else 0, dict_top if dictionary is not None else 0)
     tops = {lang: top_words(np.asarray(topic_word[lang]), vocabularies[lang], n=n) for lang in langs}
-    out: dict[str, float] = {"tu": multilingual_topic_uniqueness({lang: [t[:tu_top] for t in tops[lang]]
-                                                                   for lang in langs})}
+    out: dict[str, float] = {}
+    if langs:   # no topics (a baseline that only has document vectors): classification alone
+        out["tu"] = multilingual_topic_uniqueness({lang: [t[:tu_top] for t in tops[lang]] for lang in langs})
     for lang, docs in reference_docs.items():
         if lang not in tops:
             raise QualityError(f"reference docs for {lang!r}, which has no topics")
