@@ -190,6 +190,7 @@ def run_xtream_stream(data: Data, args) -> dict:
             "fit_seconds": seconds, "docs_per_s": len(tokens) / seconds, "steps_per_slice": steps,
             "train_every_docs": every, "train_steps": model.trainer.steps if model.trainer else 0,
             "vocab_size": {lang: len(model.vocabs[lang]) for lang in data.langs},
+            "centres": model.kmeans.centers.copy(),
             "theta_kind": "XTRA encoder theta (predict_many)"}
 
 
@@ -198,6 +199,8 @@ def run_xtream_offline(data: Data, args) -> dict:
 
     from model.quality import fit_xtra, joint_kmeans
     from model.training import LanguageCorpus, infer_theta
+
+    from bench.baselines import cluster_centres
 
     emb = {lang: data.train_embeddings(lang) for lang in data.langs}
     words = VocabularyWordEmbedder(data.root)
@@ -213,6 +216,7 @@ def run_xtream_offline(data: Data, args) -> dict:
     with torch.no_grad():
         topic_word = {lang: model.topic_word(lang).numpy() for lang in data.langs}
     return {"topic_word": topic_word, "vocab": dict(data.vocab), "theta": theta, "fit_seconds": seconds,
+            "centres": cluster_centres(emb, clusters, NUM_TOPICS),
             "train_seconds": trained.train_seconds, "epochs": args.epochs,
             "final_loss": float(trained.history[-1]["total"]), "theta_kind": "XTRA encoder theta (infer_theta)"}
 
@@ -431,7 +435,7 @@ def worker(name: str, args: argparse.Namespace) -> dict:
 
     def record(key: str, result: dict) -> None:
         metrics = score(result, data, dictionary)
-        keep = {k: v for k, v in result.items() if k not in ("topic_word", "vocab", "theta")}
+        keep = {k: v for k, v in result.items() if k not in ("topic_word", "vocab", "theta", "centres")}
         results[key] = {**{k: v for k, v in metrics.items() if k != "top_words"}, **keep,
                         "top_words": metrics.get("top_words"), "peak_rss_mib": peak_rss_mib()}
         logger.info("%s: %s", key, {k: round(results[key][k], 4) for k in score_names(data.langs) if k in results[key]})
