@@ -326,7 +326,7 @@ class TopicService:
                 self.centering.learn_many(embeddings, langs)
                 embeddings = self.centering.transform_many(embeddings, langs)
             with m.stage_seconds.labels("assign").time():
-                self.model.learn_many(tokens, embeddings, langs)
+                self.model.learn_many(tokens, embeddings, langs, documents=[(it.id, it.text_prefix) for it in items])
             try:
                 with m.stage_seconds.labels("infer").time():
                     clusters, theta = self.model.predict_many(tokens, embeddings, langs)

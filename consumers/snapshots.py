@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 import numpy as np
 
 from model.online import OnlineTopicModel
-from stream.schemas import SnapshotTopic, TopicSnapshot, TopicWords
+from model.readout import topic_labels
+from stream.schemas import SnapshotTopic, TopicDocument, TopicSnapshot, TopicWords
 
 __all__ = ["DriftBaseline", "build_snapshot", "js_divergence"]
 
@@ -98,13 +99,14 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
     langs = model.languages
     k = model.cfg.num_topics
     dists: WordDists = {}
-    words_by_lang, drift_by_lang = {}, {}
+    words_by_lang, drift_by_lang, labels_by_lang = {}, {}, {}
     for lang in langs:
         dist = model.topic_distribution(lang).astype(np.float64)
         vocab = list(model.vocabs[lang].words)
         dists[lang] = (vocab, dist)
         idx = np.argsort(-dist, axis=1)[:, :top_n]
         words_by_lang[lang] = ([[vocab[i] for i in row] for row in idx], np.take_along_axis(dist, idx, 1))
+        labels_by_lang[lang] = topic_labels(dist, vocab)
         if previous and lang in previous:
             drift_by_lang[lang] = js_divergence(dist, _align(*previous[lang], vocab))
     centers = model.kmeans.centers
@@ -120,6 +122,9 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
             size=float(model.kmeans.counts[t]),
             embedding=None if centers is None else [round(float(x), 5) for x in centers[t]],
             drift={lang: float(d[t]) for lang, d in drift_by_lang.items()},
+            labels={lang: labels_by_lang[lang][t] for lang in langs},
+            documents={lang: [TopicDocument(id=i, text=text) for i, text in model.exemplars.documents(lang, t)]
+                       for lang in model.exemplars.languages},
         )
         for t in range(k)
     ]

@@ -42,6 +42,7 @@ import scipy.sparse as sp
 import torch
 
 from model.clustering import MiniBatchKMeans
+from model.exemplars import TopicExemplars
 from model.replay_buffer import ReplayBuffer
 from model.training import LanguageCorpus, XTRATrainer, build_xtra, corpus_batch, infer_theta
 from model.vocabulary import Vocabulary
@@ -75,6 +76,7 @@ class OnlineConfig:
     lambda_beta: float = 7.0
     lambda_nce: float = 80.0
     min_docs_new_language: int = 32
+    exemplars_per_topic: int = 3
     seed: int = 0
 
 
@@ -88,6 +90,7 @@ class OnlineTopicModel:
         self.kmeans = MiniBatchKMeans(cfg.num_topics, decay=cfg.kmeans_decay, seed=cfg.seed,
                                       novelty_threshold=cfg.novelty_threshold, min_novel=cfg.min_novel)
         self.buffer = ReplayBuffer(cfg.buffer_per_language, embedding_dim, seed=cfg.seed)
+        self.exemplars = TopicExemplars(cfg.num_topics, per_topic=cfg.exemplars_per_topic)
         self.vocabs: dict[str, Vocabulary] = {}
         self.xtra: XTRA | None = None         # the live network the trainer updates
         self.serving: XTRA | None = None      # its last published copy: inference and topic words
@@ -133,12 +136,23 @@ class OnlineTopicModel:
         return self.vocabs[lang]
 
     # -- learning ------------------------------------------------------------------------------
-    def learn_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray, langs: Sequence[str]) -> None:
-        """Absorb a batch: k-means, vocabulary statistics, buffer; initialises XTRA when warm-up ends."""
+    def learn_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray, langs: Sequence[str],
+                   documents: Sequence[tuple[str, str]] | None = None) -> None:
+        """Absorb a batch: k-means, vocabulary statistics, buffer; initialises XTRA when warm-up ends.
+
+        ``documents`` are the batch's ``(id, text)`` pairs (a prefix of the text is enough): with
+        them the model keeps each topic's representative documents (:attr:`exemplars`).
+        """
         if len(tokens) == 0:
             return
+        if documents is not None and len(documents) != len(tokens):
+            raise ValueError(f"got {len(tokens)} documents' tokens but {len(documents)} (id, text) pairs")
         with self._data_lock:
             self._learn_many(tokens, embeddings, langs)
+            rows = [i for i, (_, text) in enumerate(documents or ()) if text]
+            if rows and self.kmeans.is_initialised:
+                self.exemplars.learn_many([documents[i][0] for i in rows], [documents[i][1] for i in rows],
+                                          np.asarray(embeddings)[rows], [langs[i] for i in rows], self.kmeans.centers)
 
     def _learn_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray, langs: Sequence[str]) -> None:
         langs_arr = np.asarray(langs)
@@ -471,6 +485,7 @@ class OnlineTopicModel:
         state = {
             "cfg": dict(self.cfg.__dict__), "embedding_dim": self.embedding_dim,
             "kmeans": self.kmeans.state_dict(), "buffer": self.buffer.state_dict(),
+            "exemplars": self.exemplars.state_dict(),
             "vocabs": {lang: v.state_dict() for lang, v in self.vocabs.items()},
             "version": self.version, "n_docs": self.n_docs, "docs_by_lang": dict(self.docs_by_lang),
             "warmup_left": self._warmup_left,
@@ -494,6 +509,8 @@ class OnlineTopicModel:
         self.__init__(OnlineConfig(**state["cfg"]), state["embedding_dim"], self.embed_words)
         self.kmeans.load_state_dict(state["kmeans"])
         self.buffer.load_state_dict(state["buffer"])
+        if "exemplars" in state:   # absent from checkpoints written before it was kept
+            self.exemplars.load_state_dict(state["exemplars"])
         for lang, vs in state["vocabs"].items():
             self._vocab(lang).load_state_dict(vs)
         self.version, self.n_docs = int(state["version"]), int(state["n_docs"])

@@ -65,7 +65,7 @@ def relevance(topic_word: np.ndarray, weight: float, word_prob: np.ndarray | Non
     return weight * log_p + (1.0 - weight) * (log_p - np.log(np.maximum(q, 1e-300)))
 
 
-def topic_labels(topic_word: np.ndarray, vocab: Sequence[str], n_words: int = 3, weight: float = 0.6,
+def topic_labels(topic_word: np.ndarray, vocab: Sequence[str], n_words: int = 3, weight: float = 0.2,
                  candidates: int = 30) -> list[str]:
     """A short label per topic: its ``n_words`` most relevant words among its ``candidates`` most
     probable ones, joined by spaces (CJK words by a middle dot).

@@ -360,3 +360,25 @@ def test_state_dict_before_warm_up_round_trips_the_held_documents(planted_stream
     for got, want in zip(clone.predict_many(stream.tokens, stream.embeddings, stream.langs),
                          model.predict_many(stream.tokens, stream.embeddings, stream.langs)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_documents_given_to_learn_many_become_each_topics_representative_documents(planted_stream):
+    model = OnlineTopicModel(config(exemplars_per_topic=2), DIM)
+    stream = planted_stream(160, seed=0, words_per_topic=4)
+    n = 0
+    for tokens, emb, langs in stream.batches(40):
+        docs = [(f"doc-{n + i}", f"text of document {n + i} " * 20) for i in range(len(tokens))]
+        model.learn_many(tokens, emb, langs, documents=docs)
+        n += len(tokens)
+    langs = sorted(set(model.docs_by_lang))
+    assert model.exemplars.languages == langs
+    for lang in langs:
+        for k in range(K):
+            docs = model.exemplars.documents(lang, k)
+            assert 1 <= len(docs) <= 2
+            assert all(len(text) == 200 and text.startswith(f"text of document {d[4:]} ") for d, text in docs)
+    restored = OnlineTopicModel(config(), DIM)
+    restored.load_state_dict(model.state_dict())
+    assert restored.exemplars.documents(langs[0], 0) == model.exemplars.documents(langs[0], 0)
+    with pytest.raises(ValueError):
+        model.learn_many([["a"]], np.ones((1, DIM), np.float32), [langs[0]], documents=[])
