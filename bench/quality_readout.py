@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from bench._common import DATA, RESULTS, emit, pin_threads, print_table, setup_l
 logger = logging.getLogger("bench.quality_readout")
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-TEMPERATURES = (0.02, 0.05, 0.1)
+TEMPERATURES = (0.05, 0.1, 0.3)
 RELEVANCE = (1.0, 0.8, 0.6, 0.4)
 
 
@@ -75,21 +76,26 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--test", type=int, default=2000, help="test documents per language (0: all)")
     p.add_argument("--epochs", type=int, default=10, help="offline XTRA epochs")
     p.add_argument("--systems", default="xtream_offline,xtream_stream")
+    p.add_argument("--no-baselines", dest="baselines", action="store_false", help="skip the baseline rows")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     setup_logging()
     pin_threads(args.threads)
+    # the sweep blends theta itself: the stream's own theta must come unblended
+    os.environ["XTREAM_MODEL__THETA_CLUSTER_WEIGHT"] = "0"
     from bench import quality_peers as qp
 
     started = time.perf_counter()
     data = qp.Data(args.data, args.train or None, args.test or None)
     logger.info("data %s", data.sizes())
-    rows: dict[str, dict] = {"raw_embeddings": _clf(data, qp.run_raw_embeddings(data, args)["theta"])}
-    soft, topics = qp.run_kmeans(data, args)
-    rows["kmeans_soft"] = _clf(data, soft["theta"])
-    rows["kmeans_ctfidf"] = _topics(data, topics["topic_word"], topics["vocab"])
+    rows: dict[str, dict] = {}
+    if args.baselines:
+        rows["raw_embeddings"] = _clf(data, qp.run_raw_embeddings(data, args)["theta"])
+        soft, topics = qp.run_kmeans(data, args)
+        rows["kmeans_soft"] = _clf(data, soft["theta"])
+        rows["kmeans_ctfidf"] = _topics(data, topics["topic_word"], topics["vocab"])
     fit_seconds = {}
     for name in [s.strip() for s in args.systems.split(",") if s.strip()]:
         result = {"xtream_offline": qp.run_xtream_offline, "xtream_stream": qp.run_xtream_stream}[name](data, args)
@@ -101,7 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
             *(f"clf_intra_{lang}" for lang in data.langs), *(f"clf_cross_{lang}" for lang in data.langs)]
     print_table(f"XTRA readouts on {dataset} ({data.sizes()})", ["row", *cols],
                 [[name, *[m.get(c) for c in cols]] for name, m in rows.items()])
-    summary = {"benchmark": "quality_readout", "dataset": dataset, "data": data.sizes(), "epochs": args.epochs,
+    env = {k: v for k, v in os.environ.items() if k.startswith("XTREAM_MODEL__")}
+    summary = {"benchmark": "quality_readout", "dataset": dataset, "env": env, "data": data.sizes(), "epochs": args.epochs,
                "threads": args.threads, "fit_seconds": fit_seconds, "rows": rows,
                "total_seconds": round(time.perf_counter() - started, 1)}
     write_json(out, summary)

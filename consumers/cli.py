@@ -69,7 +69,7 @@ def _print_topics(snapshot, top: int = 6, limit: int = 20) -> None:
     table.add_column("topic", justify="right")
     table.add_column("prevalence", justify="right")
     for lang in snapshot.languages:
-        table.add_column(f"{lang}: label / words / a representative document")
+        table.add_column(lang)
     for t in sorted(snapshot.topics, key=lambda t: -t.prevalence)[:limit]:
         table.add_row(str(t.topic_id), f"{t.prevalence:.3f}", *[_topic_cell(t, lang, top) for lang in snapshot.languages])
     console.print(table)

@@ -43,6 +43,7 @@ import torch
 
 from model.clustering import MiniBatchKMeans
 from model.exemplars import TopicExemplars
+from model.readout import blend_theta, cluster_memberships
 from model.replay_buffer import ReplayBuffer
 from model.training import LanguageCorpus, XTRATrainer, build_xtra, corpus_batch, infer_theta
 from model.vocabulary import Vocabulary
@@ -77,6 +78,8 @@ class OnlineConfig:
     lambda_nce: float = 80.0
     min_docs_new_language: int = 32
     exemplars_per_topic: int = 3
+    theta_cluster_weight: float = 0.5
+    theta_cluster_temperature: float = 0.1
     seed: int = 0
 
 
@@ -436,8 +439,22 @@ class OnlineTopicModel:
                 bow = self.vocabs[lang].transform([tokens[i] for i in rows])
                 has_words = np.asarray(bow.sum(axis=1)).ravel() > 0
                 if has_words.any():
-                    theta[rows[has_words]] = infer_theta(self.serving, bow[has_words], lang)
+                    rows = rows[has_words]
+                    theta[rows] = self._blend(infer_theta(self.serving, bow[has_words], lang), embeddings[rows])
         return clusters, theta
+
+    def _blend(self, theta: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        """XTRA's theta mixed with the softmax cluster memberships (``theta_cluster_weight``).
+
+        Topic k starts from cluster k, so the memberships are the embedding's own view of the same
+        K topics; the mixture keeps what the embedding knows about a document that its bag of words
+        alone does not say.
+        """
+        weight = self.cfg.theta_cluster_weight
+        if weight <= 0:
+            return theta
+        member = cluster_memberships(embeddings, self.kmeans.centers, self.cfg.theta_cluster_temperature)
+        return blend_theta(theta, member.astype(theta.dtype), weight)
 
     def observe_topics(self, theta: np.ndarray, langs: Sequence[str] | None = None) -> None:
         """Fold a batch's topic mixtures into the running prevalence, overall and per language."""

@@ -22,7 +22,8 @@ DIM = 16
 def config(**kw) -> OnlineConfig:
     base = {"num_topics": K, "warmup_docs": 120, "warmup_steps": 5, "batch_size": 16, "buffer_per_language": 64,
             "vocab_max_size": 60, "vocab_min_df": 2, "vocab_max_df_ratio": 0.5, "vocab_refresh_every": 100,
-            "min_docs_new_language": 20, "seed": 0}
+            "min_docs_new_language": 20, "seed": 0,
+            "theta_cluster_weight": 0.0}   # XTRA's theta alone; the blend has its own test
     return OnlineConfig(**{**base, **kw})
 
 
@@ -382,3 +383,18 @@ def test_documents_given_to_learn_many_become_each_topics_representative_documen
     assert restored.exemplars.documents(langs[0], 0) == model.exemplars.documents(langs[0], 0)
     with pytest.raises(ValueError):
         model.learn_many([["a"]], np.ones((1, DIM), np.float32), [langs[0]], documents=[])
+
+
+def test_theta_blends_xtra_with_the_cluster_memberships(warm, planted_stream):
+    from model.readout import cluster_memberships
+
+    docs = planted_stream(30, seed=7, words_per_topic=4)
+    _, alone = warm.predict_many(docs.tokens, docs.embeddings, docs.langs)
+    warm.cfg.theta_cluster_weight = 0.5
+    try:
+        _, blended = warm.predict_many(docs.tokens, docs.embeddings, docs.langs)
+    finally:
+        warm.cfg.theta_cluster_weight = 0.0
+    member = cluster_memberships(docs.embeddings, warm.kmeans.centers, warm.cfg.theta_cluster_temperature)
+    np.testing.assert_allclose(blended, 0.5 * alone + 0.5 * member, atol=1e-5)
+    np.testing.assert_allclose(blended.sum(1), 1.0, rtol=1e-5)
