@@ -19,13 +19,16 @@ Systems (all see the cached multilingual-USE embeddings where they use embedding
 
 ``xtream_stream``    one pass of the interleaved training stream through ``OnlineTopicModel`` with
                      the service's defaults (batches of 256, 10 XTRA steps every 512 documents after
-                     a 2,000-document warm-up), then ``predict_many`` theta for train and test. Its
+                     a 2,000-document warm-up), then ``predict_many`` theta for train and test
+                     (blended with the cluster memberships, as the service serves it). Its
                      vocabularies are the ones it grew online (at most 5,000 words per language).
 ``xtream_stream_stepsN`` the same with N gradient steps per 512-document slice instead of the
                      service's 10 (``--cadences``, default 0,2,5; 0 = the 200 warm-up steps only):
                      what online training costs per document and what it buys in quality.
 ``xtream_offline``   ``model.quality.fit_xtra`` on the dataset's BoW (its 5,000-word vocabularies),
                      clusters from ``joint_kmeans`` of the same embeddings, ``--epochs`` epochs.
+``xtream_offline_blend`` the same fit, theta blended with the cluster memberships as the service's
+                     ``predict_many`` does (``model.theta_cluster_weight`` / ``_temperature``).
 ``bertopic_online``  ``BERTopic.partial_fit`` over the same stream in batches of ``--bertopic-batch``
                      with its documented online recipe (IncrementalPCA(5), MiniBatchKMeans(50),
                      OnlineCountVectorizer(decay=.01)); documents are xtream's tokens joined by
@@ -219,6 +222,21 @@ def run_xtream_offline(data: Data, args) -> dict:
             "centres": cluster_centres(emb, clusters, NUM_TOPICS),
             "train_seconds": trained.train_seconds, "epochs": args.epochs,
             "final_loss": float(trained.history[-1]["total"]), "theta_kind": "XTRA encoder theta (infer_theta)"}
+
+
+def blended(result: dict, data: Data) -> dict:
+    """The same fit, theta mixed with the cluster memberships as the service's ``predict_many`` mixes it."""
+    from model.readout import blend_theta, cluster_memberships
+
+    cfg = service_defaults()["online"]
+    theta = {}
+    for lang in data.langs:
+        member = (cluster_memberships(x, result["centres"], cfg.theta_cluster_temperature)
+                  for x in (data.train_embeddings(lang), data.test_emb[lang]))
+        theta[lang] = tuple(blend_theta(th, m, cfg.theta_cluster_weight) for th, m in zip(result["theta"][lang], member))
+    return result | {"theta": theta, "theta_kind": f"XTRA theta blended with the cluster memberships "
+                                                   f"(weight {cfg.theta_cluster_weight}, temperature "
+                                                   f"{cfg.theta_cluster_temperature})"}
 
 
 def run_bertopic(data: Data, args) -> tuple[dict, dict]:
@@ -450,7 +468,9 @@ def worker(name: str, args: argparse.Namespace) -> dict:
         cadence = os.environ.get("XTREAM_MODEL__TRAIN_STEPS")
         record(name if cadence is None else f"xtream_stream_steps{cadence}", run_xtream_stream(data, args))
     elif name == "xtream_offline":
-        record(name, run_xtream_offline(data, args))
+        offline = run_xtream_offline(data, args)
+        record(name, offline)
+        record("xtream_offline_blend", blended(offline, data))
     elif name == "bertopic_online":
         one, approx = run_bertopic(data, args)
         record(name, one)

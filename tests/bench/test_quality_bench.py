@@ -81,6 +81,9 @@ def test_quality_peers_runs_on_an_en_ja_dataset_and_names_figures_by_language(en
     assert raw["clf_cross_en"] > 0.9
     with pytest.raises(Exception, match="InfoCTM"):
         worker("infoctm", args)
+    xtra = worker("xtream_offline", args)["systems"]
+    assert {"xtream_offline", "xtream_offline_blend"} <= set(xtra)
+    assert all("npmi0_ja" in xtra[k] and "clf_cross_ja" in xtra[k] for k in ("xtream_offline", "xtream_offline_blend"))
 
 
 def test_quality_offline_runs_on_an_en_ja_dataset(en_ja, tmp_path):
