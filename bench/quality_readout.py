@@ -25,7 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import DATA, RESULTS, emit, pin_threads, print_table, setup_logging, write_json
+from bench._common import (
+    DATA,
+    RESULTS,
+    emit,
+    pin_threads,
+    print_table,
+    setup_logging,
+    write_json,
+)
 
 logger = logging.getLogger("bench.quality_readout")
 

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import model.quality as quality
-
 from bench._common import EMBEDDER, discover_languages, file_code, lang_of
+from model import quality
 
 CLASSES, TRAIN, TEST, DIM = 4, 40, 12, 512
 WORDS = {"en": [f"word{c}x{i}" for c in range(CLASSES) for i in range(8)],
