@@ -295,7 +295,7 @@ def history(
     console.print(table)
     for l in langs:
         for d in latest.documents.get(l, []):
-            console.print(f"  [{l}] {escape(d.id)}: {escape(d.text[:200])}")
+            console.print(f"  {escape(f'[{l}]')} {escape(d.id)}: {escape(d.text[:200])}")
     for e in store.lineage(topic):
         other = f" -> {e.related_topic_id}" if e.related_topic_id is not None else ""
         console.print(f"  v{e.model_version} {e.kind}{other} {' '.join(e.words or e.previous_words)}")

@@ -37,7 +37,7 @@ def test_demo_run_then_report(tmp_path):
     assert history.exit_code == 0, history.output
     assert "label" in history.output
     first = next(iter(topic.documents.values()))[0]
-    assert first.id in history.output
+    assert f"[{next(iter(topic.documents))}] {first.id}" in history.output
 
 
 def test_report_on_a_missing_store_is_a_clear_error(tmp_path):
