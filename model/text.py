@@ -48,6 +48,8 @@ DEFAULT_STOPWORDS: Mapping[str, frozenset[str]] = {lang: _stopwords_iso(lang) fo
 #: particles (e, y, o) and punctuation (x).
 _ZH_FUNCTION_POS = frozenset({"m", "mq", "q", "r", "p", "c", "d", "t", "f", "e", "y", "o", "x",
                               "u", "uj", "ul", "uz", "ud", "ug", "uv"})
+#: Chinese numeral characters: a word made only of them is a number, whatever jieba tags it.
+_ZH_NUMERAL_RE = re.compile("[零〇一二三四五六七八九十百千万亿两]+")
 #: A single-character Chinese word is kept only when jieba knows it as a noun.
 _ZH_NOUN_POS = frozenset({"n", "ng", "nr", "nrt", "ns", "nt", "nz"})
 
@@ -149,7 +151,7 @@ def detect_language(text: str, languages: Iterable[str] | None = None) -> str:
 
 def _zh_content_pos(word: str, pos: str) -> bool:
     """A Chinese word of this jieba tag can name a topic (see ``_ZH_FUNCTION_POS``)."""
-    if pos in _ZH_FUNCTION_POS:
+    if pos in _ZH_FUNCTION_POS or _ZH_NUMERAL_RE.fullmatch(word):
         return False
     return len(word) > 1 or not _HAN_RE.match(word) or pos in _ZH_NOUN_POS
 
