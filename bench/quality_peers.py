@@ -194,7 +194,9 @@ def run_xtream_stream(data: Data, args) -> dict:
             "train_every_docs": every, "train_steps": model.trainer.steps if model.trainer else 0,
             "vocab_size": {lang: len(model.vocabs[lang]) for lang in data.langs},
             "centres": model.kmeans.centers.copy(),
-            "theta_kind": "XTRA encoder theta (predict_many)"}
+            "theta_kind": "predict_many: XTRA encoder theta" + (
+                f" blended with the cluster memberships (weight {model.cfg.theta_cluster_weight}, temperature "
+                f"{model.cfg.theta_cluster_temperature})" if model.cfg.theta_cluster_weight > 0 else "")}
 
 
 def run_xtream_offline(data: Data, args) -> dict:
