@@ -326,11 +326,12 @@ class TopicService:
                 self.centering.learn_many(embeddings, langs)
                 embeddings = self.centering.transform_many(embeddings, langs)
             with m.stage_seconds.labels("assign").time():
-                self.model.learn_many(tokens, embeddings, langs, documents=[(it.id, it.text_prefix) for it in items])
+                self.model.learn_many(tokens, embeddings, langs)
             try:
                 with m.stage_seconds.labels("infer").time():
                     clusters, theta = self.model.predict_many(tokens, embeddings, langs)
                     self.model.observe_topics(theta, langs)
+                    self.model.remember_documents([(it.id, it.text_prefix) for it in items], embeddings, langs)
             except (ValueError, RuntimeError, FloatingPointError) as exc:
                 raise _AfterLearning() from exc
             version = self.model.version

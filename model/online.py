@@ -139,20 +139,22 @@ class OnlineTopicModel:
         return self.vocabs[lang]
 
     # -- learning ------------------------------------------------------------------------------
-    def learn_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray, langs: Sequence[str],
-                   documents: Sequence[tuple[str, str]] | None = None) -> None:
-        """Absorb a batch: k-means, vocabulary statistics, buffer; initialises XTRA when warm-up ends.
-
-        ``documents`` are the batch's ``(id, text)`` pairs (a prefix of the text is enough): with
-        them the model keeps each topic's representative documents (:attr:`exemplars`).
-        """
+    def learn_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray, langs: Sequence[str]) -> None:
+        """Absorb a batch: k-means, vocabulary statistics, buffer; initialises XTRA when warm-up ends."""
         if len(tokens) == 0:
             return
-        if documents is not None and len(documents) != len(tokens):
-            raise ValueError(f"got {len(tokens)} documents' tokens but {len(documents)} (id, text) pairs")
         with self._data_lock:
             self._learn_many(tokens, embeddings, langs)
-            rows = [i for i, (_, text) in enumerate(documents or ()) if text]
+
+    def remember_documents(self, documents: Sequence[tuple[str, str]], embeddings: np.ndarray,
+                           langs: Sequence[str]) -> None:
+        """Offer a learned batch's ``(id, text)`` pairs (a prefix of the text is enough) as the topics'
+        representative documents (:attr:`exemplars`); pairs without text are left out."""
+        if len(documents) != len(embeddings) or len(documents) != len(langs):
+            raise ValueError(f"got {len(documents)} (id, text) pairs for {len(embeddings)} embeddings "
+                             f"and {len(langs)} languages")
+        rows = [i for i, (_, text) in enumerate(documents) if text]
+        with self._data_lock:
             if rows and self.kmeans.is_initialised:
                 self.exemplars.learn_many([documents[i][0] for i in rows], [documents[i][1] for i in rows],
                                           np.asarray(embeddings)[rows], [langs[i] for i in rows], self.kmeans.centers)

@@ -369,7 +369,8 @@ def test_documents_given_to_learn_many_become_each_topics_representative_documen
     n = 0
     for tokens, emb, langs in stream.batches(40):
         docs = [(f"doc-{n + i}", f"text of document {n + i} " * 20) for i in range(len(tokens))]
-        model.learn_many(tokens, emb, langs, documents=docs)
+        model.learn_many(tokens, emb, langs)
+        model.remember_documents(docs, emb, langs)
         n += len(tokens)
     langs = sorted(set(model.docs_by_lang))
     assert model.exemplars.languages == langs
@@ -382,7 +383,7 @@ def test_documents_given_to_learn_many_become_each_topics_representative_documen
     restored.load_state_dict(model.state_dict())
     assert restored.exemplars.documents(langs[0], 0) == model.exemplars.documents(langs[0], 0)
     with pytest.raises(ValueError):
-        model.learn_many([["a"]], np.ones((1, DIM), np.float32), [langs[0]], documents=[])
+        model.remember_documents([], np.ones((1, DIM), np.float32), [langs[0]])
 
 
 def test_theta_blends_xtra_with_the_cluster_memberships(warm, planted_stream):
