@@ -4,9 +4,10 @@ Topic models see bags of words, so every language must be cut into comparable co
 before it reaches a :class:`~model.vocabulary.Vocabulary`: space-delimited languages by a
 letter regex, Chinese by jieba (``rjieba``) and Japanese by Sudachi, each followed by a
 stop-word filter (the stopwords-iso lists for every language of the default embedder) and, in
-Chinese and Japanese, a part-of-speech filter that drops numbers, units and function words and keeps
-a single character only where it is a noun (Chinese) or an independent word (Japanese). Text that is already segmented (the research corpora are) passes through
-split on whitespace, because re-segmenting it would disagree with the fixed research vocabulary.
+Chinese and Japanese, a part-of-speech filter that drops numbers, units and function words and
+keeps a single character only where it is a noun (Chinese) or an independent word (Japanese).
+Text that is already segmented (the research corpora are) passes through split on whitespace,
+because re-segmenting it would disagree with the fixed research vocabulary.
 """
 
 from __future__ import annotations
