@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from model.online import OnlineTopicModel
-from model.readout import topic_labels
+from model.readout import relevance, topic_labels
 from stream.schemas import SnapshotTopic, TopicDocument, TopicSnapshot, TopicWords
 
 __all__ = ["DriftBaseline", "build_snapshot", "js_divergence"]
@@ -92,8 +92,13 @@ def _align(prev_words: list[str], prev: np.ndarray, words: list[str]) -> np.ndar
 
 def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets: dict[str, int],
                    top_n: int = 15, now: datetime | None = None, stream_time: datetime | None = None,
-                   topic_ids: list[int] | None = None, alive: np.ndarray | None = None) -> tuple[TopicSnapshot, WordDists]:
-    """The snapshot of a warm model and the word distributions to diff the next one against."""
+                   topic_ids: list[int] | None = None, alive: np.ndarray | None = None,
+                   word_relevance: float = 0.6) -> tuple[TopicSnapshot, WordDists]:
+    """The snapshot of a warm model and the word distributions to diff the next one against.
+
+    Each topic's ``top_n`` words are ranked by :func:`model.readout.relevance` with weight
+    ``word_relevance`` (1 = by probability alone), their weights are their probabilities.
+    """
     if not model.is_warm:
         raise ValueError("no snapshot before the model is warm")
     langs = model.languages
@@ -104,7 +109,7 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
         dist = model.topic_distribution(lang).astype(np.float64)
         vocab = list(model.vocabs[lang].words)
         dists[lang] = (vocab, dist)
-        idx = np.argsort(-dist, axis=1)[:, :top_n]
+        idx = np.argsort(-relevance(dist, word_relevance), axis=1, kind="stable")[:, :top_n]
         words_by_lang[lang] = ([[vocab[i] for i in row] for row in idx], np.take_along_axis(dist, idx, 1))
         labels_by_lang[lang] = topic_labels(dist, vocab)
         if previous and lang in previous:
