@@ -1,9 +1,11 @@
 """Pieces shared by the peer benchmarks: the EC News stream, thread pinning, memory, output.
 
-Every peer benchmark reads the *same* documents in the *same* order: the EC News training split,
-English and Chinese interleaved one by one (``en-0, zh-0, en-1, ...``, the order
-``bench.stream_ecnews`` produces to Kafka), with the cached multilingual-USE embeddings that
-``model.quality.embed_cached`` wrote under ``~/.cache/xtream/embeddings``. Embedding cost is thereby
+Every peer benchmark reads the *same* documents in the *same* order: a dataset's training split,
+its languages interleaved one by one (``en-0, zh-0, en-1, ...``, the order ``bench.stream_ecnews``
+produces to Kafka), with the cached multilingual-USE embeddings that
+``model.quality.embed_cached`` wrote under ``~/.cache/xtream/embeddings``. The languages are those
+of the dataset's files (``train_bow_matrix_<code>.npz``; file code ``cn`` means ``zh``, any other
+code is the language itself), so a dataset in the same layout with another pair runs as it is. Embedding cost is thereby
 left out of every figure on purpose: all contenders get identical vectors, so the comparison is of
 what each does *after* the encoder.
 """
@@ -28,6 +30,7 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ecne
 DICTIONARY = DATA.parent / "dict" / "zh_en.tsv"
 RESULTS = Path(__file__).resolve().parent / "results"
 FILE_LANG = {"en": "en", "zh": "cn"}          # internal code -> code in the dataset's file names
+CODE_LANG = {"cn": "zh"}                      # file code -> language, where they differ
 EMBEDDER = "use-multilingual-v3"              # the embedder whose cache every benchmark reads
 #: CJK ideographs, kana and hangul: a word holding one belongs to the Chinese side of a shared vocabulary.
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
@@ -35,6 +38,29 @@ CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\
 
 class BenchInputError(FileNotFoundError):
     """A dataset or embedding-cache file a benchmark needs is missing or does not fit."""
+
+
+# -- languages of a dataset -------------------------------------------------------------------------
+def lang_of(code: str) -> str:
+    """The language of a dataset file code (``cn`` -> ``zh``; any other code as is)."""
+    return CODE_LANG.get(code, code)
+
+
+def file_code(lang: str, data: Path = DATA) -> str:
+    """The code of ``lang`` in ``data``'s file names (``zh`` -> ``cn`` where the files say ``cn``)."""
+    for code, name in CODE_LANG.items():
+        if name == lang and (data / f"vocab_{code}").is_file():
+            return code
+    return lang
+
+
+def discover_languages(data: Path = DATA) -> list[str]:
+    """The languages of a dataset, from its ``train_bow_matrix_<code>.npz`` files, sorted."""
+    prefix, suffix = "train_bow_matrix_", ".npz"
+    langs = sorted(lang_of(p.name[len(prefix):-len(suffix)]) for p in Path(data).glob(f"{prefix}*{suffix}"))
+    if not langs:
+        raise BenchInputError(f"{data} holds no {prefix}<lang>{suffix} file")
+    return langs
 
 
 # -- threads and memory ----------------------------------------------------------------------------
@@ -112,13 +138,13 @@ def read_lines(path: Path) -> list[str]:
         return f.read().splitlines()
 
 
-def cached_embeddings(split: str, lang: str, n: int) -> np.ndarray:
-    """The embed_cached file of ``ecnews-<split>-<lang>``; refuses one of the wrong shape."""
+def cached_embeddings(split: str, lang: str, n: int, data: Path = DATA) -> np.ndarray:
+    """The embed_cached file of ``<dataset>-<split>-<lang>``; refuses one of the wrong shape."""
     from model.quality import cache_file
 
-    path = cache_file(f"ecnews-{split}-{lang}", EMBEDDER)
+    path = cache_file(f"{Path(data).name}-{split}-{lang}", EMBEDDER)
     if not path.is_file():
-        raise BenchInputError(f"{path} is missing: run `python -m bench.quality_offline --data {DATA}` "
+        raise BenchInputError(f"{path} is missing: run `python -m bench.quality_offline --data {data}` "
                               "once to embed EC News (about 5 minutes), then rerun")
     arr = np.load(path)
     if arr.shape != (n, 512):
@@ -127,32 +153,37 @@ def cached_embeddings(split: str, lang: str, n: int) -> np.ndarray:
 
 
 def load_split(split: str, lang: str, data: Path = DATA) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(texts, labels, embeddings) of one language's split."""
-    f = FILE_LANG[lang]
-    texts = read_lines(data / f"{split}_texts_{f}.txt")
+    """(texts, labels, embeddings) of one language's split (texts rebuilt from the BoW where the
+    dataset ships none, as ``bench.quality_offline`` embedded them)."""
+    f = file_code(lang, data)
     labels = np.loadtxt(data / f"{split}_labels_{f}.txt", dtype=np.int64).ravel()
+    path = data / f"{split}_texts_{f}.txt"
+    if path.is_file():
+        texts = read_lines(path)
+    else:
+        import scipy.sparse as sp
+
+        from bench.quality_offline import bow_to_texts
+
+        texts = bow_to_texts(sp.load_npz(data / f"{split}_bow_matrix_{f}.npz").tocsr(), read_lines(data / f"vocab_{f}"))
     if len(labels) != len(texts):
         raise BenchInputError(f"{split} {lang}: {len(texts)} texts but {len(labels)} labels")
-    return texts, labels, cached_embeddings(split, lang, len(texts))
+    return texts, labels, cached_embeddings(split, lang, len(texts), data)
 
 
-def load_stream(data: Path = DATA, split: str = "train") -> Stream:
-    """English and Chinese interleaved one by one, as ``bench.stream_ecnews`` produces them."""
-    en, zh = load_split(split, "en", data), load_split(split, "zh", data)
+def load_stream(data: Path = DATA, split: str = "train", langs: list[str] | None = None) -> Stream:
+    """The languages' documents interleaved one by one, as ``bench.stream_ecnews`` produces them."""
+    parts = {lang: load_split(split, lang, data) for lang in (langs or discover_languages(data))}
     order: list[tuple[str, int]] = []
-    for i in range(max(len(en[0]), len(zh[0]))):
-        if i < len(en[0]):
-            order.append(("en", i))
-        if i < len(zh[0]):
-            order.append(("zh", i))
-    parts = {"en": en, "zh": zh}
+    for i in range(max(len(p[0]) for p in parts.values())):
+        order.extend((lang, i) for lang, p in parts.items() if i < len(p[0]))
     langs = [lang for lang, _ in order]
     idx = np.asarray([i for _, i in order], dtype=np.int64)
     texts = [parts[lang][0][i] for lang, i in order]
     labels = np.asarray([parts[lang][1][i] for lang, i in order], dtype=np.int64)
     emb = np.empty((len(order), 512), dtype=np.float32)
     langs_arr = np.asarray(langs)
-    for lang in ("en", "zh"):
+    for lang in parts:
         rows = np.flatnonzero(langs_arr == lang)
         emb[rows] = parts[lang][2][idx[rows]]
     return Stream(texts, langs, emb, labels, idx)
@@ -161,7 +192,7 @@ def load_stream(data: Path = DATA, split: str = "train") -> Stream:
 class VocabularyWordEmbedder:
     """The service's ``embed_words`` (USE on single words) served from the cached vocabulary embeddings.
 
-    EC News texts hold only words of its two 5,000-word vocabularies, whose USE embeddings
+    The dataset's texts hold only words of its per-language vocabularies, whose USE embeddings
     ``bench.quality_offline`` cached; looking them up keeps word-embedding cost (an embedder cost,
     like the document embeddings) out of the figures without changing any value the model sees.
     A word outside both vocabularies is an error, not a silent zero vector.
@@ -171,9 +202,9 @@ class VocabularyWordEmbedder:
         from model.quality import cache_file
 
         self.vectors: dict[str, np.ndarray] = {}
-        for lang, f in FILE_LANG.items():
-            words = read_lines(data / f"vocab_{f}")
-            path = cache_file(f"ecnews-vocab-{lang}", EMBEDDER)
+        for lang in discover_languages(data):
+            words = read_lines(data / f"vocab_{file_code(lang, data)}")
+            path = cache_file(f"{Path(data).name}-vocab-{lang}", EMBEDDER)
             if not path.is_file():
                 raise BenchInputError(f"{path} is missing: run `python -m bench.quality_offline` once")
             arr = np.load(path).astype(np.float32)
@@ -202,11 +233,13 @@ def service_defaults() -> dict:
             "train_every_docs": m.train_every_docs, "train_steps": m.train_steps}
 
 
-def split_by_script(topic_word: np.ndarray, vocab: list[str]) -> dict[str, tuple[np.ndarray, list[str]]]:
-    """A topic-word matrix over one shared vocabulary -> ``{"en": ..., "zh": ...}`` by script."""
-    is_zh = np.asarray([bool(CJK.search(w)) for w in vocab])
+def split_by_script(topic_word: np.ndarray, vocab: list[str],
+                    langs: tuple[str, str] = ("en", "zh")) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """A topic-word matrix over one shared vocabulary -> ``{langs[0]: ..., langs[1]: ...}`` by script:
+    words with a CJK character go to ``langs[1]``, the rest to ``langs[0]``."""
+    is_cjk = np.asarray([bool(CJK.search(w)) for w in vocab])
     out = {}
-    for lang, mask in (("en", ~is_zh), ("zh", is_zh)):
+    for lang, mask in ((langs[0], ~is_cjk), (langs[1], is_cjk)):
         cols = np.flatnonzero(mask)
         out[lang] = (np.asarray(topic_word)[:, cols], [vocab[i] for i in cols])
     return out

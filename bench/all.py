@@ -33,8 +33,11 @@ logger = logging.getLogger("bench.all")
 BENCHES = ("cost", "quality_peers", "scaling", "latency", "stream_ecnews", "stream_ecnews_minilm")
 STREAM_RUNS = ("stream_ecnews", "stream_ecnews_minilm")
 BENCH_DIR = Path(__file__).resolve().parent
-QUALITY_COLS = ("tu", "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en", "clf_intra_zh", "clf_cross_en",
-                "clf_cross_zh")
+def quality_cols(summary: dict) -> list[str]:
+    """The quality figures of a ``bench.quality_peers`` summary, named by its languages."""
+    from bench.quality_peers import score_names
+
+    return score_names(summary.get("langs") or ["en", "zh"])
 
 
 def run_one(name: str, quick: bool, reuse: bool) -> dict | None:
@@ -111,13 +114,17 @@ def cost_section(s: dict) -> list[str]:
 
 
 def quality_section(s: dict) -> list[str]:
-    rows = [[name, *[m.get(k) for k in QUALITY_COLS], m.get("fit_seconds"), m.get("docs_per_s"), m.get("theta_kind")]
+    cols = quality_cols(s)
+    rows = [[name, *[m.get(k) for k in cols], m.get("fit_seconds"), m.get("docs_per_s"), m.get("theta_kind")]
             for name, m in s["systems"].items()]
     lines = ["## Topic quality (`bench.quality_peers`)", "",
              f"Train docs {s['data']['train']}, test docs {s['data']['test']}; offline XTRA "
              f"{s['epochs_xtra_offline']} epochs, InfoCTM {s['epochs_infoctm']} epochs, BERTopic batches of "
-             f"{s['bertopic_batch']}. NPMI on the test texts; clf = RBF SVC accuracy on theta.", "",
-             _table(["system", *QUALITY_COLS, "fit s", "docs/s", "theta"], rows), ""]
+             f"{s['bertopic_batch']}. npmi_* on the test texts (pairs never together = -1); npmi0_* on all texts "
+             f"of the language in use, train + test (pairs never together = 0, the papers' convention); "
+             f"tq = tu x mean npmi0; clf = RBF SVC accuracy on theta. Baselines on the same embeddings: "
+             f"raw_embeddings (ceiling), kmeans_soft (floor), kmeans_ctfidf (k-means + c-TF-IDF words).", "",
+             _table(["system", *cols, "fit s", "docs/s", "theta"], rows), ""]
     for name, why in s.get("skipped", {}).items():
         lines += [f"- **{name} skipped:** {why}"]
     suffix = "_quick" if s.get("quick") else ""
@@ -219,12 +226,13 @@ def charts(results: dict, quick: bool) -> None:
     quality = results.get("quality_peers")
     if quality and "systems" in quality:
         systems = list(quality["systems"])
+        cols = quality_cols(quality)
         fig, ax = plt.subplots(figsize=(11, 4.5))
         width = 0.8 / max(len(systems), 1)
         for j, name in enumerate(systems):
-            vals = [quality["systems"][name].get(k) or 0.0 for k in QUALITY_COLS]
-            ax.bar([i + j * width for i in range(len(QUALITY_COLS))], vals, width, label=name)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(QUALITY_COLS))], QUALITY_COLS, rotation=20)
+            vals = [quality["systems"][name].get(k) or 0.0 for k in cols]
+            ax.bar([i + j * width for i in range(len(cols))], vals, width, label=name)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cols))], cols, rotation=20)
         ax.axhline(0, color="black", linewidth=0.5)
         ax.legend(fontsize=8)
         ax.set_title("Topic quality on EC News (higher is better)")

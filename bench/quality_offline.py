@@ -13,8 +13,12 @@ load BoW + texts + labels per language; embed every text with the service's defa
 (cached under ``~/.cache/xtream/embeddings``); cluster the training documents of both languages
 *jointly* (the service clusters all languages together; ``--clusters reference`` uses the XTRA
 authors' bge-m3 clusters instead); embed each vocabulary word for the default beta alignment;
-train one XTRA per variant with the paper's settings; score TU, NPMI, dictionary alignment and
-intra/cross-lingual classification. The last stdout line is one JSON object.
+train one XTRA per variant with the paper's settings; score TU, NPMI (``npmi_<lang>`` on the test
+texts with never-co-occurring pairs = -1; ``npmi0_<lang>`` on train + test texts with them = 0, and
+``tq`` = TU x mean ``npmi0``), dictionary alignment (en/zh with a dictionary) and intra/cross-lingual
+classification. The languages are those of the dataset's files (``cn`` = zh) and every figure is
+named by language, so a dataset in the same layout with another pair runs as it is. The last
+stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -44,10 +48,13 @@ VARIANTS: dict[str, dict[str, float | str]] = {
     "learned_beta": {"beta_alignment": "learned_projection"},
     "no_align": {"lambda_cluster": 0.0, "lambda_beta": 0.0, "lambda_nce": 0.0},
 }
-HEADLINE = ("tu", "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en", "clf_intra_zh",
-            "clf_cross_en", "clf_cross_zh", "train_seconds", "epochs")
-FILE_LANG = {"en": "en", "zh": "cn"}  # internal code -> code in the dataset's file names
 QUICK_DOCS = 3000
+
+
+def score_names(langs: list[str]) -> list[str]:
+    """The headline quality figures, named by language."""
+    return ["tu", *(f"npmi_{lang}" for lang in langs), *(f"npmi0_{lang}" for lang in langs), "tq",
+            "dict_alignment", *(f"clf_intra_{lang}" for lang in langs), *(f"clf_cross_{lang}" for lang in langs)]
 
 
 class BenchDataError(FileNotFoundError):
@@ -97,7 +104,9 @@ def _subset(n: int, size: int | None, rng: np.random.Generator) -> np.ndarray | 
 
 def load_language(root: Path, lang: str, subset: int | None, seed: int) -> LanguageData:
     """Read one language's files; ``subset`` keeps that many random documents per split."""
-    f = FILE_LANG.get(lang, lang)
+    from bench._common import file_code
+
+    f = file_code(lang, root)
     need = [root / f"vocab_{f}"] + [root / f"{s}_{kind}_{f}.{ext}" for s in ("train", "test")
                                      for kind, ext in (("bow_matrix", "npz"), ("labels", "txt"))]
     missing = [str(p) for p in need if not p.is_file()]
@@ -182,10 +191,12 @@ def run_variant(name: str, data: dict[str, LanguageData], corpora, word_embeddin
                   infer_theta(model, d.test_bow, lang), d.test_labels) for lang, d in data.items()}
     with torch.no_grad():
         topic_word = {lang: model.topic_word(lang).numpy() for lang in data}
+    test_tokens = {lang: [t.split() for t in d.test_texts] for lang, d in data.items()}
     metrics = quality_metrics(
-        topic_word, vocabs, {lang: [t.split() for t in d.test_texts] for lang, d in data.items()},
+        topic_word, vocabs, test_tokens,
         dictionary=dictionary, dictionary_langs=("zh", "en") if dictionary is not None else None,
-        classification=clf)
+        classification=clf,
+        full_reference={lang: [t.split() for t in d.train_texts] + test_tokens[lang] for lang, d in data.items()})
     last = trained.history[-1]
     metrics |= {"train_seconds": round(trained.train_seconds, 2),
                 "seconds_per_epoch": round(trained.seconds_per_epoch, 2), "epochs": epochs,
@@ -212,8 +223,9 @@ def render_table(results: dict[str, dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    scores = ["tu", "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en", "clf_intra_zh", "clf_cross_en",
-              "clf_cross_zh"]
+    langs = sorted({k[len("clf_intra_"):] for m in results.values() for k in m
+                    if k.startswith("clf_intra_") and not k.endswith("_f1")})
+    scores = score_names(langs)
     costs = ["median_epoch_seconds", "seconds_per_epoch", "train_seconds", "peak_rss_mib"]
     table = Table(title="XTRA offline quality (clf_* = SVM accuracy)")
     for c in ["variant", *scores, *costs]:
@@ -234,7 +246,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clusters", choices=("embedder", "reference"), default="embedder")
     p.add_argument("--n-init", type=int, default=3, help="k-means restarts")
     p.add_argument("--embedder", default=None, help="embedder spec (default: the service default)")
-    p.add_argument("--dictionary", type=Path, default=None, help="default: <data>/../dict/zh_en.tsv")
+    p.add_argument("--dictionary", type=Path, default=None,
+                   help="zh<TAB>en dictionary, used when the dataset has en and zh (default: <data>/../dict/zh_en.tsv)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", type=Path, default=None,
                    help="keep each variant's training state here and resume from it (long runs over several sittings)")
@@ -276,7 +289,9 @@ def _run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     dataset = args.data.resolve().name
     subset = QUICK_DOCS if args.quick else None
-    data = {lang: load_language(args.data, lang, subset, args.seed) for lang in ("en", "zh")}
+    from bench._common import discover_languages
+
+    data = {lang: load_language(args.data, lang, subset, args.seed) for lang in discover_languages(args.data)}
     logger.info("loaded %s: %s", dataset, {lang: (d.train_bow.shape[0], d.test_bow.shape[0]) for lang, d in data.items()})
 
     embedder = load_embedder(args.embedder or DEFAULT_EMBEDDER, threads=args.threads)
@@ -297,9 +312,11 @@ def _run(args: argparse.Namespace) -> dict:
             raise BenchDataError(f"{args.data} has no cluster_labels_*_cosine.npy for --clusters reference")
     corpora = {lang: LanguageCorpus(d.train_bow, doc_emb[lang], clusters[lang]) for lang, d in data.items()}
     dict_path = args.dictionary or args.data.parent / "dict" / "zh_en.tsv"
-    dictionary = load_bilingual_dictionary(dict_path) if dict_path.is_file() else None
-    if dictionary is None:
-        logger.warning("no dictionary at %s: dict_alignment skipped", dict_path)
+    dictionary = None
+    if {"en", "zh"} <= set(data) and dict_path.is_file():
+        dictionary = load_bilingual_dictionary(dict_path)
+    else:
+        logger.warning("no en-zh dictionary for %s (%s): dict_alignment skipped", sorted(data), dict_path)
 
     out = args.out or Path("bench/results") / f"quality_{dataset}{'_quick' if args.quick else ''}.json"
     results: dict[str, dict] = {}
@@ -309,8 +326,9 @@ def _run(args: argparse.Namespace) -> dict:
             "quick": args.quick, "threads": args.threads, "seed": args.seed, "n_init": args.n_init,
             "train_docs": {lang: int(d.train_bow.shape[0]) for lang, d in data.items()},
             "test_docs": {lang: int(d.test_bow.shape[0]) for lang, d in data.items()},
-            "embed_seconds": round(embed_seconds, 1), "npmi_reference": "test texts of the same language",
-            "npmi_zero_cooccurrence": -1.0, "classifier": "sklearn SVC() (RBF)"}
+            "langs": list(data), "embed_seconds": round(embed_seconds, 1),
+            "npmi_reference": "test texts of the same language (npmi_*, pairs never together = -1); "
+                              "train + test texts (npmi0_*, pairs never together = 0)", "classifier": "sklearn SVC() (RBF)"}
     for name in args.variants:
         logger.info("variant %s: training %d epochs", name, args.epochs)
         ckpt = None if args.checkpoint_dir is None else \
@@ -334,7 +352,8 @@ def _run(args: argparse.Namespace) -> dict:
 def _summary(meta: dict, results: dict[str, dict]) -> dict:
     summary = dict(meta) | {name: m for name, m in results.items()}
     if "full" in results:
-        summary |= {k: results["full"][k] for k in HEADLINE if k in results["full"]}
+        headline = [*score_names(meta["langs"]), "train_seconds", "epochs"]
+        summary |= {k: results["full"][k] for k in headline if k in results["full"]}
     return summary
 
 

@@ -1,21 +1,34 @@
-"""Topic quality of xtream against its peers on the same EC News stream and test split.
+"""Topic quality of xtream against its peers and baselines on the same stream and test split.
 
-    python -m bench.quality_peers [--quick] [--epochs 10] [--infoctm-epochs 3] [--threads 1]
-        [--only xtream_stream,xtream_offline,bertopic_online,infoctm] [--bertopic-batch 1000]
-        [--cadences 0,2,5]
-        [--out bench/results/quality_peers.json]
+    python -m bench.quality_peers [--data ../shared/data/ecnews] [--quick] [--epochs 10]
+        [--infoctm-epochs 3] [--threads 1] [--bertopic-batch 1000] [--cadences 0,2,5]
+        [--only raw_embeddings,kmeans,xtream_stream,xtream_offline,bertopic_online,infoctm]
+        [--out bench/results/quality_peers[_<dataset>].json]
+
+The languages are those of the dataset's files (``train_bow_matrix_<code>.npz``, ``cn`` = zh), and
+every figure is named by language (``npmi_ja``, ``clf_cross_ja``, ...): a dataset in the same layout
+with another language pair runs as it is (its embeddings cached once by ``bench.quality_offline``).
 
 Systems (all see the cached multilingual-USE embeddings where they use embeddings at all):
 
+``raw_embeddings``   SVC on the sentence embeddings themselves (512-d): the ceiling (no topic words).
+``kmeans_soft``      cosine similarity to the K = 50 centres of ``joint_kmeans`` over the training
+                     embeddings of all languages (50-d): the "no topic model" floor (no topic words).
+``kmeans_ctfidf``    the same clusters as topics, words by per-language c-TF-IDF over the dataset's
+                     BoW (``bench.baselines``); theta = the soft memberships above.
+
 ``xtream_stream``    one pass of the interleaved training stream through ``OnlineTopicModel`` with
                      the service's defaults (batches of 256, 10 XTRA steps every 512 documents after
-                     a 2,000-document warm-up), then ``predict_many`` theta for train and test. Its
+                     a 2,000-document warm-up), then ``predict_many`` theta for train and test
+                     (blended with the cluster memberships, as the service serves it). Its
                      vocabularies are the ones it grew online (at most 5,000 words per language).
 ``xtream_stream_stepsN`` the same with N gradient steps per 512-document slice instead of the
                      service's 10 (``--cadences``, default 0,2,5; 0 = the 200 warm-up steps only):
                      what online training costs per document and what it buys in quality.
 ``xtream_offline``   ``model.quality.fit_xtra`` on the dataset's BoW (its 5,000-word vocabularies),
                      clusters from ``joint_kmeans`` of the same embeddings, ``--epochs`` epochs.
+``xtream_offline_blend`` the same fit, theta blended with the cluster memberships as the service's
+                     ``predict_many`` does (``model.theta_cluster_weight`` / ``_temperature``).
 ``bertopic_online``  ``BERTopic.partial_fit`` over the same stream in batches of ``--bertopic-batch``
                      with its documented online recipe (IncrementalPCA(5), MiniBatchKMeans(50),
                      OnlineCountVectorizer(decay=.01)); documents are xtream's tokens joined by
@@ -37,9 +50,13 @@ Each system is fitted and scored in its own child process (its own peak RSS; the
 settings of ``MALLOC_ENV``, which keep large freed blocks for reuse, for all of them alike).
 
 Metrics (``model.quality.quality_metrics``): TU over top-15 words; NPMI of the top-10 words on the
-test texts of each language; dictionary alignment (zh_en.tsv, reversed, English on the left);
-RBF-SVC accuracy trained on train theta and tested on test theta of the same language (intra) and
-of the other language (cross). The last stdout line is one JSON object.
+test texts of each language (never-co-occurring pairs = -1); ``npmi0_<lang>``: the same with those
+pairs = 0 (the papers' convention) on all texts of the language (train + test), ``tq`` = TU x mean
+``npmi0``; dictionary alignment (zh_en.tsv, reversed, English on the left; en/zh only); RBF-SVC
+accuracy trained on train theta and tested on test theta of the same language (intra) and of the
+other languages (cross). Systems that need what a dataset lacks (InfoCTM: an en-zh dictionary;
+BERTopic: languages told apart by script) or a package that is not installed are skipped with the
+reason in ``skipped``. The last stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -58,43 +75,59 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from bench._common import (DATA, DICTIONARY, FILE_LANG, RESULTS, VocabularyWordEmbedder, emit, load_split,
-                           load_stream, peak_rss_mib, pin_threads, print_table, read_lines, service_defaults,
-                           setup_logging, split_by_script, write_json)
+from bench._common import (DATA, RESULTS, VocabularyWordEmbedder, discover_languages, emit,
+                           file_code, load_split, load_stream, peak_rss_mib, pin_threads, print_table, read_lines,
+                           service_defaults, setup_logging, split_by_script, write_json)
 
 logger = logging.getLogger("bench.quality_peers")
 
-SYSTEMS = ("xtream_stream", "xtream_offline", "bertopic_online", "infoctm")
-LANGS = ("en", "zh")
-SCORES = ("tu", "npmi_en", "npmi_zh", "dict_alignment", "clf_intra_en", "clf_intra_zh", "clf_cross_en",
-          "clf_cross_zh")
+SYSTEMS = ("raw_embeddings", "kmeans", "xtream_stream", "xtream_offline", "bertopic_online", "infoctm")
 QUICK_TRAIN, QUICK_TEST = 3000, 1000   # documents per language with --quick
+NUM_TOPICS = 50
+
+
+class SystemSkipped(Exception):
+    """A system cannot run on this dataset (a language pair or resource it does not support)."""
+
+
+def score_names(langs: list[str]) -> list[str]:
+    """The headline figures of the results table, named by language."""
+    return ["tu", *(f"npmi_{lang}" for lang in langs), *(f"npmi0_{lang}" for lang in langs), "tq",
+            "dict_alignment", *(f"clf_intra_{lang}" for lang in langs), *(f"clf_cross_{lang}" for lang in langs)]
 
 
 class Data:
     """The stream, the test split and the dataset's BoW, cut to the same documents."""
 
-    def __init__(self, per_lang_train: int | None, per_lang_test: int | None) -> None:
-        stream = load_stream()
-        if per_lang_train is not None:
-            stream = stream.take(2 * per_lang_train)   # interleaved: the first n of each language
+    def __init__(self, root: Path, per_lang_train: int | None, per_lang_test: int | None) -> None:
+        self.root = root
+        self.langs = discover_languages(root)
+        stream = load_stream(root, langs=self.langs)
+        if per_lang_train is not None:   # interleaved: the first n of each language
+            stream = stream.take(len(self.langs) * per_lang_train)
         self.stream = stream
         langs = np.asarray(stream.langs)
-        self.train_rows = {lang: np.flatnonzero(langs == lang) for lang in LANGS}
+        self.train_rows = {lang: np.flatnonzero(langs == lang) for lang in self.langs}
         self.train_labels = {lang: stream.labels[rows] for lang, rows in self.train_rows.items()}
         self.test_texts, self.test_labels, self.test_emb, self.train_bow, self.test_bow, self.vocab = {}, {}, {}, {}, {}, {}
-        for lang in LANGS:
-            texts, labels, emb = load_split("test", lang)
+        for lang in self.langs:
+            texts, labels, emb = load_split("test", lang, root)
             n_test = len(texts) if per_lang_test is None else per_lang_test
             self.test_texts[lang], self.test_labels[lang], self.test_emb[lang] = texts[:n_test], labels[:n_test], emb[:n_test]
-            f = FILE_LANG[lang]
+            f = file_code(lang, root)
             n_train = len(self.train_rows[lang])
             if not np.array_equal(stream.index[self.train_rows[lang]], np.arange(n_train)):
                 raise ValueError("stream rows of a language are not the split's first rows in order")
-            self.train_bow[lang] = sp.load_npz(DATA / f"train_bow_matrix_{f}.npz").tocsr()[:n_train]
-            self.test_bow[lang] = sp.load_npz(DATA / f"test_bow_matrix_{f}.npz").tocsr()[:n_test]
-            self.vocab[lang] = read_lines(DATA / f"vocab_{f}")
-        self.test_tokens = {lang: [t.split() for t in self.test_texts[lang]] for lang in LANGS}
+            self.train_bow[lang] = sp.load_npz(root / f"train_bow_matrix_{f}.npz").tocsr()[:n_train]
+            self.test_bow[lang] = sp.load_npz(root / f"test_bow_matrix_{f}.npz").tocsr()[:n_test]
+            self.vocab[lang] = read_lines(root / f"vocab_{f}")
+        self.test_tokens = {lang: [t.split() for t in self.test_texts[lang]] for lang in self.langs}
+        #: NPMI reference of the zero convention: every text of the language (train + test) in use.
+        self.full_tokens = {lang: [stream.texts[i].split() for i in self.train_rows[lang]] + self.test_tokens[lang]
+                            for lang in self.langs}
+
+    def train_embeddings(self, lang: str) -> np.ndarray:
+        return self.stream.embeddings[self.train_rows[lang]]
 
     def sizes(self) -> dict:
         return {"train": {lang: int(len(r)) for lang, r in self.train_rows.items()},
@@ -102,6 +135,32 @@ class Data:
 
 
 # -- the systems ----------------------------------------------------------------------------------------
+def run_raw_embeddings(data: Data, args) -> dict:
+    """The ceiling: the classifier on the embeddings themselves."""
+    theta = {lang: (data.train_embeddings(lang), data.test_emb[lang]) for lang in data.langs}
+    return {"theta": theta, "fit_seconds": 0.0, "theta_kind": "the 512-d sentence embedding"}
+
+
+def run_kmeans(data: Data, args) -> tuple[dict, dict]:
+    """The floor (soft memberships) and the k-means + c-TF-IDF topic model, on the same clusters."""
+    from model.quality import joint_kmeans
+
+    from bench.baselines import cluster_centres, ctfidf, soft_memberships
+
+    emb = {lang: data.train_embeddings(lang) for lang in data.langs}
+    started = time.perf_counter()
+    labels = joint_kmeans(emb, n_clusters=NUM_TOPICS, n_init=3, seed=args.seed)
+    centres = cluster_centres(emb, labels, NUM_TOPICS)
+    theta = {lang: (soft_memberships(emb[lang], centres), soft_memberships(data.test_emb[lang], centres))
+             for lang in data.langs}
+    seconds = time.perf_counter() - started
+    topic_word = {lang: ctfidf(data.train_bow[lang], labels[lang], NUM_TOPICS) for lang in data.langs}
+    soft = {"theta": theta, "fit_seconds": seconds, "theta_kind": f"cosine to {NUM_TOPICS} joint k-means centres"}
+    return soft, soft | {"topic_word": topic_word, "vocab": dict(data.vocab),
+                         "ctfidf_seconds": time.perf_counter() - started - seconds,
+                         "topic_word_kind": "per-language c-TF-IDF of the k-means clusters"}
+
+
 def run_xtream_stream(data: Data, args) -> dict:
     from model.online import OnlineTopicModel
     from model.text import Tokenizer
@@ -109,7 +168,7 @@ def run_xtream_stream(data: Data, args) -> dict:
     d = service_defaults()
     s, tokenizer = data.stream, Tokenizer()
     tokens = tokenizer.tokenize_many(s.texts, s.langs)
-    model = OnlineTopicModel(d["online"], 512, embed_words=VocabularyWordEmbedder())
+    model = OnlineTopicModel(d["online"], 512, embed_words=VocabularyWordEmbedder(data.root))
     batch, every, steps = d["batch"], d["train_every_docs"], d["train_steps"]
     since = 0
     started = time.perf_counter()
@@ -125,16 +184,19 @@ def run_xtream_stream(data: Data, args) -> dict:
     seconds = time.perf_counter() - started
     _, theta_stream = model.predict_many(tokens, s.embeddings, s.langs)
     theta = {}
-    for lang in LANGS:
+    for lang in data.langs:
         test_tok = tokenizer.tokenize_many(data.test_texts[lang], lang)
         _, th_test = model.predict_many(test_tok, data.test_emb[lang], [lang] * len(test_tok))
         theta[lang] = (theta_stream[data.train_rows[lang]], th_test)
-    return {"topic_word": {lang: model.topic_distribution(lang) for lang in LANGS},
-            "vocab": {lang: model.vocabs[lang].words for lang in LANGS}, "theta": theta,
+    return {"topic_word": {lang: model.topic_distribution(lang) for lang in data.langs},
+            "vocab": {lang: model.vocabs[lang].words for lang in data.langs}, "theta": theta,
             "fit_seconds": seconds, "docs_per_s": len(tokens) / seconds, "steps_per_slice": steps,
             "train_every_docs": every, "train_steps": model.trainer.steps if model.trainer else 0,
-            "vocab_size": {lang: len(model.vocabs[lang]) for lang in LANGS},
-            "theta_kind": "XTRA encoder theta (predict_many)"}
+            "vocab_size": {lang: len(model.vocabs[lang]) for lang in data.langs},
+            "centres": model.kmeans.centers.copy(),
+            "theta_kind": "predict_many: XTRA encoder theta" + (
+                f" blended with the cluster memberships (weight {model.cfg.theta_cluster_weight}, temperature "
+                f"{model.cfg.theta_cluster_temperature})" if model.cfg.theta_cluster_weight > 0 else "")}
 
 
 def run_xtream_offline(data: Data, args) -> dict:
@@ -143,22 +205,40 @@ def run_xtream_offline(data: Data, args) -> dict:
     from model.quality import fit_xtra, joint_kmeans
     from model.training import LanguageCorpus, infer_theta
 
-    emb = {lang: data.stream.embeddings[data.train_rows[lang]] for lang in LANGS}
-    words = VocabularyWordEmbedder()
+    from bench.baselines import cluster_centres
+
+    emb = {lang: data.train_embeddings(lang) for lang in data.langs}
+    words = VocabularyWordEmbedder(data.root)
     started = time.perf_counter()
     clusters = joint_kmeans(emb, n_clusters=50, n_init=3, seed=args.seed)
-    corpora = {lang: LanguageCorpus(data.train_bow[lang], emb[lang], clusters[lang]) for lang in LANGS}
-    trained = fit_xtra(corpora, epochs=args.epochs, num_topics=50, seed=args.seed,
-                       word_embeddings={lang: words(data.vocab[lang]) for lang in LANGS}, progress=False)
+    corpora = {lang: LanguageCorpus(data.train_bow[lang], emb[lang], clusters[lang]) for lang in data.langs}
+    trained = fit_xtra(corpora, epochs=args.epochs, num_topics=NUM_TOPICS, seed=args.seed,
+                       word_embeddings={lang: words(data.vocab[lang]) for lang in data.langs}, progress=False)
     seconds = time.perf_counter() - started
     model = trained.model
     theta = {lang: (infer_theta(model, data.train_bow[lang], lang), infer_theta(model, data.test_bow[lang], lang))
-             for lang in LANGS}
+             for lang in data.langs}
     with torch.no_grad():
-        topic_word = {lang: model.topic_word(lang).numpy() for lang in LANGS}
+        topic_word = {lang: model.topic_word(lang).numpy() for lang in data.langs}
     return {"topic_word": topic_word, "vocab": dict(data.vocab), "theta": theta, "fit_seconds": seconds,
+            "centres": cluster_centres(emb, clusters, NUM_TOPICS),
             "train_seconds": trained.train_seconds, "epochs": args.epochs,
             "final_loss": float(trained.history[-1]["total"]), "theta_kind": "XTRA encoder theta (infer_theta)"}
+
+
+def blended(result: dict, data: Data) -> dict:
+    """The same fit, theta mixed with the cluster memberships as the service's ``predict_many`` mixes it."""
+    from model.readout import blend_theta, cluster_memberships
+
+    cfg = service_defaults()["online"]
+    theta = {}
+    for lang in data.langs:
+        member = (cluster_memberships(x, result["centres"], cfg.theta_cluster_temperature)
+                  for x in (data.train_embeddings(lang), data.test_emb[lang]))
+        theta[lang] = tuple(blend_theta(th, m, cfg.theta_cluster_weight) for th, m in zip(result["theta"][lang], member))
+    return result | {"theta": theta, "theta_kind": f"XTRA theta blended with the cluster memberships "
+                                                   f"(weight {cfg.theta_cluster_weight}, temperature "
+                                                   f"{cfg.theta_cluster_temperature})"}
 
 
 def run_bertopic(data: Data, args) -> tuple[dict, dict]:
@@ -166,6 +246,11 @@ def run_bertopic(data: Data, args) -> tuple[dict, dict]:
 
     from bench.cost import make_bertopic
 
+    scripts = [lang for lang in data.langs if lang in ("zh", "ja", "ko")]
+    if len(data.langs) != 2 or len(scripts) != 1:
+        raise SystemSkipped(f"BERTopic's one vocabulary is split into languages by script, which needs one CJK "
+                            f"and one other language; this dataset has {data.langs}")
+    pair = (next(lang for lang in data.langs if lang not in scripts), scripts[0])
     s = data.stream
     tokenizer = Tokenizer()
     docs = [" ".join(t) for t in tokenizer.tokenize_many(s.texts, s.langs)]
@@ -178,8 +263,8 @@ def run_bertopic(data: Data, args) -> tuple[dict, dict]:
     k = model.c_tf_idf_.shape[0] - model._outliers
     vocab = list(model.vectorizer_model.get_feature_names_out())
     ctfidf = model.c_tf_idf_.toarray()[model._outliers:]
-    sides = split_by_script(ctfidf, vocab)
-    test_docs = {lang: [" ".join(t) for t in tokenizer.tokenize_many(data.test_texts[lang], lang)] for lang in LANGS}
+    sides = split_by_script(ctfidf, vocab, pair)
+    test_docs = {lang: [" ".join(t) for t in tokenizer.tokenize_many(data.test_texts[lang], lang)] for lang in data.langs}
 
     def onehot(topics) -> np.ndarray:
         topics = np.asarray(topics)
@@ -190,7 +275,7 @@ def run_bertopic(data: Data, args) -> tuple[dict, dict]:
 
     started = time.perf_counter()
     theta, theta_approx = {}, {}
-    for lang in LANGS:
+    for lang in data.langs:
         rows = data.train_rows[lang]
         train_docs = [docs[i] for i in rows]
         tr, _ = model.transform(train_docs, embeddings=emb[rows])
@@ -232,21 +317,25 @@ def run_infoctm(data: Data, args) -> dict:
 
     from model.evaluation import load_bilingual_dictionary
 
+    if data.langs != ["en", "zh"] or not args.dictionary.is_file():
+        raise SystemSkipped(f"InfoCTM here is wired for English-Chinese with the zh-en dictionary "
+                            f"({args.dictionary}); this dataset has {data.langs}")
     InfoCTM = import_infoctm()
     vocab_en, vocab_zh = data.vocab["en"], data.vocab["zh"]
     en_id = {w: i for i, w in enumerate(vocab_en)}
     zh_id = {w: i for i, w in enumerate(vocab_zh)}
     trans_e2c = np.zeros((len(vocab_en), len(vocab_zh)), dtype=np.float32)
-    for zh, en in load_bilingual_dictionary(DICTIONARY):   # lines are zh<TAB>en, as topmost parses them
+    for zh, en in load_bilingual_dictionary(args.dictionary):   # lines are zh<TAB>en, as topmost parses them
         if zh in zh_id and en in en_id:
             trans_e2c[en_id[en], zh_id[zh]] = 1.0
-    we = {lang: sp.load_npz(DATA / f"word2vec_{FILE_LANG[lang]}.npz").toarray().astype(np.float32) for lang in LANGS}
+    we = {lang: sp.load_npz(data.root / f"word2vec_{file_code(lang, data.root)}.npz").toarray().astype(np.float32)
+          for lang in data.langs}
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = InfoCTM(trans_e2c, we["en"], we["zh"], len(vocab_en), len(vocab_zh), num_topics=50)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.002)
-    bow = {lang: data.train_bow[lang].astype(np.float32) for lang in LANGS}
-    n = {lang: bow[lang].shape[0] for lang in LANGS}
+    bow = {lang: data.train_bow[lang].astype(np.float32) for lang in data.langs}
+    n = {lang: bow[lang].shape[0] for lang in data.langs}
     size, batch = max(n.values()), 200
     dense = lambda m, idx: torch.from_numpy(m[idx].toarray())  # noqa: E731
     epochs = args.infoctm_epochs
@@ -276,7 +365,7 @@ def run_infoctm(data: Data, args) -> dict:
                                                    "en" if lang == "en" else "cn").numpy()
                                    for i in range(0, m.shape[0], 2048)])
 
-    theta = {lang: (theta_of(data.train_bow[lang], lang), theta_of(data.test_bow[lang], lang)) for lang in LANGS}
+    theta = {lang: (theta_of(data.train_bow[lang], lang), theta_of(data.test_bow[lang], lang)) for lang in data.langs}
     with torch.no_grad():
         beta_en, beta_zh = (b.numpy() for b in model.get_beta())
     return {"topic_word": {"en": beta_en, "zh": beta_zh}, "vocab": dict(data.vocab), "theta": theta,
@@ -292,13 +381,18 @@ def score(result: dict, data: Data, dictionary) -> dict:
 
     started = time.perf_counter()
     clf = {lang: (result["theta"][lang][0], data.train_labels[lang], result["theta"][lang][1], data.test_labels[lang])
-           for lang in LANGS}
+           for lang in data.langs}
+    if "topic_word" not in result:   # a baseline without topics: classification only
+        metrics = quality_metrics({}, {}, {}, classification=clf)
+        metrics["eval_seconds"] = time.perf_counter() - started
+        return metrics
     metrics = quality_metrics(result["topic_word"], result["vocab"], data.test_tokens, dictionary=dictionary,
-                              dictionary_langs=("en", "zh"), classification=clf)
+                              dictionary_langs=("en", "zh") if dictionary is not None else None,
+                              classification=clf, full_reference=data.full_tokens)
     metrics["eval_seconds"] = time.perf_counter() - started
     metrics["top_words"] = {lang: [" ".join(t) for t in top_words(np.asarray(result["topic_word"][lang]),
                                                                   result["vocab"][lang], n=10)[:10]]
-                            for lang in LANGS}
+                            for lang in data.langs}
     return metrics
 
 
@@ -311,6 +405,9 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=DATA, help="dataset folder (default: EC News)")
+    p.add_argument("--dictionary", type=Path, default=None,
+                   help="zh<TAB>en dictionary for InfoCTM and dict_alignment (default <data>/../dict/zh_en.tsv)")
     p.add_argument("--quick", action="store_true",
                    help=f"{QUICK_TRAIN} train + {QUICK_TEST} test docs per language, 2 epochs")
     p.add_argument("--epochs", type=int, default=None, help="offline XTRA epochs (default 10; 2 quick)")
@@ -328,6 +425,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.epochs = args.epochs or (2 if args.quick else 10)
+    args.dictionary = args.dictionary or args.data.parent / "dict" / "zh_en.tsv"
     args.infoctm_epochs = args.infoctm_epochs or (1 if args.quick else 3)
     args.only = [x.strip() for x in args.only.split(",") if x.strip()]
     try:
@@ -348,23 +446,33 @@ def worker(name: str, args: argparse.Namespace) -> dict:
     from model.evaluation import load_bilingual_dictionary
 
     pin_threads(args.threads)
-    data = Data(QUICK_TRAIN if args.quick else None, QUICK_TEST if args.quick else None)
-    dictionary = load_bilingual_dictionary(DICTIONARY, reverse=True)
+    data = Data(args.data, QUICK_TRAIN if args.quick else None, QUICK_TEST if args.quick else None)
+    dictionary = None
+    if {"en", "zh"} <= set(data.langs) and args.dictionary.is_file():
+        dictionary = load_bilingual_dictionary(args.dictionary, reverse=True)
     logger.info("%s on %s", name, data.sizes())
     results = {}
 
     def record(key: str, result: dict) -> None:
         metrics = score(result, data, dictionary)
-        keep = {k: v for k, v in result.items() if k not in ("topic_word", "vocab", "theta")}
+        keep = {k: v for k, v in result.items() if k not in ("topic_word", "vocab", "theta", "centres")}
         results[key] = {**{k: v for k, v in metrics.items() if k != "top_words"}, **keep,
-                        "top_words": metrics["top_words"], "peak_rss_mib": peak_rss_mib()}
-        logger.info("%s: %s", key, {k: round(results[key][k], 4) for k in SCORES if k in results[key]})
+                        "top_words": metrics.get("top_words"), "peak_rss_mib": peak_rss_mib()}
+        logger.info("%s: %s", key, {k: round(results[key][k], 4) for k in score_names(data.langs) if k in results[key]})
 
-    if name == "xtream_stream":
+    if name == "raw_embeddings":
+        record(name, run_raw_embeddings(data, args))
+    elif name == "kmeans":
+        soft, topics = run_kmeans(data, args)
+        record("kmeans_soft", soft)
+        record("kmeans_ctfidf", topics)
+    elif name == "xtream_stream":
         cadence = os.environ.get("XTREAM_MODEL__TRAIN_STEPS")
         record(name if cadence is None else f"xtream_stream_steps{cadence}", run_xtream_stream(data, args))
     elif name == "xtream_offline":
-        record(name, run_xtream_offline(data, args))
+        offline = run_xtream_offline(data, args)
+        record(name, offline)
+        record("xtream_offline_blend", blended(offline, data))
     elif name == "bertopic_online":
         one, approx = run_bertopic(data, args)
         record(name, one)
@@ -372,7 +480,7 @@ def worker(name: str, args: argparse.Namespace) -> dict:
             record("bertopic_online_approx", approx)
     elif name == "infoctm":
         record(name, run_infoctm(data, args))
-    return {"systems": results, "data": data.sizes()}
+    return {"systems": results, "data": data.sizes(), "langs": data.langs}
 
 
 def _child(name: str, args: argparse.Namespace, argv: list[str], train_steps: int | None = None) -> dict:
@@ -403,19 +511,24 @@ def main(argv: list[str] | None = None) -> dict:
             out = worker(args.worker, args)
         except ImportError as exc:     # a peer that is not installed is reported, not fatal
             out = {"skipped": f"ImportError: {exc}"}
+        except SystemSkipped as exc:
+            out = {"skipped": str(exc)}
         emit(out)
         return out
     started = time.perf_counter()
-    out = args.out or RESULTS / f"quality_peers{'_quick' if args.quick else ''}.json"
+    dataset = args.data.resolve().name
+    out = args.out or RESULTS / f"quality_peers{'' if dataset == 'ecnews' else '_' + dataset}{'_quick' if args.quick else ''}.json"
     results: dict[str, dict] = {}
     skipped: dict[str, str] = {}
     sizes: dict = {}
+    langs = discover_languages(args.data)
 
     def summary() -> dict:
-        return {"benchmark": "quality_peers", "quick": args.quick, "threads": args.threads, "seed": args.seed,
+        return {"benchmark": "quality_peers", "dataset": dataset, "langs": langs, "quick": args.quick, "threads": args.threads, "seed": args.seed,
                 "epochs_xtra_offline": args.epochs, "epochs_infoctm": args.infoctm_epochs,
                 "bertopic_batch": args.bertopic_batch, "data": sizes, "embedder": "use-multilingual-v3",
-                "npmi_reference": "test texts of the same language", "classifier": "sklearn SVC() (RBF)",
+                "npmi_reference": "test texts of the same language (npmi_*, pairs never together = -1); "
+                                  "train + test texts in use (npmi0_*, pairs never together = 0)", "classifier": "sklearn SVC() (RBF)",
                 "cadences": args.cadences, "malloc_env": MALLOC_ENV, "systems": results, "skipped": skipped}
 
     runs = [(name, None) for name in args.only]
@@ -432,9 +545,10 @@ def main(argv: list[str] | None = None) -> dict:
             skipped[key] = r.get("skipped") or r.get("error", "no result")
             logger.warning("%s: %s", key, skipped[key])
         write_json(out, {"summary": summary(), "partial": True})
-    rows = [[name, *[m.get(k) for k in SCORES], m.get("fit_seconds"), m.get("docs_per_s")] for name, m in results.items()]
-    print_table(f"Topic quality on EC News (test split; {args.threads} thread(s))",
-                ["system", *SCORES, "fit s", "docs/s"], rows)
+    scores = score_names(langs)
+    rows = [[name, *[m.get(k) for k in scores], m.get("fit_seconds"), m.get("docs_per_s")] for name, m in results.items()]
+    print_table(f"Topic quality on {dataset} (test split; {args.threads} thread(s))",
+                ["system", *scores, "fit s", "docs/s"], rows)
     final = summary() | {"total_seconds": round(time.perf_counter() - started, 1)}
     write_json(out, {"summary": final})
     logger.info("results written to %s", out)

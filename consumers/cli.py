@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="xtream: streaming cross-lingual topic modelling (XTRA) over Kafka.",
@@ -53,6 +54,17 @@ def _configure_logging(level: str, json_logs: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _topic_cell(t, lang: str, top: int, docs: int = 1, chars: int = 60) -> str:
+    """A topic in one language: its label in bold, its top words, its first representative documents."""
+    if lang not in t.words:
+        return ""
+    label = t.labels.get(lang, "")
+    lines = [f"[bold]{escape(label)}[/bold]"] if label else []
+    lines.append(escape(" ".join(t.words[lang].words[:top])))
+    lines += [f"[dim]{escape(d.id)}: {escape(d.text[:chars])}[/dim]" for d in t.documents.get(lang, [])[:docs]]
+    return "\n".join(lines)
+
+
 def _print_topics(snapshot, top: int = 6, limit: int = 20) -> None:
     table = Table(title=f"topics at model version {snapshot.model_version} "
                         f"({snapshot.documents_seen} documents)", show_lines=True)
@@ -61,8 +73,7 @@ def _print_topics(snapshot, top: int = 6, limit: int = 20) -> None:
     for lang in snapshot.languages:
         table.add_column(lang)
     for t in sorted(snapshot.topics, key=lambda t: -t.prevalence)[:limit]:
-        table.add_row(str(t.topic_id), f"{t.prevalence:.3f}",
-                      *[" ".join(t.words[lang].words[:top]) if lang in t.words else "" for lang in snapshot.languages])
+        table.add_row(str(t.topic_id), f"{t.prevalence:.3f}", *[_topic_cell(t, lang, top) for lang in snapshot.languages])
     console.print(table)
 
 
@@ -270,6 +281,7 @@ def history(
     table.add_column("time")
     table.add_column("prevalence", justify="right")
     table.add_column("drift", justify="right")
+    table.add_column("label")
     table.add_column("words")
     rows = 0
     for version in store.versions()[-limit:]:
@@ -279,13 +291,18 @@ def history(
             continue
         langs = [lang] if lang else sorted(t.words)
         words = " | ".join(" ".join(t.words[l].words[:6]) for l in langs if l in t.words)
+        labels = " | ".join(t.labels[l] for l in langs if t.labels.get(l))
         drift = max(t.drift.values()) if t.drift else 0.0
         table.add_row(str(version), f"{(snap.stream_time or snap.created_at):%Y-%m-%d %H:%M:%S}",
-                      f"{t.prevalence:.3f}", f"{drift:.3f}", words)
+                      f"{t.prevalence:.3f}", f"{drift:.3f}", escape(labels), escape(words))
         rows += 1
+        latest = t
     if rows == 0:
         raise typer.BadParameter(f"topic {topic} is in none of the last {limit} snapshots", param_hint="--topic")
     console.print(table)
+    for l in langs:
+        for d in latest.documents.get(l, []):
+            console.print(f"  {escape(f'[{l}]')} {escape(d.id)}: {escape(d.text[:200])}")
     for e in store.lineage(topic):
         other = f" -> {e.related_topic_id}" if e.related_topic_id is not None else ""
         console.print(f"  v{e.model_version} {e.kind}{other} {' '.join(e.words or e.previous_words)}")

@@ -128,6 +128,11 @@ class ModelSettings(_Section):
     vocab_max_size: int = 5000
     vocab_min_df: float = 3
     vocab_refresh_every: int = 5000
+    vocab_max_df_ratio: float = Field(0.3, gt=0, le=1, description="words in more than this share of documents are left out")
+    theta_cluster_weight: float = Field(0.5, ge=0, le=1, description=(
+        "weight of the softmax cluster memberships mixed into XTRA's theta (0 = theta alone); see bench/README.md"))
+    theta_cluster_temperature: float = Field(0.1, gt=0, description="temperature of those memberships (cosine / t)")
+    exemplars_per_topic: int = Field(3, ge=1, description="representative documents kept per topic and language")
     kmeans_decay: float = Field(0.999, description="per-batch forgetting of cluster counts (1 = never forget)")
     novelty_quantile: float | None = Field(0.2, gt=0, lt=0.5, description=(
         "documents fitting their centre worse than this running quantile of the stream wait in a "

@@ -95,7 +95,8 @@ class EmbeddingWorker:
                                        embedding=EmbeddedDocument.encode_vector(batch.embeddings[i]),
                                        dim=batch.embeddings.shape[1], timestamp=item.timestamp,
                                        source_topic=item.source_topic, source_partition=item.source_partition,
-                                       source_offset=item.source_offset, source_timestamp_ms=item.source_timestamp_ms)
+                                       source_offset=item.source_offset, source_timestamp_ms=item.source_timestamp_ms,
+                                       text_prefix=item.text_prefix or None)
                 self.embedded.add(doc.model_dump_json().encode(),
                                   key=offset_key(item.source_topic, item.source_partition).encode())
                 m.documents_processed.labels(item.lang).inc()

@@ -31,6 +31,7 @@ __all__ = ["EmbeddedIntake", "PreparedBatch", "PreparedItem", "TextIntake"]
 logger = logging.getLogger(__name__)
 
 _EMBED_ERRORS = (ValueError, RuntimeError, FloatingPointError, IndexError)
+TEXT_PREFIX_CHARS = 200   # characters of each text kept for the topics' representative documents
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class PreparedItem:
     source_partition: int
     source_offset: int
     source_timestamp_ms: int | None
+    text_prefix: str = ""   # the first characters of the text (representative documents)
 
 
 @dataclass
@@ -122,7 +124,8 @@ class TextIntake:
         batch.embeddings = embeddings
         batch.tokens = tokens
         batch.items = [PreparedItem(docs[i].id, docs[i].lang, docs[i].timestamp, good[i].topic, good[i].partition,
-                                    good[i].offset, good[i].timestamp_ms) for i in keep]
+                                    good[i].offset, good[i].timestamp_ms, docs[i].text[:TEXT_PREFIX_CHARS])
+                       for i in keep]
         batch.records = [good[i] for i in keep]
         return batch
 
@@ -164,7 +167,7 @@ class EmbeddedIntake:
             batch.tokens.append(list(doc.tokens))
             batch.records.append(rec)
             batch.items.append(PreparedItem(doc.id, doc.lang, doc.timestamp, doc.source_topic, doc.source_partition,
-                                            doc.source_offset, doc.source_timestamp_ms))
+                                            doc.source_offset, doc.source_timestamp_ms, doc.text_prefix or ""))
         batch.embeddings = np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
         return batch
 

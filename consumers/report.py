@@ -42,6 +42,11 @@ def _series(snaps: list[TopicSnapshot]):
     return times, langs, prev, drift, ids
 
 
+def _md(text: str) -> str:
+    """Text safe inside a Markdown table cell or list item (one line, no column breaks)."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def _label(s: TopicSnapshot, topic_id: int, lang: str | None = None, n: int = 3) -> str:
     t = next((x for x in s.topics if x.topic_id == topic_id), None)
     if t is None:
@@ -134,7 +139,8 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
              "| topic | prevalence | " + " | ".join(latest.languages) + " |",
              "|---:|---:|" + "---|" * len(latest.languages)]
     for t in sorted(latest.topics, key=lambda t: -t.prevalence):
-        words = [" ".join(t.words[lang].words[:8]) if lang in t.words else "" for lang in latest.languages]
+        words = [(f"**{_md(t.labels[lang])}**: " if t.labels.get(lang) else "") + _md(" ".join(t.words[lang].words[:8]))
+                 if lang in t.words else "" for lang in latest.languages]
         lines.append(f"| {t.topic_id} | {t.prevalence:.3f} | " + " | ".join(words) + " |")
     if events:
         lines += ["", "## Topic events", "", "| snapshot | documents | event | topic | words |", "|---:|---:|---|---:|---|"]
@@ -142,6 +148,12 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
             s = snaps[row[e.model_version]]
             lines.append(f"| v{s.model_version} | {s.documents_seen} | {e.kind} | {e.topic_id} | "
                          f"{' '.join((e.words or e.previous_words)[:8])} |")
+    shown = [t for t in sorted(latest.topics, key=lambda t: -t.prevalence) if t.documents][:top_topics]
+    if shown:
+        lines += ["", "## Representative documents", ""]
+        for t in shown:
+            lines.append(f"- topic {t.topic_id} ({' / '.join(v for v in t.labels.values() if v)})")
+            lines += [f"  - [{lang}] `{_md(d.id)}`: {_md(d.text)}" for lang in sorted(t.documents) for d in t.documents[lang]]
     last_drift = drift[-1]
     if not np.isnan(last_drift).all():
         lines += ["", "## Most drifting topics in the last snapshot", ""]

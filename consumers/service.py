@@ -444,6 +444,7 @@ class TopicService:
                     clusters, theta = self.model.predict_many(tokens, embeddings, langs)
                     self.model.observe_topics(theta, langs)
                     self.prevalence_shift.learn_many(clusters)
+                    self.model.remember_documents([(it.id, it.text_prefix) for it in items], embeddings, langs)
             except (ValueError, RuntimeError, FloatingPointError) as exc:
                 logger.exception("documents learned but not assigned: dead-lettered")
                 for rec in batch.records:

@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 import numpy as np
 
 from model.online import OnlineTopicModel
-from stream.schemas import SnapshotTopic, TopicSnapshot, TopicWords
+from model.readout import relevance, topic_labels
+from stream.schemas import SnapshotTopic, TopicDocument, TopicSnapshot, TopicWords
 
 __all__ = ["DriftBaseline", "build_snapshot", "js_divergence", "top_word_divergence"]
 
@@ -109,23 +110,28 @@ def _align(prev_words: list[str], prev: np.ndarray, words: list[str]) -> np.ndar
 def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets: dict[str, int],
                    top_n: int = 15, now: datetime | None = None, stream_time: datetime | None = None,
                    topic_ids: list[int] | None = None, alive: np.ndarray | None = None,
-                   new_slots: frozenset[int] = frozenset()) -> tuple[TopicSnapshot, WordDists]:
+                   new_slots: frozenset[int] = frozenset(),
+                   word_relevance: float = 0.6) -> tuple[TopicSnapshot, WordDists]:
     """The snapshot of a model with topics and the word distributions to diff the next one against.
 
     Before XTRA is warm the topics' words are the clusters' (:meth:`OnlineTopicModel.topic_word_distribution`).
-    ``new_slots`` hold a new topic (a new stable id): they have no past to drift from (drift 0)."""
+    ``new_slots`` hold a new topic (a new stable id): they have no past to drift from (drift 0).
+    Each topic's ``top_n`` words are ranked by :func:`model.readout.relevance` with weight
+    ``word_relevance`` (1 = by probability alone), their weights are their probabilities.
+    """
     if not model.kmeans.is_initialised:
         raise ValueError("no snapshot before the first topics are clustered")
     langs = model.languages
     k = model.cfg.num_topics
     dists: WordDists = {}
-    words_by_lang, drift_by_lang = {}, {}
+    words_by_lang, drift_by_lang, labels_by_lang = {}, {}, {}
     for lang in langs:
         vocab, dist = model.topic_word_distribution(lang)
         dist = dist.astype(np.float64)
         dists[lang] = (vocab, dist)
-        idx = np.argsort(-dist, axis=1)[:, :top_n]
+        idx = np.argsort(-relevance(dist, word_relevance), axis=1, kind="stable")[:, :top_n]
         words_by_lang[lang] = ([[vocab[i] for i in row] for row in idx], np.take_along_axis(dist, idx, 1))
+        labels_by_lang[lang] = topic_labels(dist, vocab)
         if previous and lang in previous:
             drift_by_lang[lang] = top_word_divergence(dist, _align(*previous[lang], vocab))
     centers = model.kmeans.centers
@@ -141,6 +147,9 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
             size=float(model.kmeans.counts[t]),
             embedding=None if centers is None else [round(float(x), 5) for x in centers[t]],
             drift={lang: 0.0 if t in new_slots else float(d[t]) for lang, d in drift_by_lang.items()},
+            labels={lang: labels_by_lang[lang][t] for lang in langs},
+            documents={lang: [TopicDocument(id=i, text=text) for i, text in model.exemplars.documents(lang, t)]
+                       for lang in model.exemplars.languages},
         )
         for t in range(k)
     ]

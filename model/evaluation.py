@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.svm import SVC, LinearSVC
 
 __all__ = [
-    "top_words", "topic_uniqueness", "multilingual_topic_uniqueness",
+    "top_words", "topic_uniqueness", "multilingual_topic_uniqueness", "topic_quality",
     "npmi_per_topic", "npmi_coherence", "cnpmi_per_topic", "cnpmi",
     "load_bilingual_dictionary", "dictionary_alignment",
     "classification_scores", "crosslingual_classification",
@@ -96,6 +96,20 @@ def multilingual_topic_uniqueness(top_words_by_lang: Mapping[str, Topics]) -> fl
     if not top_words_by_lang:
         raise ValueError("need top words for at least one language")
     return float(np.mean([topic_uniqueness(t) for t in top_words_by_lang.values()]))
+
+
+def topic_quality(tu: float, npmi: float) -> float:
+    """TQ = TU x NPMI, the single topic-quality figure the neural topic-model papers report.
+
+    Pass NPMI with never-co-occurring pairs counted as 0 (their convention), so that TQ is 0 for
+    topics whose words never meet and not a negative product that rewards duplicated topics.
+
+    >>> topic_quality(0.9, 0.1)
+    0.09000000000000001
+    """
+    if not 0.0 <= tu <= 1.0 or not -1.0 <= npmi <= 1.0:
+        raise ValueError(f"need TU in [0, 1] and NPMI in [-1, 1], got {tu}, {npmi}")
+    return float(tu * npmi)
 
 
 def _presence(docs: Docs, words: np.ndarray, vocab: Sequence[str] | None) -> sp.csr_array:

@@ -42,6 +42,8 @@ import scipy.sparse as sp
 import torch
 
 from model.clustering import MiniBatchKMeans
+from model.exemplars import TopicExemplars
+from model.readout import blend_theta, cluster_memberships
 from model.replay_buffer import ReplayBuffer
 from model.training import LanguageCorpus, XTRATrainer, build_xtra, corpus_batch, infer_theta
 from model.vocabulary import Vocabulary
@@ -82,6 +84,9 @@ class OnlineConfig:
     lambda_beta: float = 7.0
     lambda_nce: float = 80.0
     min_docs_new_language: int = 32
+    exemplars_per_topic: int = 3
+    theta_cluster_weight: float = 0.5
+    theta_cluster_temperature: float = 0.1
     seed: int = 0
 
 
@@ -107,6 +112,7 @@ class OnlineTopicModel:
                                       novelty_quantile=cfg.novelty_quantile, min_novel=cfg.min_novel,
                                       novelty_margin=cfg.novelty_margin)
         self.buffer = ReplayBuffer(cfg.buffer_per_language, embedding_dim, seed=cfg.seed)
+        self.exemplars = TopicExemplars(cfg.num_topics, per_topic=cfg.exemplars_per_topic)
         self.vocabs: dict[str, Vocabulary] = {}
         self.xtra: XTRA | None = None         # the live network the trainer updates
         self.serving: XTRA | None = None      # its last published copy: inference and topic words
@@ -177,6 +183,19 @@ class OnlineTopicModel:
             raise ValueError("embeddings hold NaN or infinite values")
         with self._data_lock:
             self._learn_many(tokens, embeddings, langs)
+
+    def remember_documents(self, documents: Sequence[tuple[str, str]], embeddings: np.ndarray,
+                           langs: Sequence[str]) -> None:
+        """Offer a learned batch's ``(id, text)`` pairs (a prefix of the text is enough) as the topics'
+        representative documents (:attr:`exemplars`); pairs without text are left out."""
+        if len(documents) != len(embeddings) or len(documents) != len(langs):
+            raise ValueError(f"got {len(documents)} (id, text) pairs for {len(embeddings)} embeddings "
+                             f"and {len(langs)} languages")
+        rows = [i for i, (_, text) in enumerate(documents) if text]
+        with self._data_lock:
+            if rows and self.kmeans.is_initialised:
+                self.exemplars.learn_many([documents[i][0] for i in rows], [documents[i][1] for i in rows],
+                                          np.asarray(embeddings)[rows], [langs[i] for i in rows], self.kmeans.centers)
 
     def _learn_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray, langs: Sequence[str]) -> None:
         langs_arr = np.asarray(langs)
@@ -488,9 +507,23 @@ class OnlineTopicModel:
                 bow = self.vocabs[lang].transform([tokens[i] for i in rows])
                 has_words = np.asarray(bow.sum(axis=1)).ravel() > 0
                 if has_words.any():
-                    theta[rows[has_words]] = infer_theta(self.serving, bow[has_words], lang)
+                    rows = rows[has_words]
+                    theta[rows] = self._blend(infer_theta(self.serving, bow[has_words], lang), embeddings[rows])
             self._serve_fresh_topics(clusters, theta)
         return clusters, theta
+
+    def _blend(self, theta: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        """XTRA's theta mixed with the softmax cluster memberships (``theta_cluster_weight``).
+
+        Topic k starts from cluster k, so the memberships are the embedding's own view of the same
+        K topics; the mixture keeps what the embedding knows about a document that its bag of words
+        alone does not say.
+        """
+        weight = self.cfg.theta_cluster_weight
+        if weight <= 0:
+            return theta
+        member = cluster_memberships(embeddings, self.kmeans.centers, self.cfg.theta_cluster_temperature)
+        return blend_theta(theta, member.astype(theta.dtype), weight)
 
     def _serve_fresh_topics(self, clusters: np.ndarray, theta: np.ndarray) -> None:
         """A re-seeded slot is a new topic XTRA has not learned yet (its encoder still sends those
@@ -587,6 +620,7 @@ class OnlineTopicModel:
         state = {
             "cfg": dict(self.cfg.__dict__), "embedding_dim": self.embedding_dim,
             "kmeans": self.kmeans.state_dict(), "buffer": self.buffer.state_dict(),
+            "exemplars": self.exemplars.state_dict(),
             "vocabs": {lang: v.state_dict() for lang, v in self.vocabs.items()},
             "version": self.version, "n_docs": self.n_docs, "docs_by_lang": dict(self.docs_by_lang),
             "warmup_left": self._warmup_left,
@@ -611,6 +645,8 @@ class OnlineTopicModel:
         self.__init__(OnlineConfig(**state["cfg"]), state["embedding_dim"], self.embed_words)
         self.kmeans.load_state_dict(state["kmeans"])
         self.buffer.load_state_dict(state["buffer"])
+        if "exemplars" in state:   # absent from checkpoints written before it was kept
+            self.exemplars.load_state_dict(state["exemplars"])
         for lang, vs in state["vocabs"].items():
             self._vocab(lang).load_state_dict(vs)
         self.version, self.n_docs = int(state["version"]), int(state["n_docs"])

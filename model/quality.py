@@ -39,6 +39,7 @@ from model.evaluation import (
     multilingual_topic_uniqueness,
     npmi_coherence,
     top_words,
+    topic_quality,
 )
 from model.training import LanguageCorpus, XTRATrainer, build_xtra
 from model.xtra import XTRA
@@ -290,6 +291,7 @@ def quality_metrics(
     npmi_top: int = 10,
     dict_top: int = 15,
     zero_cooccurrence: float = -1.0,
+    full_reference: Mapping[str, Docs] | None = None,
 ) -> dict[str, float]:
     """The metrics bundle of one model, as a flat ``name -> value`` dict.
 
@@ -300,6 +302,10 @@ def quality_metrics(
     y_train, theta_test, y_test)``: ``clf_intra_<lang>`` and, with >= 2 languages,
     ``clf_cross_<lang>`` (accuracy), and the same names with ``_f1`` (macro-F1).
     ``classifier="svc"`` is the papers' RBF SVC, ``"linear"`` a fast LinearSVC.
+
+    With ``full_reference[lang]`` (all texts of the language, train + test): ``npmi0_<lang>``, NPMI
+    of the top-``npmi_top`` words on that reference with never-co-occurring pairs counted as 0 (the
+    papers' convention), ``npmi0`` their mean over languages and ``tq`` = ``tu`` x ``npmi0``.
     """
     langs = list(topic_word)
     missing = [lang for lang in langs if lang not in vocabularies]
@@ -310,13 +316,22 @@ def quality_metrics(
         raise QualityError(f"dictionary_langs {dictionary_langs} must name two of {langs}")
     n = max(tu_top, npmi_top if reference_docs else 0, dict_top if dictionary is not None else 0)
     tops = {lang: top_words(np.asarray(topic_word[lang]), vocabularies[lang], n=n) for lang in langs}
-    out: dict[str, float] = {"tu": multilingual_topic_uniqueness({lang: [t[:tu_top] for t in tops[lang]]
-                                                                   for lang in langs})}
+    out: dict[str, float] = {}
+    if langs:   # no topics (a baseline that only has document vectors): classification alone
+        out["tu"] = multilingual_topic_uniqueness({lang: [t[:tu_top] for t in tops[lang]] for lang in langs})
     for lang, docs in reference_docs.items():
         if lang not in tops:
             raise QualityError(f"reference docs for {lang!r}, which has no topics")
         out[f"npmi_{lang}"] = npmi_coherence(tops[lang], docs, top_n=npmi_top, vocab=vocabularies[lang],
                                              zero_cooccurrence=zero_cooccurrence)
+    for lang, docs in (full_reference or {}).items():
+        if lang not in tops:
+            raise QualityError(f"full reference docs for {lang!r}, which has no topics")
+        out[f"npmi0_{lang}"] = npmi_coherence(tops[lang], docs, top_n=npmi_top, vocab=vocabularies[lang],
+                                              zero_cooccurrence=0.0)
+    if full_reference:
+        out["npmi0"] = float(np.mean([out[f"npmi0_{lang}"] for lang in full_reference]))
+        out["tq"] = topic_quality(out["tu"], out["npmi0"])
     if dictionary is not None:
         a, b = dictionary_langs  # checked above
         out["dict_alignment"] = dictionary_alignment(tops[a], tops[b], dictionary, top_n=dict_top)

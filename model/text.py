@@ -3,8 +3,11 @@
 Topic models see bags of words, so every language must be cut into comparable content words
 before it reaches a :class:`~model.vocabulary.Vocabulary`: space-delimited languages by a
 letter regex, Chinese by jieba (``rjieba``) and Japanese by Sudachi, each followed by a
-stop-word filter. Text that is already segmented (the research corpora are) passes through
-split on whitespace, because re-segmenting it would disagree with the fixed research vocabulary.
+stop-word filter (the stopwords-iso lists for every language of the default embedder) and, in
+Chinese and Japanese, a part-of-speech filter that drops numbers, units and function words and
+keeps a single character only where it is a noun (Chinese) or an independent word (Japanese).
+Text that is already segmented (the research corpora are) passes through split on whitespace,
+because re-segmenting it would disagree with the fixed research vocabulary.
 """
 
 from __future__ import annotations
@@ -19,47 +22,37 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import rjieba
+import stopwordsiso
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-__all__ = ["DEFAULT_STOPWORDS", "Tokenizer", "detect_language"]
+__all__ = ["DEFAULT_STOPWORDS", "SUPPORTED_LANGUAGES", "Tokenizer", "detect_language"]
 
 logger = logging.getLogger(__name__)
 
-_EN_STOPWORDS = frozenset("""
-a about above after again against all also am an and any are as at be because been before being
-below between both but by can could did do does doing down during each either else etc ever every
-few for from further get gets got had has have having he her here hers herself him himself his how
-however if in into is it its itself just least less many may me might more most much must my
-myself neither no nor not now of off often on once only or other others otherwise our ours
-ourselves out over own per rather same shall she should since so some such than that the their
-theirs them themselves then there these they this those though through thus to too under until
-up upon us very via was we were what whatever when where whether which while who whom whose why
-will with within without would yet you your yours yourself yourselves
-ain aren couldn didn doesn don hadn hasn haven isn ll mightn mustn needn re shan shouldn ve wasn
-weren won wouldn said says say one
-""".split())
+#: The languages of the default embedder (multilingual USE v3; zh-tw is reduced to zh).
+SUPPORTED_LANGUAGES: tuple[str, ...] = (
+    "ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh",
+)
 
-_ZH_STOPWORDS = frozenset("""
-的 了 是 在 和 也 有 就 不 都 而 及 与 着 或 一个 我们 他们 这 那 等 你 我 他 她 它 你们 她们 它们
-这个 那个 这些 那些 之 于 对 把 被 让 给 从 向 到 为 以 其 并 但 但是 而且 因为 所以 如果 虽然 可以
-没有 还 又 很 更 最 将 已 已经 会 能 要 吗 呢 吧 啊 呀 个 自己 什么 怎么 为什么 这样 那样 如何 其中
-由于 以及 通过 进行 之后 之前 等等 还是 只 才 却 该 此 各 每 其他 一些 过 地 得 么 与其 即 则 若
-""".split())
 
-# Dictionary and normalised Sudachi forms both appear so that either output form is covered;
-# particles and auxiliaries matter for pre-segmented input, which bypasses the POS filter.
-_JA_STOPWORDS = frozenset("""
-する 為る ある 有る 在る いる 居る なる 成る おる こと 事 もの 物 これ それ あれ どれ ここ そこ
-あそこ この その あの ため 為 よう 様 ところ 所 いう 言う できる 出来る くる 来る いく 行く
-の は が を に で と も へ や から まで より だ です ます た て な ね よ か し ない れる られる せる
-""".split())
+def _stopwords_iso(lang: str) -> frozenset[str]:
+    """The stopwords-iso list of ``lang`` (the maintained multilingual lists), lowercased."""
+    return frozenset(w.lower() for w in stopwordsiso.stopwords(lang))
 
-#: Built-in stop words by ISO 639-1 code; languages not listed get none.
-DEFAULT_STOPWORDS: Mapping[str, frozenset[str]] = {
-    "en": _EN_STOPWORDS,
-    "zh": _ZH_STOPWORDS,
-    "ja": _JA_STOPWORDS,
-}
+
+#: Built-in stop words by ISO 639-1 code, from stopwords-iso; languages not listed get none.
+DEFAULT_STOPWORDS: Mapping[str, frozenset[str]] = {lang: _stopwords_iso(lang) for lang in SUPPORTED_LANGUAGES}
+
+#: jieba part-of-speech tags of Chinese words that carry no topic: numerals (m, mq), measure
+#: words and units (q), pronouns (r), prepositions (p), conjunctions (c), auxiliaries (u*),
+#: adverbs (d), time words (t), direction words (f), interjections, modal and onomatopoeic
+#: particles (e, y, o) and punctuation (x).
+_ZH_FUNCTION_POS = frozenset({"m", "mq", "q", "r", "p", "c", "d", "t", "f", "e", "y", "o", "x",
+                              "u", "uj", "ul", "uz", "ud", "ug", "uv"})
+#: Chinese numeral characters: a word made only of them is a number, whatever jieba tags it.
+_ZH_NUMERAL_RE = re.compile("[零〇一二三四五六七八九十百千万亿两]+")
+#: A single-character Chinese word is kept only when jieba knows it as a noun.
+_ZH_NOUN_POS = frozenset({"n", "ng", "nr", "nrt", "ns", "nt", "nz"})
 
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 # Kana blocks minus U+30FB/U+30FC (middle dot, long vowel mark), which Chinese text borrows.
@@ -157,6 +150,23 @@ def detect_language(text: str, languages: Iterable[str] | None = None) -> str:
     return "und" if label == "zxx" else label
 
 
+def _zh_content_pos(word: str, pos: str) -> bool:
+    """A Chinese word of this jieba tag can name a topic (see ``_ZH_FUNCTION_POS``)."""
+    if pos in _ZH_FUNCTION_POS or _ZH_NUMERAL_RE.fullmatch(word):
+        return False
+    return len(word) > 1 or not _HAN_RE.match(word) or pos in _ZH_NOUN_POS
+
+
+@functools.lru_cache(maxsize=262_144)
+def _zh_content_word(word: str) -> bool:
+    """The same test for a word cut by someone else: jieba's tags of its pieces decide; a word
+    made only of numerals and units is a number."""
+    tagged = rjieba.tag(word)
+    if len(tagged) == 1:
+        return _zh_content_pos(word, tagged[0][1])
+    return not all(pos in ("m", "mq", "q", "x") for _, pos in tagged)
+
+
 def _looks_presegmented(pieces: Sequence[str]) -> bool:
     if len(pieces) < 2:
         return False
@@ -192,21 +202,26 @@ class Tokenizer:
 
     Rules by language (codes such as ``"zh-CN"`` are reduced to ``"zh"``):
 
-    * ``zh``: jieba segmentation; tokens without any letter or CJK character are dropped.
-    * ``ja``: Sudachi (``sudachidict_core``, split mode C); nouns (not numerals), verbs,
-      adjectives and adjectival nouns are kept in dictionary form.
+    * ``zh``: jieba segmentation; tokens without any letter or CJK character are dropped, and so
+      are words jieba tags as numerals, units or function words; a single character stays only
+      when jieba tags it as a noun.
+    * ``ja``: Sudachi (``sudachidict_core``, split mode C); nouns (not numerals or counters),
+      verbs (not the auxiliary-capable ones: する, なる, いる, ...), adjectives and adjectival
+      nouns are kept in dictionary form.
     * ``zh``/``ja`` text that is already segmented is split on whitespace, not re-segmented.
     * anything else: runs of letters (NFKC-normalised, lowercase); numbers, punctuation and
       tokens shorter than ``min_length`` are dropped. Apostrophes and hyphens split words.
 
-    Every language then loses its stop words. Instances are safe to share between threads:
+    Every language then loses its stop words (:data:`DEFAULT_STOPWORDS`, from stopwords-iso).
+    Instances are safe to share between threads:
     Sudachi tokenizers are not, so each thread lazily gets its own over one shared dictionary.
 
     Parameters
     ----------
     stopwords
-        Stop words by language code; a language given here replaces the built-in list
-        (:data:`DEFAULT_STOPWORDS`), pass an empty iterable to keep every word.
+        Stop words by language code; a language given here replaces the built-in filtering
+        (:data:`DEFAULT_STOPWORDS` and the part-of-speech filter) by this list alone, so an empty
+        iterable keeps every word.
     ja_form
         ``"dictionary"`` (lemma as written, e.g. りんご) or ``"normalized"`` (Sudachi's
         normalised spelling, e.g. 林檎, which merges orthographic variants).
@@ -234,11 +249,14 @@ class Tokenizer:
         self.ja_form = ja_form
         self.min_length = min_length
         self._stopwords: dict[str, frozenset[str]] = dict(DEFAULT_STOPWORDS)
+        self._pos_filter = {"zh", "ja"}
         for lang, words in (stopwords or {}).items():
             self._stopwords[_normalise_lang(lang)] = frozenset(w.lower() for w in words)
+            self._pos_filter.discard(_normalise_lang(lang))
         self._ja_lock = threading.Lock()
         self._ja_dictionary: Any = None
         self._ja_matcher: Any = None
+        self._ja_content_matcher: Any = None
         self._ja_local = threading.local()
 
     def tokenize(self, text: str, lang: str) -> list[str]:
@@ -253,12 +271,13 @@ class Tokenizer:
             words = _WORD_RE.findall(text.lower())
             return [t for t in words if len(t) >= minimum and t not in stop]
         pieces = text.split()
+        content = lang in self._pos_filter
         if _looks_presegmented(pieces):
-            raw = pieces
+            raw = [p for p in pieces if _zh_content_word(p)] if content and lang == "zh" else pieces
         elif lang == "zh":
-            raw = rjieba.cut(text)
+            raw = [w for w, pos in rjieba.tag(text) if _zh_content_pos(w, pos)] if content else rjieba.cut(text)
         else:
-            raw = self._segment_ja(text)
+            raw = self._segment_ja(text, content)
         return self._filter_cjk(raw, stop)
 
     def tokenize_many(
@@ -297,14 +316,18 @@ class Tokenizer:
                     self._ja_matcher = dictionary.pos_matcher(
                         lambda pos: pos[0] in _JA_POS and pos[1] != "数詞"
                     )
+                    self._ja_content_matcher = dictionary.pos_matcher(
+                        lambda pos: pos[0] in _JA_POS and pos[1] not in ("数詞", "非自立可能")
+                        and pos[2] != "助数詞可能"
+                    )
                     self._ja_dictionary = dictionary
                 tokenizer = self._ja_dictionary.tokenizer(mode=sudachipy.SplitMode.C)
             self._ja_local.tokenizer = tokenizer
         return tokenizer
 
-    def _segment_ja(self, text: str) -> list[str]:
+    def _segment_ja(self, text: str, content: bool = True) -> list[str]:
         tokenizer = self._ja_tokenizer()
-        matcher = self._ja_matcher
+        matcher = self._ja_content_matcher if content else self._ja_matcher
         dictionary_form = self.ja_form == "dictionary"
         out: list[str] = []
         for chunk in _ja_chunks(text):

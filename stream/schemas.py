@@ -184,6 +184,8 @@ class EmbeddedDocument(_Out):
     source_partition: int
     source_offset: int
     source_timestamp_ms: int | None = None
+    text_prefix: str | None = Field(None, max_length=200,
+                                    description="the first characters of the text: for the topics' representative documents")
 
     @classmethod
     def encode_vector(cls, vector) -> str:
@@ -233,6 +235,14 @@ class TopicWords(BaseModel):
     weights: list[float]
 
 
+class TopicDocument(BaseModel):
+    """A representative document of a topic: its id and the first characters of its text."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    text: str = Field(description="the first characters (200 at most) of the document's text")
+
+
 class SnapshotTopic(BaseModel):
     """One topic inside a snapshot."""
 
@@ -249,6 +259,10 @@ class SnapshotTopic(BaseModel):
         "record limit"))
     drift: dict[str, float] = Field(default_factory=dict,
                                     description="JS divergence of each language's word distribution vs the previous snapshot")
+    labels: dict[str, str] = Field(default_factory=dict,
+                                   description="per language: a short label, the topic's 2-3 most distinctive words")
+    documents: dict[str, list[TopicDocument]] = Field(
+        default_factory=dict, description="per language: documents nearest the topic's centre (id, text prefix)")
 
     @field_serializer("embedding")
     def _rounded(self, embedding: list[float] | None) -> list[float] | None:

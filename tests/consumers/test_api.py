@@ -60,6 +60,31 @@ def test_topics_returns_latest_snapshot(client, served):
     assert set(snap["languages"]) == {"en", "zh", "ja"}
 
 
+def test_topics_carry_labels_and_representative_documents(client, served):
+    import json
+
+    from consumers.wiring import DEMO_STREAM
+
+    texts = {}
+    for line in DEMO_STREAM.read_text(encoding="utf-8").splitlines():
+        doc = json.loads(line)
+        texts[doc["id"]] = doc["text"]
+    snap = client.get("/topics").json()
+    with_docs = 0
+    for t in snap["topics"]:
+        assert set(t["labels"]) == {"en", "zh", "ja"}
+        for label in t["labels"].values():
+            assert 2 <= len(label.replace("·", " ").split()) <= 3
+        for lang, docs in t["documents"].items():
+            assert 1 <= len(docs) <= 3
+            for d in docs:   # a document of the stream, in this language, its text cut to 200 characters
+                assert texts[d["id"]][:200] == d["text"] and f"-{lang}-" in d["id"]
+            with_docs += 1
+    assert with_docs >= len(snap["topics"])   # every topic has documents in at least one language
+    detail = client.get(f"/topics/{snap['topics'][0]['topic_id']}").json()
+    assert "labels" in json.dumps(detail)
+
+
 def test_topic_detail_has_words_and_history(client, served):
     latest = served.store.latest()
     alive = next(t for t in latest.topics if t.alive)

@@ -399,3 +399,20 @@ def test_crosslingual_three_languages_average_training_languages():
         )
     with pytest.raises(ValueError):
         crosslingual_classification({"en": data["en"]})
+
+
+def test_topic_quality_is_tu_times_npmi_and_checks_ranges():
+    from model.evaluation import topic_quality
+
+    assert topic_quality(0.8, 0.125) == pytest.approx(0.1)
+    assert topic_quality(1.0, -0.5) == pytest.approx(-0.5)
+    with pytest.raises(ValueError):
+        topic_quality(1.2, 0.1)
+    with pytest.raises(ValueError):
+        topic_quality(0.5, 1.5)
+
+
+def test_npmi_zero_convention_scores_disjoint_words_zero_not_minus_one():
+    docs = [["a", "b"], ["c", "d"], ["a", "b"], ["c", "d"]]
+    assert npmi_coherence([["a", "c"]], docs, zero_cooccurrence=0.0) == 0.0
+    assert npmi_coherence([["a", "c"]], docs) == -1.0

@@ -22,7 +22,8 @@ DIM = 16
 def config(**kw) -> OnlineConfig:
     base = {"num_topics": K, "warmup_docs": 120, "warmup_steps": 5, "batch_size": 16, "buffer_per_language": 64,
             "vocab_max_size": 60, "vocab_min_df": 2, "vocab_max_df_ratio": 0.5, "vocab_refresh_every": 100,
-            "min_docs_new_language": 20, "seed": 0}
+            "min_docs_new_language": 20, "seed": 0,
+            "theta_cluster_weight": 0.0}   # XTRA's theta alone; the blend has its own test
     return OnlineConfig(**{**base, **kw})
 
 
@@ -360,3 +361,41 @@ def test_state_dict_before_warm_up_round_trips_the_held_documents(planted_stream
     for got, want in zip(clone.predict_many(stream.tokens, stream.embeddings, stream.langs),
                          model.predict_many(stream.tokens, stream.embeddings, stream.langs)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_documents_given_to_learn_many_become_each_topics_representative_documents(planted_stream):
+    model = OnlineTopicModel(config(exemplars_per_topic=2), DIM)
+    stream = planted_stream(160, seed=0, words_per_topic=4)
+    n = 0
+    for tokens, emb, langs in stream.batches(40):
+        docs = [(f"doc-{n + i}", f"text of document {n + i} " * 20) for i in range(len(tokens))]
+        model.learn_many(tokens, emb, langs)
+        model.remember_documents(docs, emb, langs)
+        n += len(tokens)
+    langs = sorted(set(model.docs_by_lang))
+    assert model.exemplars.languages == langs
+    for lang in langs:
+        for k in range(K):
+            docs = model.exemplars.documents(lang, k)
+            assert 1 <= len(docs) <= 2
+            assert all(len(text) == 200 and text.startswith(f"text of document {d[4:]} ") for d, text in docs)
+    restored = OnlineTopicModel(config(), DIM)
+    restored.load_state_dict(model.state_dict())
+    assert restored.exemplars.documents(langs[0], 0) == model.exemplars.documents(langs[0], 0)
+    with pytest.raises(ValueError):
+        model.remember_documents([], np.ones((1, DIM), np.float32), [langs[0]])
+
+
+def test_theta_blends_xtra_with_the_cluster_memberships(warm, planted_stream):
+    from model.readout import cluster_memberships
+
+    docs = planted_stream(30, seed=7, words_per_topic=4)
+    _, alone = warm.predict_many(docs.tokens, docs.embeddings, docs.langs)
+    warm.cfg.theta_cluster_weight = 0.5
+    try:
+        _, blended = warm.predict_many(docs.tokens, docs.embeddings, docs.langs)
+    finally:
+        warm.cfg.theta_cluster_weight = 0.0
+    member = cluster_memberships(docs.embeddings, warm.kmeans.centers, warm.cfg.theta_cluster_temperature)
+    np.testing.assert_allclose(blended, 0.5 * alone + 0.5 * member, atol=1e-5)
+    np.testing.assert_allclose(blended.sum(1), 1.0, rtol=1e-5)

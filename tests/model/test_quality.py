@@ -220,3 +220,26 @@ def test_a_fit_resumed_from_its_checkpoint_ends_where_an_uninterrupted_fit_ends(
         fit_xtra(reclustered, epochs=3, checkpoint=tmp_path / "split.pt", **small)
     with pytest.raises(QualityError, match="more than"):
         fit_xtra(corpora, epochs=2, checkpoint=tmp_path / "split.pt", **small)
+
+
+def test_quality_metrics_full_reference_adds_zero_convention_npmi_and_tq():
+    data, vocabs, _ = planted_corpus(n_docs=90)
+    rng = np.random.default_rng(3)
+    topic_word = {lang: rng.random((K, K * WORDS_PER_TOPIC)) for lang in LANGS}
+    test = {lang: data[lang]["tokens"][60:] for lang in LANGS}
+    full = {lang: data[lang]["tokens"] for lang in LANGS}
+    m = quality_metrics(topic_word, vocabs, test, full_reference=full, tu_top=5, npmi_top=5)
+    assert {"npmi0_en", "npmi0_zh", "npmi0", "tq"} <= set(m)
+    for lang in LANGS:   # the zero convention never scores below the -1 one on the same reference
+        minus_one = quality_metrics(topic_word, vocabs, {lang: full[lang]}, tu_top=5, npmi_top=5)[f"npmi_{lang}"]
+        assert m[f"npmi0_{lang}"] >= minus_one
+    assert m["npmi0"] == pytest.approx((m["npmi0_en"] + m["npmi0_zh"]) / 2)
+    assert m["tq"] == pytest.approx(m["tu"] * m["npmi0"])
+
+
+def test_quality_metrics_planted_topics_have_positive_tq():
+    data, vocabs, _ = planted_corpus(n_docs=90)
+    planted = np.kron(np.eye(K), np.ones(WORDS_PER_TOPIC)) + 1e-3 * np.arange(K * WORDS_PER_TOPIC)[::-1]
+    m = quality_metrics({lang: planted for lang in LANGS}, vocabs, {},
+                        full_reference={lang: data[lang]["tokens"] for lang in LANGS}, tu_top=10, npmi_top=10)
+    assert m["tq"] > 0 and m["tq"] == pytest.approx(m["npmi0"])   # TU = 1
