@@ -13,10 +13,12 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["MIN_TOKEN_CHARS", "Settings"]
+
+MIN_TOKEN_CHARS = 16
 
 
 class KafkaSettings(BaseModel):
@@ -139,9 +141,29 @@ class HttpSettings(BaseModel):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
-    token: SecretStr | None = Field(None, description="bearer token for state-changing endpoints; unset = they are off")
-    max_body_bytes: int = 1_000_000
-    max_documents: int = 256
+    token: SecretStr | None = Field(None, description=(
+        f"bearer token for state-changing endpoints, at least {MIN_TOKEN_CHARS} characters; unset = they are off"))
+    max_body_bytes: int = Field(1_000_000, ge=1, description="request bodies past this get 413, chunked or not")
+    max_documents: int = Field(256, ge=1)
+    max_history: int = Field(100, ge=0, le=1000, description="most snapshots /topics/{id}?history= may ask for")
+    rate_per_second: float = Field(2.0, gt=0, description=(
+        "per client: /documents:assign and ?history= requests refilled per second (429 + Retry-After past it)"))
+    rate_burst: int = Field(10, ge=1, description="per client: requests allowed at once before the rate applies")
+    assign_concurrency: int = Field(1, ge=1, description="assignment requests embedded at once")
+    assign_queue_depth: int = Field(4, ge=0, description="assignment requests waiting; more get 429")
+    assign_max_share: float = Field(0.25, gt=0, le=1, description=(
+        "most of the wall time assignment requests may spend embedding, so ingestion keeps the rest"))
+
+    @field_validator("token")
+    @classmethod
+    def _strong_token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return None
+        secret = v.get_secret_value()
+        if len(secret) < MIN_TOKEN_CHARS or secret != secret.strip() or not secret.isprintable():
+            raise ValueError(f"http.token must be at least {MIN_TOKEN_CHARS} printable characters without "
+                             f"surrounding whitespace (got {len(secret)}); unset it to turn the admin endpoints off")
+        return v
 
 
 class CheckpointSettings(BaseModel):
