@@ -280,7 +280,8 @@ def test_query_parsers_never_answer_500(served):
     from hypothesis import strategies as st
 
     c = TestClient(create_app(_served_with(served, rate_per_second=1e9, rate_burst=10**9)))
-    digits = st.text(alphabet=st.characters(categories=["Nd", "No"]), min_size=1, max_size=30)
+    # ASCII digits, other scripts' decimal digits (int() takes them) and digits int() refuses (isdigit() is True)
+    digits = st.text(alphabet=st.sampled_from("0123456789:٣۹०²³¹₄⑤"), min_size=1, max_size=30)
 
     @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @example(at="1" * 5000, topic="1" * 5000, history="1" * 5000)
@@ -289,11 +290,7 @@ def test_query_parsers_never_answer_500(served):
            topic=st.one_of(st.text(min_size=1, max_size=12).filter(lambda t: t not in (".", "..")), digits),
            history=st.one_of(st.text(max_size=12), st.integers(-10**30, 10**30).map(str)))
     def check(at, topic, history):
-        seen.append(at)
         assert c.get("/snapshots", params={"at": at}).status_code < 500
         assert c.get(f"/topics/{quote(topic, safe='')}", params={"history": history}).status_code < 500
 
-    seen: list[str] = []
     check()
-    assert any(a.replace(":", "").isdigit() and not a.replace(":", "").isdecimal() for a in seen), \
-        "the search tried digits that are not decimal (e.g. '²')"
