@@ -8,6 +8,7 @@ Secrets are ``SecretStr``: they print as ``**********`` and never reach a log li
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tomllib
 from pathlib import Path
@@ -16,9 +17,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["MIN_TOKEN_CHARS", "Settings"]
+__all__ = ["MIN_TOKEN_CHARS", "SASL_MECHANISMS", "Settings"]
+
+logger = logging.getLogger(__name__)
 
 MIN_TOKEN_CHARS = 16
+#: What kafka-python supports; the password ones need a username and a password.
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
+PASSWORD_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 class KafkaSettings(BaseModel):
@@ -50,6 +56,39 @@ class KafkaSettings(BaseModel):
     def _one_password_source(self) -> "KafkaSettings":
         if self.sasl_password is not None and self.sasl_password_file is not None:
             raise ValueError("set kafka.sasl_password or kafka.sasl_password_file, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _coherent_security(self) -> "KafkaSettings":
+        """Refuse combinations kafka-python would fail on late or obscurely; warn about weak ones."""
+        protocol, mechanism = self.security_protocol, self.sasl_mechanism
+        has_password = self.sasl_password is not None or self.sasl_password_file is not None
+        if protocol.startswith("SASL_"):
+            if not mechanism:
+                raise ValueError(f"kafka.sasl_mechanism is required with kafka.security_protocol={protocol} "
+                                 f"(one of {', '.join(SASL_MECHANISMS)})")
+            if mechanism not in SASL_MECHANISMS:
+                hint = " (mechanisms are upper case)" if mechanism.upper() in SASL_MECHANISMS else ""
+                raise ValueError(f"kafka.sasl_mechanism={mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}{hint}")
+            if mechanism in PASSWORD_MECHANISMS and not (self.sasl_username and has_password):
+                raise ValueError(f"kafka.sasl_mechanism={mechanism} needs kafka.sasl_username and "
+                                 f"kafka.sasl_password (or kafka.sasl_password_file)")
+            if protocol == "SASL_PLAINTEXT" and mechanism == "PLAIN":
+                logger.warning("kafka.security_protocol=SASL_PLAINTEXT with kafka.sasl_mechanism=PLAIN sends the "
+                               "password unencrypted; use SASL_SSL")
+        else:
+            unused = [name for name, value in (("sasl_mechanism", mechanism), ("sasl_username", self.sasl_username),
+                                               ("sasl_password", self.sasl_password),
+                                               ("sasl_password_file", self.sasl_password_file)) if value is not None]
+            if unused:
+                logger.warning("kafka.%s set but kafka.security_protocol=%s does not use SASL: the credentials are "
+                               "not sent; set security_protocol to SASL_SSL", ", kafka.".join(unused), protocol)
+        if protocol in ("SSL", "SASL_SSL"):
+            if not self.ssl_check_hostname:
+                logger.warning("kafka.ssl_check_hostname=false: the broker certificate's name is not verified, so "
+                               "any holder of a certificate from the CA can impersonate the broker")
+        elif self.ssl_cafile is not None:
+            logger.warning("kafka.ssl_cafile set but kafka.security_protocol=%s does not use TLS", protocol)
         return self
 
     def _password(self) -> str | None:
