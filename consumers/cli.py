@@ -74,6 +74,9 @@ def run(
     role: Annotated[str, typer.Option(help="all (one process) | embedder (scale-out, stateless) | "
                                            "trainer (owns the model)")] = "all",
     json_logs: Annotated[bool, typer.Option(help="structured JSON log lines")] = False,
+    accept_model_loss: Annotated[bool, typer.Option(
+        help="start from the group's committed offsets even if every checkpoint is unreadable "
+             "(the model then lacks the documents before them)")] = False,
 ) -> None:
     """Run the service. With no Kafka and no --input, runs the bundled en/zh/ja demo stream."""
     if role not in ("all", "embedder", "trainer"):
@@ -90,6 +93,8 @@ def run(
         overrides["input_file"] = input
     if data_dir:
         overrides["data_dir"] = data_dir
+    if accept_model_loss:
+        overrides["checkpoint"] = settings.checkpoint.model_copy(update={"accept_model_loss": True})
     if not (bootstrap or settings.kafka.bootstrap_servers or input or settings.input_file):
         demo = True   # the embedded default: 360 documents, so a small model that warms up quickly
         overrides["data_dir"] = (data_dir or settings.data_dir) / "demo"
@@ -131,11 +136,11 @@ def run(
             worker.close()
         console.print(f"embedder stopped after {worker.documents} documents ({worker.records} records)")
         return
-    from consumers.checkpoint import IncompatibleCheckpoint
+    from consumers.checkpoint import CheckpointError
 
     try:
         service = build_service(settings, role=role)
-    except IncompatibleCheckpoint as exc:
+    except CheckpointError as exc:   # incompatible, unreadable, or a data dir another process holds
         console.print(f"[red]cannot start:[/red] {exc}")
         raise typer.Exit(2) from None
     service.install_signal_handlers()

@@ -209,6 +209,12 @@ class CheckpointSettings(BaseModel):
     every_seconds: float = 10.0
     every_docs: int = 5000
     keep: int = 3
+    accept_model_loss: bool = Field(False, description=(
+        "start from the consumer group's committed offsets even when checkpoints exist but none is "
+        "readable (the model then lacks every document before those offsets); off = refuse to start"))
+    max_docs_unsaved: int = Field(20_000, ge=1, description=(
+        "while checkpoints cannot be written (e.g. a full disk), the loop pauses between batches once "
+        "this many documents are past the last good checkpoint"))
 
 
 class Settings(BaseSettings):

@@ -12,7 +12,7 @@ from stream.sinks import JsonlSink, KafkaSink, make_producer
 from stream.snapshot_store import SnapshotStore
 from stream.sources import JsonlFileSource, KafkaReplaySource, KafkaSource, resolve_replay_window
 
-from consumers.checkpoint import CheckpointStore
+from consumers.checkpoint import CheckpointStore, CheckpointsUnreadable
 from consumers.config import Settings
 from consumers.embedding_worker import EmbeddingWorker
 from consumers.intake import TextIntake
@@ -99,12 +99,17 @@ def build_service(settings: Settings, replay: tuple[str, str | None] | None = No
     set_threads(settings.model.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # never reach for a model hub at run time
     data = Path(settings.data_dir)
-    checkpoints = CheckpointStore(data / "checkpoints", keep=settings.checkpoint.keep)
-    embedder = service_embedder(settings)
+    checkpoints = CheckpointStore(data / "checkpoints", keep=settings.checkpoint.keep).acquire()
+    try:
+        embedder = service_embedder(settings)
+    except BaseException:
+        checkpoints.release()
+        raise
     try:
         return _assemble_service(settings, embedder, checkpoints, replay, role)
     except BaseException:   # e.g. an incompatible checkpoint: do not leave the embedder process behind
         embedder.close()
+        checkpoints.release()
         raise
 
 
@@ -114,8 +119,18 @@ def _assemble_service(settings: Settings, embedder: Embedder, checkpoints: Check
     compat = {"embedder": embedder.name, "embedding_dim": embedder.dim, "num_topics": settings.model.num_topics}
     resumed = checkpoints.load_latest(compat)
     start_offsets = resumed[0]["offsets"] if resumed else {}
-    store = SnapshotStore(data / "snapshots.sqlite")
     k = settings.kafka
+    from_committed = replay is None and bool(k.bootstrap_servers) and settings.input_file is None
+    if resumed is None and checkpoints.damaged and from_committed:
+        if not settings.checkpoint.accept_model_loss:
+            raise CheckpointsUnreadable(
+                f"{len(checkpoints.damaged)} checkpoint(s) in {checkpoints.directory} exist but none is readable: "
+                f"starting from the consumer group's committed offsets would leave every document before them "
+                f"out of the model. Restore a checkpoint, or accept the loss with --accept-model-loss "
+                f"(checkpoint.accept_model_loss)", checkpoints.damaged)
+        logger.error("no readable checkpoint among %d: starting from the committed offsets; the model lacks "
+                     "the documents before them (checkpoint.accept_model_loss)", len(checkpoints.damaged))
+    store = SnapshotStore(data / "snapshots.sqlite")
     if replay is not None:
         if not k.bootstrap_servers:
             raise ValueError("a replay reads Kafka: set kafka.bootstrap_servers")

@@ -186,7 +186,8 @@ def test_dashboard_queries_parse(tmp_path):
 # -- alert rules ----------------------------------------------------------------------------------
 
 EXPECTED_ALERTS = {"XtreamTopicDriftHigh", "XtreamManyTopicsDrifting", "XtreamNoRecentSnapshot",
-                   "XtreamConsumerLagGrowing", "XtreamDeadLetterRateHigh", "XtreamDown", "XtreamNotReady"}
+                   "XtreamConsumerLagGrowing", "XtreamDeadLetterRateHigh", "XtreamDown", "XtreamNotReady",
+                   "XtreamCheckpointsFailing"}
 
 
 def test_alerts_are_complete():
