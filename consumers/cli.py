@@ -67,7 +67,10 @@ def _print_topics(snapshot, top: int = 6, limit: int = 20) -> None:
 @app.command()
 def run(
     config: Annotated[Optional[Path], typer.Option(help="TOML/JSON settings file")] = None,
-    input: Annotated[Optional[Path], typer.Option(help="JSONL documents instead of Kafka")] = None,
+    input: Annotated[Optional[Path], typer.Option(help="JSONL documents instead of Kafka: a file, a FIFO, "
+                                                        "or - for stdin")] = None,
+    follow: Annotated[bool, typer.Option(help="with --input: keep reading as the file grows (like tail -F) "
+                                              "until SIGTERM")] = False,
     bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers; none = embedded default")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="checkpoints, snapshot store, outputs")] = None,
     topics: Annotated[Optional[int], typer.Option(help="number of topics K")] = None,
@@ -91,6 +94,8 @@ def run(
         overrides["kafka"] = settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})
     if input:
         overrides["input_file"] = input
+    if follow:
+        overrides["follow_input"] = True
     if data_dir:
         overrides["data_dir"] = data_dir
     if accept_model_loss:

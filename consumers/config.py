@@ -221,7 +221,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="XTREAM_", env_nested_delimiter="__", extra="forbid")
 
     data_dir: Path = Field(Path("xtream-data"), description="checkpoints, snapshot store, local outputs")
-    input_file: Path | None = Field(None, description="JSONL input instead of Kafka")
+    input_file: Path | None = Field(None, description="JSONL input instead of Kafka: a file, a FIFO, or '-' for stdin")
+    follow_input: bool = Field(False, description="keep reading input_file as it grows (like tail -F) instead "
+                                                  "of stopping at its end")
     log_level: str = "INFO"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)

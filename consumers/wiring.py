@@ -153,7 +153,8 @@ def _assemble_service(settings: Settings, embedder: Embedder, checkpoints: Check
     else:
         if role == "trainer":
             raise ValueError("--role trainer needs Kafka: set kafka.bootstrap_servers")
-        source = JsonlFileSource(settings.input_file or DEMO_STREAM, start_offsets=start_offsets)
+        source = JsonlFileSource(settings.input_file or DEMO_STREAM, start_offsets=start_offsets,
+                                 follow=settings.follow_input, max_line_bytes=settings.batch.max_record_bytes)
         sinks = dict(assignments=JsonlSink(data / "assignments.jsonl"),
                      dead_letters=JsonlSink(data / "dead_letters.jsonl", envelope=True), snapshots=None,
                      lineage=JsonlSink(data / "lineage.jsonl"))
