@@ -235,11 +235,10 @@ def create_app(service) -> FastAPI:
         offset = _OFFSET.fullmatch(at)
         if offset:
             part, off = int(offset["partition"] or 0), int(offset["offset"])
-            for version in reversed(service.store.versions()):
-                s = service.store.get(version)
-                covered = [o for key, o in s.offsets.items() if _partition_of(key) == part]
+            for version, offsets in service.store.offsets_by_version():
+                covered = [o for key, o in offsets.items() if _partition_of(key) == part]
                 if covered and covered[0] <= off:
-                    found = s
+                    found = service.store.get(version)
                     break
         else:
             when = _parse_time(at)

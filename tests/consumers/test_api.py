@@ -294,3 +294,27 @@ def test_query_parsers_never_answer_500(served):
         assert c.get(f"/topics/{quote(topic, safe='')}", params={"history": history}).status_code < 500
 
     check()
+
+
+def test_an_offset_query_parses_only_the_snapshot_it_returns(served, tmp_path, monkeypatch):
+    from copy import copy
+
+    from stream.snapshot_store import SnapshotStore
+
+    store = SnapshotStore(tmp_path / "snapshots.sqlite")
+    base = served.store.latest()
+    key = next(iter(base.offsets))
+    for version in range(1, 6):
+        store.add(base.model_copy(update={"model_version": version, "offsets": {key: 100 * version}}))
+    other = copy(served)
+    other.store = store
+    parsed = []
+    real_get = store.get
+    monkeypatch.setattr(store, "get", lambda v: parsed.append(v) or real_get(v))
+    c = TestClient(create_app(other))
+    try:
+        assert c.get("/snapshots", params={"at": "250"}).json()["model_version"] == 2
+        assert c.get("/snapshots", params={"at": "0:99"}).status_code == 404
+    finally:
+        store.close()
+    assert parsed == [2], "only the snapshot returned was parsed"
