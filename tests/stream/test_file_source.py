@@ -10,8 +10,6 @@ import threading
 import time
 import tracemalloc
 
-import pytest
-
 from stream.sources import JsonlFileSource
 
 
