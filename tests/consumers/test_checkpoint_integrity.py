@@ -398,3 +398,10 @@ def test_unreadable_checkpoints_with_kafka_refuse_to_start_from_committed_offset
         build_service(kafka_settings(data_dir))
     assert len(err.value.damaged) == len(checkpoint_files(data_dir))
     CheckpointStore(data_dir / "checkpoints").acquire().release()   # the refused start let go of the lock
+
+
+def test_the_cli_refuses_unreadable_checkpoints_with_kafka_and_names_the_flag(served, data_dir):
+    for f in checkpoint_files(data_dir):
+        garbage(f)
+    result = CliRunner().invoke(app, ["run", "--bootstrap", "127.0.0.1:9", "--data-dir", str(data_dir)])
+    assert result.exit_code == 2 and "--accept-model-loss" in result.output, result.output
