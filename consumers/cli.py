@@ -64,6 +64,19 @@ def _print_topics(snapshot, top: int = 6, limit: int = 20) -> None:
     console.print(table)
 
 
+def _load_settings(settings_cls, config: Path | None):
+    """Settings, or a clean exit 2 naming every invalid setting (e.g. a short ``http.token``)."""
+    from pydantic import ValidationError
+
+    try:
+        return settings_cls.load(config)
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            console.print(f"[red]invalid setting[/red] {where}: {err['msg']}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def run(
     config: Annotated[Optional[Path], typer.Option(help="TOML/JSON settings file")] = None,
@@ -89,7 +102,7 @@ def run(
 
     overrides: dict = {}
     demo = False
-    settings = Settings.load(config)
+    settings = _load_settings(Settings, config)
     if bootstrap:
         overrides["kafka"] = settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})
     if input:

@@ -78,3 +78,10 @@ def test_run_on_a_fifo_serves_its_api_while_waiting_and_stops_on_sigterm(tmp_pat
             os.close(writer)
         log.close()
     assert "processed 5 documents" in (tmp_path / "service.log").read_text(errors="replace")
+
+
+def test_a_short_token_stops_run_at_start_with_the_setting_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("XTREAM_HTTP__TOKEN", "")
+    result = runner.invoke(app, ["run", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "http.token" in result.output, result.output
+    assert "Traceback" not in result.output
