@@ -1,14 +1,19 @@
 """The HTTP API (FastAPI, OpenAPI at /docs): health, metrics, topics, as-of snapshots, assignment.
 
 Read-only by default. The one state-changing endpoint (``POST /admin/snapshot``) needs a bearer
-token from configuration, compared in constant time, and does not exist when no token is set.
-Bodies are capped at ``http.max_body_bytes`` before parsing.
+token from configuration (at least ``MIN_TOKEN_CHARS`` long), compared in constant time, and does
+not exist when no token is set. Bodies are capped at ``http.max_body_bytes`` while they are read,
+chunked or not. ``/documents:assign`` and ``?history=`` are rate-limited per client, and
+assignments run in their own bounded queue (:mod:`consumers.ratelimit`). A malformed query is
+answered 4xx, never 500.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import re
 import threading
 import time
 from datetime import datetime, timezone
@@ -20,6 +25,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
+from consumers.config import MIN_TOKEN_CHARS
+from consumers.ratelimit import AssignmentQueue, Busy, ClientRateLimiter
 from stream.schemas import MAX_TEXT_CHARS, LineageRecord, SnapshotTopic, TopicSnapshot
 
 __all__ = ["ApiServer", "create_app", "create_worker_app"]
@@ -65,22 +72,99 @@ class TopicDetail(BaseModel):
     lineage: list[LineageRecord]
 
 
+_OFFSET = re.compile(r"(?:(?P<partition>[0-9]{1,9}):)?(?P<offset>[0-9]{1,19})", re.ASCII)
+_MAX_TIME_CHARS = 64
+
+
+def _partition_of(key: str) -> int | None:
+    """The partition of a ``'topic:partition'`` offsets key, or None if it has none."""
+    tail = key.rsplit(":", 1)[-1]
+    return int(tail) if _OFFSET.fullmatch(tail) else None
+
+
+def _parse_time(text: str) -> datetime | None:
+    """An aware datetime (naive = UTC) from ISO 8601, or None for anything else."""
+    if len(text) > _MAX_TIME_CHARS or not text.isascii():
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        when.timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+    return when
+
+
+class BodyLimit:
+    """ASGI middleware: refuses a request body past ``max_bytes`` while it arrives.
+
+    A ``Content-Length`` over the limit is answered 413 before any of the body is read; a chunked
+    body is read up to the limit and answered 413 as soon as it passes it, without reading the rest
+    (the server then closes the connection). At most ``max_bytes`` plus one chunk is held.
+    """
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or len(length) > 18 or int(length) > self.max_bytes):
+            return await self._refuse(send)
+        if length is None and b"transfer-encoding" not in headers:
+            return await self.app(scope, receive, send)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":   # client went away
+                return
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._refuse(send)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        del chunks
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, send) -> None:
+        body = json.dumps({"detail": f"request body over {self.max_bytes} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(service) -> FastAPI:
     """An app over a running :class:`~consumers.service.TopicService`."""
     http = service.settings.http
     app = FastAPI(title="xtream", version="0.1.0",
                   description="Streaming cross-lingual topics (XTRA). Read-only unless a token is configured.")
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > http.max_body_bytes):
-            return JSONResponse({"detail": f"request body over {http.max_body_bytes} bytes"}, status_code=413)
-        if request.method in ("POST", "PUT", "PATCH") and length is None:
-            body = await request.body()   # chunked: read it, but refuse oversize
-            if len(body) > http.max_body_bytes:
-                return JSONResponse({"detail": f"request body over {http.max_body_bytes} bytes"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=http.max_body_bytes)
+    limiter = ClientRateLimiter(http.rate_per_second, http.rate_burst)
+    queue = AssignmentQueue(http.assign_concurrency, http.assign_queue_depth, http.assign_max_share)
+
+    def rate_limited(request: Request) -> None:
+        try:
+            limiter.take(request.client.host if request.client else "?")
+        except Busy as exc:
+            raise HTTPException(429, exc.detail, headers={"Retry-After": str(exc.retry_after)}) from None
 
     @app.get("/healthz", tags=["health"])
     def healthz():
@@ -120,8 +204,13 @@ def create_app(service) -> FastAPI:
         return latest()
 
     @app.get("/topics/{topic_id}", response_model=TopicDetail, tags=["topics"])
-    def topic(topic_id: int, history: Annotated[int, Query(ge=0, le=1000)] = 50):
-        """A topic's words per language now, and its last ``history`` snapshots."""
+    def topic(request: Request, topic_id: int, history: Annotated[int, Query(ge=0)] = 50):
+        """A topic's words per language now, and its last ``history`` snapshots (at most
+        ``http.max_history``; rate-limited per client)."""
+        if history > http.max_history:
+            raise HTTPException(422, f"history is at most {http.max_history}")
+        if history:
+            rate_limited(request)
         snap = latest()
         current = {t.topic_id: t for t in snap.topics}
         if topic_id not in current:
@@ -143,36 +232,43 @@ def create_app(service) -> FastAPI:
                                                          "('offset' or 'partition:offset')")]):
         """The snapshot in force at a time, or when the input reached an offset."""
         found = None
-        if at.replace(":", "").isdigit():
-            part, _, off = at.rpartition(":")
-            part = part or "0"
-            for version in reversed(service.store.versions()):
-                s = service.store.get(version)
-                covered = [o for key, o in s.offsets.items() if key.rsplit(":", 1)[1] == part]
-                if covered and covered[0] <= int(off):
-                    found = s
+        offset = _OFFSET.fullmatch(at)
+        if offset:
+            part, off = int(offset["partition"] or 0), int(offset["offset"])
+            for version, offsets in service.store.offsets_by_version():
+                covered = [o for key, o in offsets.items() if _partition_of(key) == part]
+                if covered and covered[0] <= off:
+                    found = service.store.get(version)
                     break
         else:
-            try:
-                when = datetime.fromisoformat(at.replace("Z", "+00:00"))
-            except ValueError:
-                raise HTTPException(422, f"'at' must be an ISO 8601 time or an offset, got {at!r}") from None
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
+            when = _parse_time(at)
+            if when is None:
+                raise HTTPException(422, f"'at' must be an ISO 8601 time or an offset, got {at[:64]!r}")
             found = service.store.as_of(when)
         if found is None:
             raise HTTPException(404, f"no snapshot in force at {at}")
         return found
 
     @app.post("/documents:assign", response_model=AssignResponse, tags=["topics"])
-    def assign(body: AssignRequest):
-        """Topic mixtures of new texts under the current model; the model does not change."""
-        from model.text import detect_language
+    def assign(request: Request, body: AssignRequest):
+        """Topic mixtures of new texts under the current model; the model does not change.
 
+        Rate-limited per client, and run in a bounded queue of its own (429 + ``Retry-After`` when
+        full) within a share of wall time, so ingestion keeps the embedder."""
+        rate_limited(request)
         if len(body.documents) > http.max_documents:
             raise HTTPException(413, f"at most {http.max_documents} documents per request")
         if not service.model.is_warm:
             raise HTTPException(503, "model warming up")
+        try:
+            with queue.admit():
+                return _assign(body)
+        except Busy as exc:
+            raise HTTPException(429, exc.detail, headers={"Retry-After": str(exc.retry_after)}) from None
+
+    def _assign(body: AssignRequest) -> AssignResponse:
+        from model.text import detect_language
+
         accepted = sorted(service.settings.model.languages)
         langs = []
         for d in body.documents:
@@ -196,6 +292,8 @@ def create_app(service) -> FastAPI:
 
     if http.token is not None:
         expected = http.token.get_secret_value().encode()
+        if len(expected) < MIN_TOKEN_CHARS:   # settings copied without validation
+            raise ValueError(f"http.token must be at least {MIN_TOKEN_CHARS} characters")
 
         def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
             scheme, _, given = (authorization or "").partition(" ")

@@ -7,20 +7,35 @@ File layout (``ckpt-<seq>.xck``)::
     <payload: torch.save of the state, tensors and plain containers only>
 
 Written to a temp file, fsync'd, renamed into place and the directory fsync'd, so a crash leaves
-either the old or the new checkpoint, never half of one. Loading verifies both checksums (the
-payload's, and the header's own, which covers the offsets the service seeks to) and falls back to
-the previous good file; payloads load with ``weights_only=True`` (no pickle code runs). Version 1
-files (no header checksum) still load.
+either the old or the new checkpoint, never half of one. A write that fails (a full disk) removes
+its temp file, keeps the previous checkpoints and raises :class:`CheckpointWriteError`. Loading
+verifies both checksums (the payload's, and the header's own, which covers the offsets the service
+seeks to) and the header's shape, and falls back to the previous good file; payloads load with
+``weights_only=True`` (no pickle code runs). Version 1 files (no header checksum) still load.
+
+One process at a time: :meth:`CheckpointStore.acquire` takes an exclusive ``flock`` on the
+directory's ``LOCK`` file, held until :meth:`~CheckpointStore.release` or the process ends.
+
+Errors::
+
+    CheckpointError
+    ├── IncompatibleCheckpoint   written with another model/config
+    ├── DataDirectoryLocked      another process holds the directory
+    ├── CheckpointsUnreadable    checkpoints exist but none verifies
+    └── CheckpointWriteError     a save failed (e.g. no space left); the last good one is kept
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import logging
 import os
 import pickle
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CheckpointStore", "IncompatibleCheckpoint"]
+__all__ = ["CheckpointError", "CheckpointStore", "CheckpointWriteError", "CheckpointsUnreadable",
+           "DataDirectoryLocked", "IncompatibleCheckpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +59,40 @@ def _header_digest(header: dict) -> str:
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
 
 
-class IncompatibleCheckpoint(RuntimeError):
+class CheckpointError(RuntimeError):
+    """Root of checkpoint store errors."""
+
+
+class IncompatibleCheckpoint(CheckpointError):
     """The checkpoint was written with a model/config this service cannot continue from."""
+
+
+class DataDirectoryLocked(CheckpointError):
+    """Another process holds the checkpoint directory's lock."""
+
+
+class CheckpointsUnreadable(CheckpointError):
+    """Checkpoints exist but none verifies: starting anyway would lose what they covered."""
+
+    def __init__(self, message: str, damaged: list[Path]) -> None:
+        super().__init__(message)
+        self.damaged = damaged
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written; the previous ones are untouched."""
+
+
+def _check_header(header: Any) -> dict:
+    """The header's required fields and their types, or ``ValueError``."""
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    for key, kind in (("sha256", str), ("size", int), ("offsets", dict), ("compat", dict)):
+        if not isinstance(header.get(key), kind):
+            raise ValueError(f"header field {key!r} is missing or not a {kind.__name__}")
+    if not all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in header["offsets"].items()):
+        raise ValueError("header offsets are not 'topic:partition' -> offset")
+    return header
 
 
 def _encode(obj: Any) -> Any:
@@ -75,6 +123,40 @@ class CheckpointStore:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.keep = max(1, keep)
+        #: Files :meth:`load_latest` skipped as damaged, newest first.
+        self.damaged: list[Path] = []
+        self._lock_file: Any = None
+
+    def acquire(self) -> "CheckpointStore":
+        """Take the directory's exclusive lock, or raise :class:`DataDirectoryLocked` at once."""
+        if self._lock_file is not None:
+            return self
+        f = open(self.directory / "LOCK", "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise DataDirectoryLocked(
+                f"{self.directory} is in use by another xtream process (pid {holder}); give each process "
+                f"its own --data-dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock_file = f
+        for stale in self.directory.glob("ckpt-*.tmp"):   # left by a writer that died; none is alive now
+            stale.unlink(missing_ok=True)
+        return self
+
+    def release(self) -> None:
+        """Drop the directory lock (closing the file releases the flock)."""
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     def _files(self) -> list[Path]:
         return sorted(self.directory.glob("ckpt-*.xck"))
@@ -89,17 +171,26 @@ class CheckpointStore:
         files = self._files()
         seq = int(files[-1].stem.split("-")[1]) + 1 if files else 1
         final = self.directory / f"ckpt-{seq:09d}.xck"
-        tmp = final.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + json.dumps(header).encode() + b"\n" + payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
+        tmp = None
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            fd, name = tempfile.mkstemp(prefix=f"ckpt-{seq:09d}.", suffix=".tmp", dir=self.directory)
+            tmp = Path(name)
+            with open(fd, "wb") as f:
+                f.write(MAGIC + json.dumps(header).encode() + b"\n" + payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            tmp = None
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            raise CheckpointWriteError(f"checkpoint {final.name} not written ({exc.strerror or exc}); "
+                                       f"the previous checkpoints are kept") from exc
         for old in self._files()[: -self.keep]:
             old.unlink(missing_ok=True)
         return final
@@ -111,9 +202,7 @@ class CheckpointStore:
         if not data.startswith((MAGIC, MAGIC_V1)):
             raise ValueError("bad magic")
         end = data.index(b"\n", len(MAGIC))
-        header = json.loads(data[len(MAGIC):end])
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
+        header = _check_header(json.loads(data[len(MAGIC):end]))
         if data.startswith(MAGIC) and header.get("header_sha256") != _header_digest(header):
             raise ValueError("header checksum mismatch")
         payload = data[end + 1:]
@@ -128,12 +217,15 @@ class CheckpointStore:
     def load_latest(self, compat: dict[str, Any] | None = None,
                     accept: Callable[[dict], bool] | None = None) -> tuple[dict, dict] | None:
         """Newest checkpoint that verifies (and that ``accept(header)`` takes, when given), or None.
-        Damaged files are skipped with an error log, refused ones with a warning."""
+        Damaged files are skipped with an error log and listed in :attr:`damaged`; refused ones are
+        skipped with a warning."""
+        self.damaged = []
         for path in reversed(self._files()):
             try:
                 header, state = self.read(path)
-            except (ValueError, KeyError, OSError, RuntimeError, EOFError) as exc:
+            except (ValueError, KeyError, TypeError, OSError, RuntimeError, EOFError) as exc:
                 logger.error("checkpoint %s is damaged (%s); falling back to the previous one", path.name, exc)
+                self.damaged.append(path)
                 continue
             if accept is not None and not accept(header):
                 logger.warning("checkpoint %s is not covered by the committed offsets (its transaction did "

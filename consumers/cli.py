@@ -77,16 +77,35 @@ def _print_topics(snapshot, top: int = 6, limit: int = 20) -> None:
     console.print(table)
 
 
+def _load_settings(settings_cls, config: Path | None):
+    """Settings, or a clean exit 2 naming every invalid setting (e.g. a short ``http.token``)."""
+    from pydantic import ValidationError
+
+    try:
+        return settings_cls.load(config)
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            console.print(f"[red]invalid setting[/red] {where}: {err['msg']}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def run(
     config: Annotated[Optional[Path], typer.Option(help="TOML/JSON settings file")] = None,
-    input: Annotated[Optional[Path], typer.Option(help="JSONL documents instead of Kafka")] = None,
+    input: Annotated[Optional[Path], typer.Option(help="JSONL documents instead of Kafka: a file, a FIFO, "
+                                                        "or - for stdin")] = None,
+    follow: Annotated[bool, typer.Option(help="with --input: keep reading as the file grows (like tail -F) "
+                                              "until SIGTERM")] = False,
     bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers; none = embedded default")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="checkpoints, snapshot store, outputs")] = None,
     topics: Annotated[Optional[int], typer.Option(help="number of topics K")] = None,
     role: Annotated[str, typer.Option(help="all (one process) | embedder (scale-out, stateless) | "
                                            "trainer (owns the model)")] = "all",
     json_logs: Annotated[bool, typer.Option(help="structured JSON log lines")] = False,
+    accept_model_loss: Annotated[bool, typer.Option(
+        help="start from the group's committed offsets even if every checkpoint is unreadable "
+             "(the model then lacks the documents before them)")] = False,
 ) -> None:
     """Run the service. With no Kafka and no --input, runs the bundled en/zh/ja demo stream."""
     if role not in ("all", "embedder", "trainer"):
@@ -96,13 +115,17 @@ def run(
 
     overrides: dict = {}
     demo = False
-    settings = Settings.load(config)
+    settings = _load_settings(Settings, config)
     if bootstrap:
         overrides["kafka"] = settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})
     if input:
         overrides["input_file"] = input
+    if follow:
+        overrides["follow_input"] = True
     if data_dir:
         overrides["data_dir"] = data_dir
+    if accept_model_loss:
+        overrides["checkpoint"] = settings.checkpoint.model_copy(update={"accept_model_loss": True})
     if not (bootstrap or settings.kafka.bootstrap_servers or input or settings.input_file):
         demo = True   # the embedded default: 360 documents, so a small model that warms up quickly
         overrides["data_dir"] = (data_dir or settings.data_dir) / "demo"
@@ -144,11 +167,11 @@ def run(
             worker.close()
         console.print(f"embedder stopped after {worker.documents} documents ({worker.records} records)")
         return
-    from consumers.checkpoint import IncompatibleCheckpoint
+    from consumers.checkpoint import CheckpointError
 
     try:
         service = build_service(settings, role=role)
-    except IncompatibleCheckpoint as exc:
+    except CheckpointError as exc:   # incompatible, unreadable, or a data dir another process holds
         console.print(f"[red]cannot start:[/red] {exc}")
         raise typer.Exit(2) from None
     service.install_signal_handlers()

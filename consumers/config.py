@@ -8,16 +8,24 @@ Secrets are ``SecretStr``: they print as ``**********`` and never reach a log li
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["MIN_TOKEN_CHARS", "SASL_MECHANISMS", "Settings"]
+
+logger = logging.getLogger(__name__)
+
+MIN_TOKEN_CHARS = 16
+#: What kafka-python supports; the password ones need a username and a password.
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
+PASSWORD_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 #: The file :meth:`Settings.load` was given, for the file source (never written to the environment).
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("xtream_config_file", default=None)
@@ -72,6 +80,39 @@ class KafkaSettings(_Section):
     def _one_password_source(self) -> "KafkaSettings":
         if self.sasl_password is not None and self.sasl_password_file is not None:
             raise ValueError("set kafka.sasl_password or kafka.sasl_password_file, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _coherent_security(self) -> "KafkaSettings":
+        """Refuse combinations kafka-python would fail on late or obscurely; warn about weak ones."""
+        protocol, mechanism = self.security_protocol, self.sasl_mechanism
+        has_password = self.sasl_password is not None or self.sasl_password_file is not None
+        if protocol.startswith("SASL_"):
+            if not mechanism:
+                raise ValueError(f"kafka.sasl_mechanism is required with kafka.security_protocol={protocol} "
+                                 f"(one of {', '.join(SASL_MECHANISMS)})")
+            if mechanism not in SASL_MECHANISMS:
+                hint = " (mechanisms are upper case)" if mechanism.upper() in SASL_MECHANISMS else ""
+                raise ValueError(f"kafka.sasl_mechanism={mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}{hint}")
+            if mechanism in PASSWORD_MECHANISMS and not (self.sasl_username and has_password):
+                raise ValueError(f"kafka.sasl_mechanism={mechanism} needs kafka.sasl_username and "
+                                 f"kafka.sasl_password (or kafka.sasl_password_file)")
+            if protocol == "SASL_PLAINTEXT" and mechanism == "PLAIN":
+                logger.warning("kafka.security_protocol=SASL_PLAINTEXT with kafka.sasl_mechanism=PLAIN sends the "
+                               "password unencrypted; use SASL_SSL")
+        else:
+            unused = [name for name, value in (("sasl_mechanism", mechanism), ("sasl_username", self.sasl_username),
+                                               ("sasl_password", self.sasl_password),
+                                               ("sasl_password_file", self.sasl_password_file)) if value is not None]
+            if unused:
+                logger.warning("kafka.%s set but kafka.security_protocol=%s does not use SASL: the credentials are "
+                               "not sent; set security_protocol to SASL_SSL", ", kafka.".join(unused), protocol)
+        if protocol in ("SSL", "SASL_SSL"):
+            if not self.ssl_check_hostname:
+                logger.warning("kafka.ssl_check_hostname=false: the broker certificate's name is not verified, so "
+                               "any holder of a certificate from the CA can impersonate the broker")
+        elif self.ssl_cafile is not None:
+            logger.warning("kafka.ssl_cafile set but kafka.security_protocol=%s does not use TLS", protocol)
         return self
 
     def _password(self) -> str | None:
@@ -175,22 +216,50 @@ class HttpSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
-    token: SecretStr | None = Field(None, description="bearer token for state-changing endpoints; unset = they are off")
-    max_body_bytes: int = 1_000_000
-    max_documents: int = 256
+    token: SecretStr | None = Field(None, description=(
+        f"bearer token for state-changing endpoints, at least {MIN_TOKEN_CHARS} characters; unset = they are off"))
+    max_body_bytes: int = Field(1_000_000, ge=1, description="request bodies past this get 413, chunked or not")
+    max_documents: int = Field(256, ge=1)
+    max_history: int = Field(100, ge=0, le=1000, description="most snapshots /topics/{id}?history= may ask for")
+    rate_per_second: float = Field(2.0, gt=0, description=(
+        "per client: /documents:assign and ?history= requests refilled per second (429 + Retry-After past it)"))
+    rate_burst: int = Field(10, ge=1, description="per client: requests allowed at once before the rate applies")
+    assign_concurrency: int = Field(1, ge=1, description="assignment requests embedded at once")
+    assign_queue_depth: int = Field(4, ge=0, description="assignment requests waiting; more get 429")
+    assign_max_share: float = Field(0.25, gt=0, le=1, description=(
+        "most of the wall time assignment requests may spend embedding, so ingestion keeps the rest"))
+
+    @field_validator("token")
+    @classmethod
+    def _strong_token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return None
+        secret = v.get_secret_value()
+        if len(secret) < MIN_TOKEN_CHARS or secret != secret.strip() or not secret.isprintable():
+            raise ValueError(f"http.token must be at least {MIN_TOKEN_CHARS} printable characters without "
+                             f"surrounding whitespace (got {len(secret)}); unset it to turn the admin endpoints off")
+        return v
 
 
 class CheckpointSettings(_Section):
     every_seconds: float = 10.0
     every_docs: int = 5000
     keep: int = 3
+    accept_model_loss: bool = Field(False, description=(
+        "start from the consumer group's committed offsets even when checkpoints exist but none is "
+        "readable (the model then lacks every document before those offsets); off = refuse to start"))
+    max_docs_unsaved: int = Field(20_000, ge=1, description=(
+        "while checkpoints cannot be written (e.g. a full disk), the loop pauses between batches once "
+        "this many documents are past the last good checkpoint"))
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="XTREAM_", env_nested_delimiter="__", extra="forbid")
 
     data_dir: Path = Field(Path("xtream-data"), description="checkpoints, snapshot store, local outputs")
-    input_file: Path | None = Field(None, description="JSONL input instead of Kafka")
+    input_file: Path | None = Field(None, description="JSONL input instead of Kafka: a file, a FIFO, or '-' for stdin")
+    follow_input: bool = Field(False, description="keep reading input_file as it grows (like tail -F) instead "
+                                                  "of stopping at its end")
     log_level: str = "INFO"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)

@@ -60,6 +60,9 @@ class ServiceMetrics:
         self.last_snapshot = Gauge("xtream_last_snapshot_timestamp_seconds", "Unix time of the last snapshot",
                                    registry=r)
         self.checkpoints = Counter("xtream_checkpoints_total", "Checkpoints written", registry=r)
+        self.checkpoint_failures = Counter("xtream_checkpoint_failures_total",
+                                           "Checkpoints that could not be written (e.g. no space left); the "
+                                           "last good one is kept", registry=r)
         self.last_checkpoint = Gauge("xtream_last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint",
                                      registry=r)
         self.drift_max = Gauge("xtream_topic_drift_max", "Largest per-topic JS divergence vs the previous snapshot",

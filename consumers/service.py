@@ -34,7 +34,7 @@ from stream.snapshot_store import SnapshotStore
 from stream.sources import Source
 from stream.transactions import OutputTransactions
 
-from consumers.checkpoint import CheckpointStore
+from consumers.checkpoint import CheckpointStore, CheckpointWriteError
 from consumers.intake import EmbeddedIntake, PreparedBatch, TextIntake
 from consumers.prefetch import BatchPrefetcher
 from consumers.config import Settings
@@ -686,11 +686,20 @@ class TopicService:
             logger.error("checkpoint postponed, sinks not flushed: %s", exc)
             return
         # Step 2
-        with self.metrics.stage_seconds.labels("checkpoint").time():
-            with self.lock:
-                state = self.state_dict()
-            self.checkpoints.save(state, self.offsets, self.compat(), n_docs=self.model.n_docs,
-                                  model_version=self.model.version)
+        try:
+            with self.metrics.stage_seconds.labels("checkpoint").time():
+                with self.lock:
+                    state = self.state_dict()
+                self.checkpoints.save(state, self.offsets, self.compat(), n_docs=self.model.n_docs,
+                                      model_version=self.model.version)
+        except CheckpointWriteError as exc:   # nothing committed: a restart resumes from the last good one
+            self.metrics.checkpoint_failures.inc()
+            behind = self._docs_since_checkpoint
+            logger.error("%s (%d documents since the last good checkpoint)", exc, behind)
+            self._last_checkpoint = time.monotonic()
+            if behind >= self.settings.checkpoint.max_docs_unsaved:   # consume only as far as we can save
+                self._stop.wait(min(self.settings.checkpoint.every_seconds, 30.0))
+            return
         # Step 3
         try:
             with self.metrics.stage_seconds.labels("commit").time():
@@ -760,4 +769,5 @@ class TopicService:
             logger.warning("closing a sink failed: %s", exc)
         self.source.close()
         self.store.close()
+        self.checkpoints.release()
 

@@ -13,7 +13,7 @@ from stream.snapshot_store import SnapshotStore
 from stream.sources import JsonlFileSource, KafkaReplaySource, KafkaSource, committed_offsets, resolve_replay_window
 from stream.transactions import OutputTransactions, covered_by
 
-from consumers.checkpoint import CheckpointStore
+from consumers.checkpoint import CheckpointStore, CheckpointsUnreadable
 from consumers.config import Settings
 from consumers.embedding_worker import EmbeddingWorker
 from consumers.intake import TextIntake
@@ -103,12 +103,17 @@ def build_service(settings: Settings, replay: tuple[str, str | None] | None = No
     set_threads(settings.model.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # never reach for a model hub at run time
     data = Path(settings.data_dir)
-    checkpoints = CheckpointStore(data / "checkpoints", keep=settings.checkpoint.keep)
-    embedder = service_embedder(settings)
+    checkpoints = CheckpointStore(data / "checkpoints", keep=settings.checkpoint.keep).acquire()
+    try:
+        embedder = service_embedder(settings)
+    except BaseException:
+        checkpoints.release()
+        raise
     try:
         return _assemble_service(settings, embedder, checkpoints, replay, role)
     except BaseException:   # e.g. an incompatible checkpoint: do not leave the embedder process behind
         embedder.close()
+        checkpoints.release()
         raise
 
 
@@ -125,6 +130,15 @@ def _assemble_service(settings: Settings, embedder: Embedder, checkpoints: Check
     else:
         resumed = checkpoints.load_latest(compat)
     start_offsets = resumed[0]["offsets"] if resumed else {}
+    if resumed is None and checkpoints.damaged and live_kafka:
+        if not settings.checkpoint.accept_model_loss:
+            raise CheckpointsUnreadable(
+                f"{len(checkpoints.damaged)} checkpoint(s) in {checkpoints.directory} exist but none is readable: "
+                f"starting from the consumer group's committed offsets would leave every document before them "
+                f"out of the model. Restore a checkpoint, or accept the loss with --accept-model-loss "
+                f"(checkpoint.accept_model_loss)", checkpoints.damaged)
+        logger.error("no readable checkpoint among %d: starting from the committed offsets; the model lacks "
+                     "the documents before them (checkpoint.accept_model_loss)", len(checkpoints.damaged))
     store = SnapshotStore(data / "snapshots.sqlite")
     if replay is not None:
         if not k.bootstrap_servers:
@@ -148,7 +162,8 @@ def _assemble_service(settings: Settings, embedder: Embedder, checkpoints: Check
     else:
         if role == "trainer":
             raise ValueError("--role trainer needs Kafka: set kafka.bootstrap_servers")
-        source = JsonlFileSource(settings.input_file or DEMO_STREAM, start_offsets=start_offsets)
+        source = JsonlFileSource(settings.input_file or DEMO_STREAM, start_offsets=start_offsets,
+                                 follow=settings.follow_input, max_line_bytes=settings.batch.max_record_bytes)
         sinks = dict(assignments=JsonlSink(data / "assignments.jsonl"),
                      dead_letters=JsonlSink(data / "dead_letters.jsonl", envelope=True), snapshots=None,
                      lineage=JsonlSink(data / "lineage.jsonl"))

@@ -233,7 +233,7 @@ def fit_xtra(corpora: Mapping[str, LanguageCorpus], epochs: int, num_topics: int
     path = None if checkpoint is None else Path(checkpoint)
     seconds = 0.0
     if path is not None and path.is_file():
-        state = torch.load(path, weights_only=False)
+        state = _load_checkpoint(path)
         if state["signature"] != signature:
             raise QualityError(f"checkpoint {path} was written for other data or settings: "
                                f"{state['signature']} != {signature}")
@@ -251,6 +251,23 @@ def fit_xtra(corpora: Mapping[str, LanguageCorpus], epochs: int, num_topics: int
             _save_checkpoint(path, {"signature": signature, "trainer": trainer.state_dict(), "train_seconds": seconds})
             logger.info("checkpoint %s: %d/%d epochs, %.0f s", path, len(trainer.history), epochs, seconds)
     return TrainedXTRA(model=model, history=list(trainer.history), train_seconds=seconds, epochs=epochs)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    """The state :func:`_save_checkpoint` wrote, loaded with ``weights_only=True``: tensors and plain
+    containers only, so a file that holds pickled objects (which could run code) is refused."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise QualityError(f"checkpoint {path} holds objects other than tensors and plain containers; refused "
+                           f"({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict) or not {"signature", "trainer", "train_seconds"} <= set(state):
+        raise QualityError(f"checkpoint {path} is not a training checkpoint; refused")
+    return state
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:

@@ -7,12 +7,19 @@ Every output carries ``schema_version`` so consumers can evolve with us.
 Parsing never raises anything but :class:`InvalidRecord`, whose ``reason`` is a short
 machine-readable code (``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``invalid_field``,
 ``empty_text``, ``unknown_language``, ``too_large``, ``too_deep``, ``tombstone``) that the dead-letter queue puts in its headers.
+
+What a document may hold is bounded: a text of only whitespace or invisible characters is
+``empty_text``; an ``id`` must be printable and not blank (it becomes the output Kafka key);
+``metadata`` holds at most ``MAX_METADATA_ITEMS`` keys and items (``invalid_field``) within the
+JSON depth limit (``too_deep``); a numeric ``timestamp`` is Unix seconds or milliseconds within
+``TIMESTAMP_RANGE`` (``invalid_field`` otherwise).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -38,6 +45,18 @@ SCHEMA_VERSION = 1
 MAX_TEXT_CHARS = 100_000
 MAX_RECORD_BYTES = 1_000_000
 MAX_JSON_DEPTH = 32
+MAX_ID_CHARS = 512
+MAX_METADATA_ITEMS = 256      # keys and list items, at every level of ``metadata`` together
+MAX_METADATA_KEY_CHARS = 256
+#: Numeric timestamps are Unix seconds or milliseconds, and must fall in this window (UTC).
+TIMESTAMP_RANGE = (datetime(1990, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
+
+#: Characters that carry no content: whitespace, controls, zero-width and format characters
+#: (ZWSP/ZWNJ/ZWJ, BOM, bidi marks and overrides, word joiners, soft hyphen, variation selectors,
+#: tags) and blank "letters" (Hangul fillers, braille blank). A text of only these is empty.
+_BLANK = re.compile("[\\s\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+                    "\u200b-\u200f\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0"
+                    "\U000e0000-\U000e007f]*")
 
 #: ISO 639-1 codes: a ``lang`` outside this set is a lie or a typo, not a language.
 ISO_639_1 = frozenset("""
@@ -63,7 +82,8 @@ class Document(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=False)
 
-    id: str = Field(min_length=1, max_length=512)
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS,
+                    description="printable (no newline, NUL, ESC, bidi override...), not blank; becomes the output key")
     text: str = Field(max_length=MAX_TEXT_CHARS)
     lang: str | None = Field(default=None, max_length=16,
                              description="ISO 639-1 code; detected from the text when missing")
@@ -76,8 +96,33 @@ class Document(BaseModel):
     def _text_has_content(cls, v: str) -> str:
         if "\x00" in v:   # before the emptiness check: a text of NULs is empty, not "   "
             v = v.replace("\x00", " ")
+        if _BLANK.fullmatch(v):
+            raise ValueError("text is empty or whitespace only (or only invisible characters)")
+        return v
+
+    @field_validator("id")
+    @classmethod
+    def _printable_id(cls, v: str) -> str:
+        if not v.isprintable():
+            bad = next(c for c in v if not c.isprintable())
+            raise ValueError(f"id holds the non-printable character U+{ord(bad):04X}")
         if not v.strip():
-            raise ValueError("text is empty or whitespace only")
+            raise ValueError("id is blank")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded_metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
+        items, stack = 0, [v]
+        while stack:
+            node = stack.pop()
+            children = node.values() if isinstance(node, dict) else node
+            if isinstance(node, dict) and any(len(k) > MAX_METADATA_KEY_CHARS for k in node):
+                raise ValueError(f"metadata has a key longer than {MAX_METADATA_KEY_CHARS} characters")
+            items += len(node)
+            if items > MAX_METADATA_ITEMS:
+                raise ValueError(f"metadata holds more than {MAX_METADATA_ITEMS} keys and items")
+            stack.extend(c for c in children if isinstance(c, (dict, list)))
         return v
 
     @field_validator("lang")
@@ -90,6 +135,24 @@ class Document(BaseModel):
         if code not in ISO_639_1:
             raise ValueError(f"unknown_language: lang {v!r} is not an ISO 639-1 code")
         return code
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _unix_seconds_or_millis(cls, v: Any) -> Any:
+        """A number (or a string of digits) is Unix seconds, or milliseconds if that lands in
+        :data:`TIMESTAMP_RANGE` instead; outside it as both it is refused, not guessed."""
+        if isinstance(v, bool):
+            raise ValueError("timestamp is a boolean")
+        if isinstance(v, str) and re.fullmatch(r"-?[0-9]{1,20}(\.[0-9]{1,9})?", v.strip(), re.ASCII):
+            v = float(v.strip())
+        if isinstance(v, (int, float)):
+            lo, hi = (t.timestamp() for t in TIMESTAMP_RANGE)
+            for seconds in (v, v / 1000):
+                if lo <= seconds < hi:
+                    return datetime.fromtimestamp(seconds, timezone.utc)
+            raise ValueError(f"numeric timestamp {v!r:.40} is neither Unix seconds nor milliseconds between "
+                             f"{TIMESTAMP_RANGE[0].year} and {TIMESTAMP_RANGE[1].year}")
+        return v
 
     @field_validator("timestamp")
     @classmethod

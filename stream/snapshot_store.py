@@ -7,6 +7,7 @@ kill -9, and as-of queries are an index lookup.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime
@@ -66,6 +67,12 @@ class SnapshotStore:
     def get(self, version: int) -> TopicSnapshot | None:
         row = self._db.execute("SELECT payload FROM snapshots WHERE version = ?", (version,)).fetchone()
         return TopicSnapshot.model_validate_json(row[0]) if row else None
+
+    def offsets_by_version(self) -> list[tuple[int, dict[str, int]]]:
+        """``(version, offsets)`` of every snapshot, newest first, without parsing the snapshots."""
+        rows = self._db.execute("SELECT version, json_extract(payload, '$.offsets') FROM snapshots "
+                                "ORDER BY version DESC").fetchall()
+        return [(version, json.loads(raw) if raw else {}) for version, raw in rows]
 
     def versions(self) -> list[int]:
         return [r[0] for r in self._db.execute("SELECT version FROM snapshots ORDER BY version")]

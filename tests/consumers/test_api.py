@@ -12,6 +12,9 @@ from consumers.config import HttpSettings, Settings
 from consumers.wiring import DEMO_STREAM, build_service
 
 
+TOKEN = "s3cret-0123456789abcdef"
+
+
 def demo_settings(tmp_path, **http) -> Settings:
     s = Settings(data_dir=tmp_path / "data", input_file=DEMO_STREAM)
     return s.model_copy(update={
@@ -26,7 +29,7 @@ def demo_settings(tmp_path, **http) -> Settings:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    service = build_service(demo_settings(tmp_path_factory.mktemp("api"), token="s3cret", max_body_bytes=20_000,
+    service = build_service(demo_settings(tmp_path_factory.mktemp("api"), token=TOKEN, max_body_bytes=20_000,
                                           max_documents=4))
     service.run()
     yield service
@@ -132,7 +135,7 @@ def test_assign_rejects_bad_requests_with_4xx(client):
 def test_admin_needs_the_bearer_token(client, served):
     assert client.post("/admin/snapshot").status_code == 401
     assert client.post("/admin/snapshot", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    ok = client.post("/admin/snapshot", headers={"Authorization": "Bearer s3cret"})
+    ok = client.post("/admin/snapshot", headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok.status_code == 202 and served._snapshot_requested.is_set()
 
 
@@ -147,3 +150,196 @@ def test_admin_does_not_exist_without_a_token(served):
 def test_openapi_is_served(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/healthz", "/readyz", "/topics", "/topics/{topic_id}", "/snapshots", "/documents:assign"} <= set(paths)
+
+
+# -- hardening: body limits, token strength, rate limits, the assignment queue, hostile queries -------------
+
+def _served_with(served, **http):
+    """A copy of the served service whose HTTP settings differ (the model is shared, read-only)."""
+    from copy import copy
+
+    other = copy(served)
+    other.settings = served.settings.model_copy(update={"http": served.settings.http.model_copy(update=http)})
+    return other
+
+
+def _read_response(sock) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(served):
+    """20 kB limit: the 413 must come after a few 8 kB chunks, not after the client has sent 2 MB."""
+    import socket
+
+    from consumers.api import ApiServer
+
+    api = ApiServer(served, http=served.settings.http.model_copy(update={"port": 0})).start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", api.port), timeout=5)
+        sock.sendall(b"POST /documents:assign HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"a" * 8192
+        sent, answer = 0, b""
+        sock.settimeout(0.05)
+        for _ in range(256):
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except OSError:   # the server answered and closed the connection
+                break
+            sent += len(chunk)
+            try:
+                answer = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if answer:
+                break
+        sock.settimeout(5)
+        answer += b"" if b"\r\n\r\n" in answer else _read_response(sock)
+        sock.close()
+    finally:
+        api.stop()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent <= 20_000 + 8 * 8192, f"413 only after {sent} bytes"
+
+
+def test_an_oversized_content_length_is_refused_before_the_body(client):
+    res = client.post("/documents:assign", content=b"{}", headers={"Content-Length": "9" * 5000})
+    assert res.status_code in (400, 413)
+
+
+@pytest.mark.parametrize("token", ["", " ", "short", "fifteen-chars!!", " padded-token-0123456789 "])
+def test_an_empty_or_short_token_is_refused_at_start_naming_the_setting(monkeypatch, token):
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("XTREAM_HTTP__TOKEN", token)
+    with pytest.raises(ValidationError, match=r"http\.token"):
+        Settings()
+
+
+def test_an_empty_token_cannot_open_the_admin_endpoint_even_if_settings_were_copied(served):
+    from pydantic import SecretStr
+
+    weak = _served_with(served, token=SecretStr(""))
+    with pytest.raises(ValueError, match=r"http\.token"):
+        create_app(weak)
+
+
+def test_assign_is_rate_limited_per_client_with_retry_after(served):
+    c = TestClient(create_app(_served_with(served, rate_burst=2, rate_per_second=0.01, assign_max_share=1.0)))
+    body = {"documents": [{"text": "The striker scored twice."}]}
+    assert [c.post("/documents:assign", json=body).status_code for _ in range(2)] == [200, 200]
+    limited = c.post("/documents:assign", json=body)
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+
+
+def test_history_is_rate_limited_and_capped(served):
+    c = TestClient(create_app(_served_with(served, rate_burst=2, rate_per_second=0.01, max_history=20)))
+    alive = next(t for t in served.store.latest().topics if t.alive).topic_id
+    assert c.get(f"/topics/{alive}", params={"history": 21}).status_code == 422
+    assert [c.get(f"/topics/{alive}", params={"history": 20}).status_code for _ in range(2)] == [200, 200]
+    limited = c.get(f"/topics/{alive}", params={"history": 5})
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert c.get(f"/topics/{alive}", params={"history": 0}).status_code == 200, "no history, no limit"
+
+
+def test_the_default_history_cap_is_far_below_a_thousand_snapshots(client, served):
+    alive = next(t for t in served.store.latest().topics if t.alive).topic_id
+    assert client.get(f"/topics/{alive}", params={"history": 1000}).status_code == 422
+
+
+def test_assignments_keep_within_their_share_of_the_embedder(served):
+    """With a 1% share, an assignment that took t seconds bars the next for ~99 t: 429, not a queue
+    that grows while ingestion waits."""
+    c = TestClient(create_app(_served_with(served, assign_max_share=0.01)))
+    body = {"documents": [{"text": "The striker scored twice."}]}
+    assert c.post("/documents:assign", json=body).status_code == 200
+    second = c.post("/documents:assign", json=body)
+    assert second.status_code == 429 and int(second.headers["Retry-After"]) >= 1
+
+
+def test_the_assignment_queue_is_bounded():
+    import threading
+
+    from consumers.ratelimit import AssignmentQueue, Busy
+
+    queue = AssignmentQueue(concurrency=1, depth=1, max_share=1.0, wait_seconds=5)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold():
+        with queue.admit():
+            inside.set()
+            release.wait(5)
+
+    holders = [threading.Thread(target=hold) for _ in range(2)]
+    for t in holders:
+        t.start()
+    assert inside.wait(5)
+    with pytest.raises(Busy) as busy:
+        with queue.admit():
+            pass
+    release.set()
+    for t in holders:
+        t.join(5)
+    assert busy.value.retry_after >= 1
+    with queue.admit():   # free again
+        pass
+
+
+@pytest.mark.parametrize("at", ["²", "9" * 5000, "1:" + "9" * 5000, "٣", "12:", ":", "1:2:3", "-1", "+5",
+                                "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "x" * 10_000, "\x00",
+                                "2026-01-01T00:00:00\u202e"])
+def test_hostile_snapshot_queries_are_answered_not_500(client, at):
+    assert client.get("/snapshots", params={"at": at}).status_code < 500
+
+
+def test_query_parsers_never_answer_500(served):
+    from urllib.parse import quote
+
+    from hypothesis import HealthCheck, example, given, settings
+    from hypothesis import strategies as st
+
+    c = TestClient(create_app(_served_with(served, rate_per_second=1e9, rate_burst=10**9)))
+    # ASCII digits, other scripts' decimal digits (int() takes them) and digits int() refuses (isdigit() is True)
+    digits = st.text(alphabet=st.sampled_from("0123456789:٣۹०²³¹₄⑤"), min_size=1, max_size=30)
+
+    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @example(at="1" * 5000, topic="1" * 5000, history="1" * 5000)
+    @given(at=st.one_of(st.text(max_size=40), digits, st.from_regex(r"[0-9]{1,6}:[0-9]{1,30}", fullmatch=True),
+                        st.datetimes().map(lambda d: d.isoformat())),
+           topic=st.one_of(st.text(min_size=1, max_size=12).filter(lambda t: t not in (".", "..")), digits),
+           history=st.one_of(st.text(max_size=12), st.integers(-10**30, 10**30).map(str)))
+    def check(at, topic, history):
+        assert c.get("/snapshots", params={"at": at}).status_code < 500
+        assert c.get(f"/topics/{quote(topic, safe='')}", params={"history": history}).status_code < 500
+
+    check()
+
+
+def test_an_offset_query_parses_only_the_snapshot_it_returns(served, tmp_path, monkeypatch):
+    from copy import copy
+
+    from stream.snapshot_store import SnapshotStore
+
+    store = SnapshotStore(tmp_path / "snapshots.sqlite")
+    base = served.store.latest()
+    key = next(iter(base.offsets))
+    for version in range(1, 6):
+        store.add(base.model_copy(update={"model_version": version, "offsets": {key: 100 * version}}))
+    other = copy(served)
+    other.store = store
+    parsed = []
+    real_get = store.get
+    monkeypatch.setattr(store, "get", lambda v: parsed.append(v) or real_get(v))
+    c = TestClient(create_app(other))
+    try:
+        assert c.get("/snapshots", params={"at": "250"}).json()["model_version"] == 2
+        assert c.get("/snapshots", params={"at": "0:99"}).status_code == 404
+    finally:
+        store.close()
+    assert parsed == [2], "only the snapshot returned was parsed"

@@ -251,3 +251,157 @@ def test_the_cli_exits_non_zero_with_the_incompatibility_message(served, data_di
     assert re.search(r"num_topics.*8.*9", shown), result.output
     assert json.loads(checkpoint_files(data_dir)[-1].read_bytes().split(b"\n")[1])["compat"]["num_topics"] == 8, \
         "the refused checkpoint was left alone"
+
+
+# -- the store's edges: a header of the wrong shape, a full disk, a second process, all unreadable --------
+def _rewrite_header(path: Path, change) -> None:
+    """Edit the header and re-sign it, so only its shape is wrong (not its checksum)."""
+    from consumers.checkpoint import _header_digest
+
+    data = path.read_bytes()
+    first = data.index(b"\n") + 1
+    end = data.index(b"\n", first)
+    header = json.loads(data[first:end])
+    change(header)
+    header["header_sha256"] = _header_digest(header)
+    path.write_bytes(data[:first] + json.dumps(header).encode() + data[end:])
+
+
+@pytest.mark.parametrize("change", [
+    lambda h: h.pop("compat"), lambda h: h.pop("offsets"), lambda h: h.update(compat=[1]),
+    lambda h: h.update(offsets={"t:0": "30"}), lambda h: h.update(size="12"), lambda h: h.pop("sha256"),
+], ids=["no_compat", "no_offsets", "compat_list", "offset_string", "size_string", "no_sha256"])
+def test_a_malformed_header_falls_back_like_any_damage(change, tmp_path, caplog):
+    store, paths = three_checkpoints(tmp_path / "ck")
+    _rewrite_header(paths[-1], change)
+    with caplog.at_level(logging.ERROR, logger="consumers.checkpoint"):
+        header, state = store.load_latest(COMPAT)
+    assert header["offsets"] == {"t:0": 20} and state["step"] == 2
+    assert [paths[-1].name in e for e in damage_errors(caplog)] == [True]
+    assert store.damaged == [paths[-1]]
+
+
+def _disk_full(monkeypatch) -> None:
+    """The checkpoint directory's disk is full: the store's fsync fails with ENOSPC (where a full disk
+    usually shows, after the writes were buffered). Other files (the JSONL sinks) are not affected."""
+    import errno
+
+    import consumers.checkpoint as ck
+
+    class NoSpaceOs:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def fsync(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck, "os", NoSpaceOs())
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    from consumers.checkpoint import CheckpointWriteError
+
+    store, paths = three_checkpoints(tmp_path / "ck")
+    before = {p.name: p.read_bytes() for p in paths}
+    _disk_full(monkeypatch)
+    with pytest.raises(CheckpointWriteError, match="No space left"):
+        store.save({"w": np.zeros(3), "step": 4}, {"t:0": 40}, COMPAT)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == sorted(before)
+    assert {p.name: p.read_bytes() for p in paths} == before
+    assert store.load_latest(COMPAT)[0]["offsets"] == {"t:0": 30}
+
+
+def test_the_service_keeps_running_on_a_full_disk_and_counts_the_failures(served, data_dir, monkeypatch, caplog):
+    before = {p.name: p.read_bytes() for p in checkpoint_files(data_dir)}
+    more = data_dir.parent / "docs.jsonl"   # the same name: the checkpoints cover its first 90 lines
+    more.write_bytes(b"".join(DEMO_STREAM.read_bytes().splitlines(True)[:150]))
+    _disk_full(monkeypatch)
+    service = build_service(file_settings(data_dir, more))
+    try:
+        with caplog.at_level(logging.ERROR, logger="consumers.service"):
+            service.run()
+        failures = service.metrics.checkpoint_failures._value.get()
+    finally:
+        service.close()
+    assert service.model.n_docs == 150, "every document was still processed"
+    assert failures >= 2 and any("No space left" in r.getMessage() for r in caplog.records)
+    assert {p.name: p.read_bytes() for p in checkpoint_files(data_dir)} == before
+    assert not list((data_dir / "checkpoints").glob("*.tmp"))
+    monkeypatch.undo()
+    resumed = build_service(file_settings(data_dir, more))
+    try:
+        assert resumed.model.n_docs == 90, "a restart resumes from the last good checkpoint"
+    finally:
+        resumed.close()
+
+
+def test_stale_temp_files_are_removed_when_the_directory_is_locked(tmp_path):
+    store, paths = three_checkpoints(tmp_path / "ck")
+    stale = paths[0].parent / "ckpt-000000004.tmp"
+    stale.write_bytes(b"half")
+    store.acquire()
+    try:
+        assert not stale.exists()
+    finally:
+        store.release()
+
+
+HOLD_LOCK = """
+import sys, time
+from consumers.checkpoint import CheckpointStore
+store = CheckpointStore(sys.argv[1]).acquire()   # held while referenced
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_process_on_the_same_data_dir_fails_at_start_with_a_clear_message(served, data_dir):
+    import subprocess
+    import sys
+
+    from consumers.checkpoint import DataDirectoryLocked
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(data_dir / "checkpoints")],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DataDirectoryLocked, match=rf"in use by another xtream process \(pid {holder.pid}\)"):
+            build_service(file_settings(data_dir, served[1]))
+        result = CliRunner().invoke(app, ["run", "--input", str(served[1]), "--data-dir", str(data_dir)])
+        assert result.exit_code == 2 and "in use by another xtream process" in result.output, result.output
+    finally:
+        holder.kill()
+        holder.wait()
+    service = build_service(file_settings(data_dir, served[1]))   # free again once the holder is gone
+    try:
+        with pytest.raises(DataDirectoryLocked):   # and held by this one while it runs
+            CheckpointStore(data_dir / "checkpoints").acquire()
+    finally:
+        service.close()
+    CheckpointStore(data_dir / "checkpoints").acquire().release()   # released on close
+
+
+def kafka_settings(data_dir: Path, **checkpoint) -> Settings:
+    s = file_settings(data_dir, DEMO_STREAM)
+    return s.model_copy(update={"input_file": None,
+                                "kafka": s.kafka.model_copy(update={"bootstrap_servers": "127.0.0.1:9"}),
+                                "checkpoint": s.checkpoint.model_copy(update=checkpoint)})
+
+
+def test_unreadable_checkpoints_with_kafka_refuse_to_start_from_committed_offsets(served, data_dir):
+    from consumers.checkpoint import CheckpointsUnreadable
+
+    for f in checkpoint_files(data_dir):
+        garbage(f)
+    with pytest.raises(CheckpointsUnreadable, match="--accept-model-loss") as err:
+        build_service(kafka_settings(data_dir))
+    assert len(err.value.damaged) == len(checkpoint_files(data_dir))
+    CheckpointStore(data_dir / "checkpoints").acquire().release()   # the refused start let go of the lock
+
+
+def test_the_cli_refuses_unreadable_checkpoints_with_kafka_and_names_the_flag(served, data_dir):
+    for f in checkpoint_files(data_dir):
+        garbage(f)
+    result = CliRunner().invoke(app, ["run", "--bootstrap", "127.0.0.1:9", "--data-dir", str(data_dir)])
+    assert result.exit_code == 2 and "--accept-model-loss" in result.output, result.output

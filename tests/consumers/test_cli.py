@@ -43,3 +43,56 @@ def test_demo_run_then_report(tmp_path):
 def test_report_on_a_missing_store_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["report", "--data-dir", str(tmp_path)])
     assert result.exit_code != 0 and "no snapshot store" in result.output
+
+
+def test_run_on_a_fifo_serves_its_api_while_waiting_and_stops_on_sigterm(tmp_path):
+    """A FIFO with no writer yet must not hold the process before its API starts, and SIGTERM while
+    it waits for input ends it cleanly (exit 0), having processed what did arrive."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from stream.kafka_broker import free_port
+
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    port = free_port()
+    env = os.environ | {"XTREAM_HTTP__PORT": str(port), "XTREAM_MODEL__NUM_TOPICS": "4",
+                        "XTREAM_BATCH__MAX_WAIT_MS": "200"}
+    log = open(tmp_path / "service.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "consumers.cli", "run", "--input", str(fifo),
+                             "--data-dir", str(tmp_path / "data")], env=env, stdout=log, stderr=subprocess.STDOUT)
+    writer = None
+    try:
+        deadline, up = time.monotonic() + 90, False
+        while not up and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                up = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200
+            except OSError:
+                time.sleep(0.3)
+        assert up, "the API did not come up while the input FIFO had no writer"
+        writer = os.open(fifo, os.O_WRONLY)
+        os.write(writer, b"".join(json.dumps({"id": f"d{i}", "text": "Markets rallied on rate news.", "lang": "en"})
+                                  .encode() + b"\n" for i in range(5)))
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if writer is not None:
+            os.close(writer)
+        log.close()
+    assert "processed 5 documents" in (tmp_path / "service.log").read_text(errors="replace")
+
+
+def test_a_short_token_stops_run_at_start_with_the_setting_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("XTREAM_HTTP__TOKEN", "")
+    result = runner.invoke(app, ["run", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "http.token" in result.output, result.output
+    assert "Traceback" not in result.output

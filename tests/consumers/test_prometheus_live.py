@@ -23,6 +23,7 @@ from stream.kafka_broker import free_port
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "t0ken-for-the-live-test"   # http.token needs at least 16 characters
 
 
 def themed(themes, n, tag):
@@ -48,7 +49,7 @@ def running_service(kafka_bootstrap, unique_name, produce, tmp_path):
         model=dict(num_topics=6, warmup_docs=200, warmup_steps=10, batch_size=32, vocab_max_size=1500, vocab_min_df=2,
                    train_every_docs=100, train_steps=2, kmeans_decay=0.9),
         snapshots=dict(every_docs=200, every_seconds=2.0), batch=dict(max_records=100),
-        http=dict(port=0, token=SecretStr("t0ken"), max_body_bytes=10_000))
+        http=dict(port=0, token=SecretStr(TOKEN), max_body_bytes=10_000))
     produce(kafka_bootstrap, settings.kafka.input_topic, [json.dumps(d).encode() for d in themed(["sports", "technology"], 1200, "a")])
     service = build_service(settings)
     api = ApiServer(service).start()
@@ -126,7 +127,7 @@ def test_api_over_http_against_the_running_service(running_service):
     assert poll(lambda: httpx.get(f"{url}/topics").status_code == 200, 60)
     assert httpx.post(f"{url}/admin/snapshot").status_code == 401
     assert httpx.post(f"{url}/admin/snapshot", headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert httpx.post(f"{url}/admin/snapshot", headers={"Authorization": "Bearer t0ken"}).status_code == 202
+    assert httpx.post(f"{url}/admin/snapshot", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 202
     big = {"documents": [{"text": "x" * 20_000}]}
     assert httpx.post(f"{url}/documents:assign", json=big).status_code == 413
     ok = httpx.post(f"{url}/documents:assign", json={"documents": [{"text": "The team won the final", "lang": "en"}]})

@@ -187,7 +187,8 @@ def test_dashboard_queries_parse(tmp_path):
 
 EXPECTED_ALERTS = {"XtreamTopicEmerged", "XtreamTopicDriftHigh", "XtreamManyTopicsDrifting", "XtreamNoRecentSnapshot",
                    "XtreamConsumerLagGrowing", "XtreamDeadLetterRateHigh", "XtreamDown", "XtreamNotReady",
-                   "XtreamOutputsBlocked", "XtreamOutputRecordsRejected", "XtreamOffsetsWentBackwards"}
+                   "XtreamOutputsBlocked", "XtreamOutputRecordsRejected", "XtreamOffsetsWentBackwards",
+                   "XtreamCheckpointsFailing"}
 
 
 def test_alerts_are_complete():

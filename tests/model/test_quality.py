@@ -243,3 +243,27 @@ def test_quality_metrics_planted_topics_have_positive_tq():
     m = quality_metrics({lang: planted for lang in LANGS}, vocabs, {},
                         full_reference={lang: data[lang]["tokens"] for lang in LANGS}, tu_top=10, npmi_top=10)
     assert m["tq"] > 0 and m["tq"] == pytest.approx(m["npmi0"])   # TU = 1
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickle that calls ``os.mkdir(marker)`` when loaded."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def test_a_checkpoint_holding_a_pickled_callable_is_refused_and_never_run(tmp_path):
+    data, _, _ = planted_corpus(n_docs=96)
+    corpora = {lang: LanguageCorpus(data[lang]["bow"], data[lang]["emb"], data[lang]["topic"]) for lang in LANGS}
+    marker = tmp_path / "code-ran"
+    torch.save({"signature": _RunsCodeWhenUnpickled(marker), "trainer": {}, "train_seconds": 0.0},
+               tmp_path / "evil.pt")
+    with pytest.raises(QualityError, match="refused"):
+        fit_xtra(corpora, epochs=1, checkpoint=tmp_path / "evil.pt", progress=False, batch_size=32,
+                 projection_units=16, encoder_units=8, num_topics=K)
+    assert not marker.exists(), "loading the checkpoint ran code from it"

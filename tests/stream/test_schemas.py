@@ -82,3 +82,57 @@ def test_parser_returns_a_document_or_raises_invalid_record_only(raw):
         assert exc.reason
     else:
         assert doc.id and doc.text.strip()
+
+
+# -- hostile documents: invisible texts, unprintable ids, unbounded metadata, ambiguous timestamps --------
+
+@pytest.mark.parametrize("text", ["\u200b", "\ufeff", "\u200b\u200c\u200d\ufeff", " \u2060\u00ad\u3164\u2800 ",
+                                  "\u202e\u202c", "\x00\u200b\n", "\ufe0f\U000e0041"])
+def test_a_text_of_only_invisible_characters_is_empty_even_with_a_language(text):
+    with pytest.raises(InvalidRecord) as err:
+        parse_document(_raw(id="a", text=text, lang="en"))
+    assert err.value.reason == "empty_text"
+
+
+def test_invisible_characters_around_real_text_are_kept():
+    assert parse_document(_raw(id="a", text="\ufeff\u200bMarkets\u202e rally")).text == "\ufeff\u200bMarkets\u202e rally"
+
+
+@pytest.mark.parametrize("doc_id", [" ", "   ", "\u3000", "a\nb", "a\rb", "a\x00b", "\x1b[31mred", "abc\u202e",
+                                    "\u2066x\u2069", "a\u200bb", "tab\there", "x\x7f", "a\u2028b"])
+def test_ids_must_be_printable_and_not_blank(doc_id):
+    with pytest.raises(InvalidRecord) as err:
+        parse_document(_raw(id=doc_id, text="news"))
+    assert err.value.reason == "invalid_field" and "id" in err.value.detail
+
+
+@pytest.mark.parametrize("doc_id", ["a", "doc 1", "新闻-42", "ünïcødé:ok/é", "x" * 512])
+def test_printable_ids_pass(doc_id):
+    assert parse_document(_raw(id=doc_id, text="news")).id == doc_id
+
+
+def test_metadata_is_bounded_in_keys():
+    assert parse_document(_raw(id="a", text="x", metadata={f"k{i}": i for i in range(256)})).metadata["k0"] == 0
+    for metadata in ({f"k{i}": i for i in range(60_000)}, {"a": list(range(300))},
+                     {f"k{i}": {f"j{j}": j for j in range(20)} for i in range(20)}, {"k" * 300: 1}):
+        with pytest.raises(InvalidRecord) as err:
+            parse_document(_raw(id="a", text="x", metadata=metadata))
+        assert err.value.reason == "invalid_field" and "metadata" in err.value.detail
+
+
+@pytest.mark.parametrize("value, expected", [
+    (1_700_000_000, "2023-11-14T22:13:20+00:00"),              # seconds
+    (1_700_000_000_123, "2023-11-14T22:13:20.123000+00:00"),   # milliseconds
+    (1_700_000_000.5, "2023-11-14T22:13:20.500000+00:00"),
+    ("1700000000", "2023-11-14T22:13:20+00:00"),
+])
+def test_numeric_timestamps_are_seconds_or_milliseconds(value, expected):
+    assert parse_document(_raw(id="a", text="x", timestamp=value)).timestamp.isoformat() == expected
+
+
+@pytest.mark.parametrize("value", [25_000_000_000, 0, -1, 1, 5_000_000_000_000_000, 1e300, True, "25000000000"])
+def test_numeric_timestamps_outside_a_sane_range_are_refused(value):
+    """25,000,000,000 is year 2762 in seconds and 1970-10-17 in milliseconds: neither is believable."""
+    with pytest.raises(InvalidRecord) as err:
+        parse_document(_raw(id="a", text="x", timestamp=value))
+    assert err.value.reason == "invalid_field" and "timestamp" in err.value.detail
