@@ -343,6 +343,10 @@ class TopicService:
             logger.info("input ended during the warm-up: finishing its gradient steps")
             self.model.train(0)
             self._dirty = True
+        if self._stop.is_set() and not self.source_reachable:   # nothing could be delivered in time
+            logger.error("stopping with the broker unreachable: no last snapshot or checkpoint; a restart "
+                         "resumes from the last checkpoint")
+            return
         if self._outbox:   # a checkpoint now would cover outputs that were never sent
             logger.error("stopping with %d outputs unsent: no last checkpoint, so a restart learns and "
                          "publishes again from the previous one", len(self._outbox))

@@ -62,8 +62,11 @@ class JsonlSink(Sink):
         self._f.write(value.rstrip(b"\n") + b"\n")
 
     def flush(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as exc:   # e.g. a full disk: the checkpoint waits instead of the run ending
+            raise SinkError(f"writing {self.path} failed: {exc}") from exc
 
     def close(self) -> None:
         self.flush()
@@ -83,6 +86,8 @@ def _as_text(name: str, raw: bytes | None) -> dict:
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 #: Room left for the record batch's own framing (headers, offsets, CRC) under the topic's limit.
 BATCH_OVERHEAD_BYTES = 512
+#: Longest a send may wait for a topic's metadata (a gone broker): the record then waits as unsent.
+MAX_BLOCK_MS = 10_000
 #: A flush waits on the producer in slices this long, so that a stop is noticed.
 FLUSH_SLICE_SECONDS = 0.5
 #: Broker answers that no re-send can change: the record is dropped, counted and logged.
@@ -104,7 +109,7 @@ def make_producer(bootstrap_servers: str, client_config: dict | None = None, *, 
     extra = ({"transactional_id": transactional_id} if transactional_id
              else {"enable_idempotence": False, "max_in_flight_requests_per_connection": 1})
     return KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=20,
-                         max_request_size=16 * 1024 * 1024,
+                         max_request_size=16 * 1024 * 1024, max_block_ms=MAX_BLOCK_MS,
                          compression_type=None if compression in (None, "none") else compression,
                          **extra, **(client_config or {}))
 
