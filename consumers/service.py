@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 
@@ -39,6 +38,7 @@ from consumers.intake import EmbeddedIntake, PreparedBatch, TextIntake
 from consumers.prefetch import BatchPrefetcher
 from consumers.config import Settings
 from consumers.metrics import ServiceMetrics
+from consumers.outbox import Outbox
 from consumers.backpressure import AdaptiveBatchSize, DutyCycle
 from consumers.snapshots import DriftBaseline, build_snapshot
 from consumers.training_debt import TrainingDebt
@@ -76,12 +76,8 @@ def online_config(settings: Settings) -> OnlineConfig:
     return OnlineConfig(**{f.name: getattr(m, f.name) for f in fields(OnlineConfig) if f.name in type(m).model_fields})
 
 
-#: Longest wait between attempts to publish outputs a sink refused (the stop flag is checked meanwhile).
-MAX_OUTPUT_RETRY_SECONDS = 5.0
 #: On a clean stop, the longest the last flush may take before the stop gives up on it.
 STOP_FLUSH_SECONDS = 3.0
-
-_OUTPUTS = ("assignments", "dead_letters", "snapshots", "lineage")
 
 
 class TopicService:
@@ -149,16 +145,10 @@ class TopicService:
         self.prevalence_shift = PrevalenceShift(settings.model.num_topics)
         self._warm_ids: int | None = None   # topic ids below this existed when the model became warm
         self.stream_time: datetime | None = None   # latest event time processed
-        #: Outputs of learned batches not yet accepted by their sink, oldest first: (output, value, key, headers).
-        #: While it holds anything, no new batch is learned and no checkpoint is written.
-        self._outbox: deque[tuple[str, bytes, bytes | None, list | None]] = deque()
+        #: Outputs of learned batches not yet accepted by their sink: while it holds anything, no
+        #: new batch is learned and no checkpoint is written.
+        self.outbox = Outbox(self._sink, self.metrics, interrupted=lambda: self._stop.is_set() and not self._finishing)
         self._last_offset: dict[str, int] = {}   # last record offset seen per partition
-        self._output_retry = 0.0
-        for name in _OUTPUTS:
-            sink = self._sink(name)
-            if sink is not None and hasattr(sink, "on_rejected"):
-                sink.on_rejected = lambda topic, reason, name=name: self.metrics.output_rejected.labels(name).inc()
-                sink.interrupted = lambda: self._stop.is_set() and not self._finishing
 
     # -- state --------------------------------------------------------------------------------
     def compat(self) -> dict:
@@ -220,8 +210,8 @@ class TopicService:
             self.transactions.begin()
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
-            if not self._drain_outbox():
-                self._stop.wait(self._output_retry)
+            if not self.outbox.drain():
+                self._stop.wait(self.outbox.retry_wait)
                 continue
             try:
                 asked = sizing.next()
@@ -261,7 +251,7 @@ class TopicService:
                     if self._prefetching() > keep:   # the cadences count batches, not turns
                         self._run_due_work()
             idle = 0 if records or processed else idle + 1
-            if idle and not self._prefetching() and not self._outbox:
+            if idle and not self._prefetching() and not self.outbox:
                 self._advance_past_markers()
             if self._stop.is_set():   # SIGTERM: finish this batch, skip training, checkpoint
                 break
@@ -272,40 +262,13 @@ class TopicService:
                 break
         while self._prefetching():   # what was handed out is learned before the last checkpoint
             self._process_prefetched()
-        self._drain_outbox()
+        self.outbox.drain()
         self.finish(complete_warmup=not self._stop.is_set())
         return self.stats
 
     def _sink(self, name: str) -> Sink | None:
         return {"assignments": self.assignments, "dead_letters": self.dead_letters,
                 "snapshots": self.snapshot_sink, "lineage": self.lineage_sink}[name]
-
-    def _drain_outbox(self) -> bool:
-        """Hand the queued outputs to their sinks, oldest first; False if a sink refused one (it
-        stays queued, and the next attempt waits longer)."""
-        while self._outbox:
-            name, value, key, headers = self._outbox[0]
-            try:
-                self._sink(name).add(value, key=key, headers=headers)
-            except RecordTooLarge as exc:   # can never be sent: drop it loudly rather than block forever
-                logger.error("%s record dropped: %s", name, exc)
-                self.metrics.output_rejected.labels(name).inc()
-            except SinkError as exc:
-                self.metrics.output_errors.labels(name).inc()
-                self._output_retry = min(MAX_OUTPUT_RETRY_SECONDS, max(0.1, self._output_retry * 2))
-                logger.warning("%s output refused (%s); %d outputs wait, next try in %.1f s", name, exc,
-                               len(self._outbox), self._output_retry)
-                self.metrics.outputs_pending.set(len(self._outbox))
-                return False
-            self._outbox.popleft()
-        self._output_retry = 0.0
-        self.metrics.outputs_pending.set(0)
-        return True
-
-    def _emit(self, name: str, value: bytes, key: bytes | None = None, headers: list | None = None) -> None:
-        """Queue one output; it is sent at the next :meth:`_drain_outbox`."""
-        if self._sink(name) is not None:
-            self._outbox.append((name, value, key, headers))
 
     def _advance_past_markers(self) -> None:
         """After an empty poll with nothing in flight, move each partition's offset to the consumer's
@@ -343,9 +306,9 @@ class TopicService:
             logger.info("input ended during the warm-up: finishing its gradient steps")
             self.model.train(0)
             self._dirty = True
-        if self._outbox:   # a checkpoint now would cover outputs that were never sent
+        if self.outbox:   # a checkpoint now would cover outputs that were never sent
             logger.error("stopping with %d outputs unsent: no last checkpoint, so a restart learns and "
-                         "publishes again from the previous one", len(self._outbox))
+                         "publishes again from the previous one", len(self.outbox))
             return
         self.maybe_snapshot(force=True)
         if self._dirty:
@@ -395,7 +358,7 @@ class TopicService:
                         self._dead_letter(batch.records[i], "processing_error", repr(err)[:500])
         for rec in records:
             self.offsets[rec.position] = rec.offset + 1
-        self._drain_outbox()
+        self.outbox.drain()
         self.stats.records += len(records)
         self.stats.batches += 1
         self.metrics.records_consumed.inc(len(records))
@@ -465,7 +428,7 @@ class TopicService:
                            model_version=version, source_topic=it.source_topic,
                            source_partition=it.source_partition, source_offset=it.source_offset,
                            event_time=it.timestamp, processed_at=now)
-            self._emit("assignments", a.model_dump_json().encode(), key=it.id.encode())
+            self.outbox.emit("assignments", a.model_dump_json().encode(), key=it.id.encode())
         record_times = [it.source_timestamp_ms for it in items if it.source_timestamp_ms and it.source_timestamp_ms > 0]
         event_times = [it.timestamp for it in items if it.timestamp is not None]
         event_times += [_utc_from_ms(ms) for ms in record_times]
@@ -492,7 +455,7 @@ class TopicService:
         if limit is not None and len(value) > limit - 4096:
             headers.append(("xtream.error.truncated_from", str(len(value)).encode()))
             value = value[:max(0, limit - 4096)]
-        self._emit("dead_letters", value, key=rec.key, headers=headers)
+        self.outbox.emit("dead_letters", value, key=rec.key, headers=headers)
         self.stats.dead_letters[reason] = self.stats.dead_letters.get(reason, 0) + 1
         self.metrics.dead_lettered.labels(reason).inc()
 
@@ -615,10 +578,10 @@ class TopicService:
                 logger.error("snapshot not published to Kafka (kept in the local store): %s", exc)
                 self.metrics.output_rejected.labels("snapshots").inc()
             else:
-                self._emit("snapshots", value, key=str(snap.model_version).encode())
+                self.outbox.emit("snapshots", value, key=str(snap.model_version).encode())
         for rec in records:
-            self._emit("lineage", rec.model_dump_json().encode(), key=str(rec.topic_id).encode())
-        self._drain_outbox()
+            self.outbox.emit("lineage", rec.model_dump_json().encode(), key=str(rec.topic_id).encode())
+        self.outbox.drain()
         self.store.add(snap)
         self.store.add_lineage(records)
         self.metrics.births.inc(sum(r.kind == "born" for r in records))
@@ -669,8 +632,8 @@ class TopicService:
         A transaction that fails raises :class:`TransactionFailed`: the process must restart.
         """
         # Step 0
-        if not self._drain_outbox():
-            logger.error("checkpoint postponed: %d outputs not accepted by their sinks", len(self._outbox))
+        if not self.outbox.drain():
+            logger.error("checkpoint postponed: %d outputs not accepted by their sinks", len(self.outbox))
             return
         try:
             # Step 1
