@@ -48,6 +48,17 @@ class Outbox:
                 sink.on_rejected = lambda topic, reason, name=name: self.metrics.output_rejected.labels(name).inc()
                 sink.interrupted = interrupted
 
+    def sinks(self) -> list[Sink]:
+        """The sinks of the published outputs, in the order of :data:`OUTPUTS`."""
+        return [sink for sink in map(self.sink, OUTPUTS) if sink is not None]
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Flush every sink, within ``timeout`` seconds where a sink takes one; raises :class:`SinkError`."""
+        for sink in self.sinks():
+            if timeout is not None and hasattr(sink, "flush_timeout"):
+                sink.flush_timeout = timeout
+            sink.flush()
+
     def __len__(self) -> int:
         return len(self._queue)
 
