@@ -180,12 +180,10 @@ class TopicService:
     # -- the loop -----------------------------------------------------------------------------
     def run(self, max_idle_polls: int | None = None) -> ServiceStats:
         """Process until ``stop()``, or until a finite source is drained."""
-        wait_ms = self.settings.batch.max_wait_ms
         sizing = AdaptiveBatchSize.for_poll_interval(self.settings.batch.max_records,
                                                      self.settings.kafka.max_poll_interval_ms)
-        idle = rebalances = 0
-        m = self.metrics
-        last_lag = 0.0
+        idle = self._rebalances = 0
+        self._last_lag = 0.0
         if self.transactions is not None:
             self.transactions.begin()
         while not self._stop.is_set():
@@ -193,43 +191,13 @@ class TopicService:
             if not self.outbox.drain():
                 self._stop.wait(self.outbox.retry_wait)
                 continue
-            try:
-                asked = sizing.next()
-                # Always the full wait, never timeout_ms=0: with zero-timeout polls, kafka-python
-                # 3.0.12's consumer stopped sending fetches for good in 3 of 7 runs of
-                # tests/consumers/test_slow_embedder.py (after another Kafka test).
-                records = self.source.poll_batch(asked, wait_ms)
-                self.healthy_source = True
-                turn_started = time.perf_counter()
-                if self.source.rebalances > rebalances:
-                    m.rebalances.inc(self.source.rebalances - rebalances)
-                    rebalances = self.source.rebalances
-            except SourceUnavailable as exc:
-                self.healthy_source = False
-                logger.warning("source unavailable: %s", exc)
-                time.sleep(1.0)
+            asked = sizing.next()
+            records = self._poll(asked)
+            if records is None:
                 continue
-            if time.monotonic() - last_lag > 5.0:
-                for part, lag in self.source.lag().items():
-                    m.consumer_lag.labels(part.rsplit(":", 1)[1]).set(lag)
-                last_lag = time.monotonic()
-            processed = 0   # records learned this turn (with prefetch, polled turns earlier)
-            if self._prefetch is None:
-                if records:
-                    self.process_batch(records)
-                    processed = len(records)
-            else:
-                if records:
-                    self._prefetch.submit(records)
-                # A full poll means more is waiting: keep batches embedding while the loop learns
-                # the one before (more than one, so that a long turn, e.g. a checkpoint, does not
-                # idle the embedder). A short poll means the stream is caught up: finish what is in
-                # flight now rather than at the next poll, which may wait up to max_wait_ms.
-                keep = self.settings.batch.prefetch_batches if len(records) >= asked else 0
-                while self._prefetching() > keep:
-                    processed += self._process_prefetched()
-                    if self._prefetching() > keep:   # the cadences count batches, not turns
-                        self._run_due_work()
+            turn_started = time.perf_counter()
+            self._observe_lag()
+            processed = self._learn_polled(records, asked)
             idle = 0 if records or processed else idle + 1
             if idle and not self._prefetching() and not self.outbox:
                 self._advance_past_markers()
@@ -237,7 +205,7 @@ class TopicService:
                 break
             self._run_due_work()
             sizing.observe(processed, time.perf_counter() - turn_started)
-            m.batch_records_limit.set(sizing.next())
+            self.metrics.batch_records_limit.set(sizing.next())
             if idle and (self.source.exhausted() or (max_idle_polls is not None and idle >= max_idle_polls)):
                 break
         while self._prefetching():   # what was handed out is learned before the last checkpoint
@@ -245,6 +213,52 @@ class TopicService:
         self.outbox.drain()
         self.finish(complete_warmup=not self._stop.is_set())
         return self.stats
+
+    def _poll(self, asked: int) -> list[Record] | None:
+        """Up to ``asked`` records; None (after a pause) while the source is unavailable."""
+        try:
+            # Always the full wait, never timeout_ms=0: with zero-timeout polls, kafka-python
+            # 3.0.12's consumer stopped sending fetches for good in 3 of 7 runs of
+            # tests/consumers/test_slow_embedder.py (after another Kafka test).
+            records = self.source.poll_batch(asked, self.settings.batch.max_wait_ms)
+            self.healthy_source = True
+            if self.source.rebalances > self._rebalances:
+                self.metrics.rebalances.inc(self.source.rebalances - self._rebalances)
+                self._rebalances = self.source.rebalances
+        except SourceUnavailable as exc:
+            self.healthy_source = False
+            logger.warning("source unavailable: %s", exc)
+            time.sleep(1.0)
+            return None
+        return records
+
+    def _observe_lag(self) -> None:
+        """The consumer's lag per partition, every 5 seconds at most."""
+        if time.monotonic() - self._last_lag > 5.0:
+            for part, lag in self.source.lag().items():
+                self.metrics.consumer_lag.labels(part.rsplit(":", 1)[1]).set(lag)
+            self._last_lag = time.monotonic()
+
+    def _learn_polled(self, records: list[Record], asked: int) -> int:
+        """Learn ``records`` now, or hand them to the prefetch worker and learn what it prepared;
+        returns the records learned (with prefetch, polled turns earlier)."""
+        if self._prefetch is None:
+            if records:
+                self.process_batch(records)
+            return len(records)
+        processed = 0
+        if records:
+            self._prefetch.submit(records)
+        # A full poll means more is waiting: keep batches embedding while the loop learns
+        # the one before (more than one, so that a long turn, e.g. a checkpoint, does not
+        # idle the embedder). A short poll means the stream is caught up: finish what is in
+        # flight now rather than at the next poll, which may wait up to max_wait_ms.
+        keep = self.settings.batch.prefetch_batches if len(records) >= asked else 0
+        while self._prefetching() > keep:
+            processed += self._process_prefetched()
+            if self._prefetching() > keep:   # the cadences count batches, not turns
+                self._run_due_work()
+        return processed
 
     def _sink(self, name: str) -> Sink | None:
         return {"assignments": self.assignments, "dead_letters": self.dead_letters,
@@ -495,33 +509,11 @@ class TopicService:
         if not self.outbox.drain():
             logger.error("checkpoint postponed: %d outputs not accepted by their sinks", len(self.outbox))
             return
-        try:
-            # Step 1
-            for sink in (self.assignments, self.dead_letters, self.snapshot_sink, self.lineage_sink):
-                if sink is not None:
-                    if flush_timeout is not None and hasattr(sink, "flush_timeout"):
-                        sink.flush_timeout = flush_timeout
-                    sink.flush()
-        except SinkError as exc:
-            if self.transactions is not None:   # a send of the open transaction failed: it cannot commit
-                self.transactions.abort()
-                raise TransactionFailed(f"outputs of the open transaction not delivered: {exc}") from exc
-            logger.error("checkpoint postponed, sinks not flushed: %s", exc)
+        # Step 1
+        if not self._flush_outputs(flush_timeout):
             return
         # Step 2
-        try:
-            with self.metrics.stage_seconds.labels("checkpoint").time():
-                with self.lock:
-                    state = self.state_dict()
-                self.checkpoints.save(state, self.offsets, self.compat(), n_docs=self.model.n_docs,
-                                      model_version=self.model.version)
-        except CheckpointWriteError as exc:   # nothing committed: a restart resumes from the last good one
-            self.metrics.checkpoint_failures.inc()
-            behind = self._docs_since_checkpoint
-            logger.error("%s (%d documents since the last good checkpoint)", exc, behind)
-            self._last_checkpoint = time.monotonic()
-            if behind >= self.settings.checkpoint.max_docs_unsaved:   # consume only as far as we can save
-                self._stop.wait(min(self.settings.checkpoint.every_seconds, 30.0))
+        if not self._save_checkpoint():
             return
         # Step 3
         try:
@@ -540,6 +532,36 @@ class TopicService:
         self._docs_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self.stats.checkpoints += 1
+
+    def _flush_outputs(self, flush_timeout: float | None) -> bool:
+        """Checkpoint step 1; False if a sink could not flush (exactly once: the transaction fails)."""
+        try:
+            self.outbox.flush(flush_timeout)
+        except SinkError as exc:
+            if self.transactions is not None:   # a send of the open transaction failed: it cannot commit
+                self.transactions.abort()
+                raise TransactionFailed(f"outputs of the open transaction not delivered: {exc}") from exc
+            logger.error("checkpoint postponed, sinks not flushed: %s", exc)
+            return False
+        return True
+
+    def _save_checkpoint(self) -> bool:
+        """Checkpoint step 2; False if the write failed (then, far enough behind, consumption waits)."""
+        try:
+            with self.metrics.stage_seconds.labels("checkpoint").time():
+                with self.lock:
+                    state = self.state_dict()
+                self.checkpoints.save(state, self.offsets, self.compat(), n_docs=self.model.n_docs,
+                                      model_version=self.model.version)
+        except CheckpointWriteError as exc:   # nothing committed: a restart resumes from the last good one
+            self.metrics.checkpoint_failures.inc()
+            behind = self._docs_since_checkpoint
+            logger.error("%s (%d documents since the last good checkpoint)", exc, behind)
+            self._last_checkpoint = time.monotonic()
+            if behind >= self.settings.checkpoint.max_docs_unsaved:   # consume only as far as we can save
+                self._stop.wait(min(self.settings.checkpoint.every_seconds, 30.0))
+            return False
+        return True
 
     def request_snapshot(self) -> None:
         """Ask the loop for a snapshot at its next turn (thread-safe; used by the admin API)."""
@@ -562,8 +584,7 @@ class TopicService:
         if self.transactions is not None:   # outputs not covered by a checkpoint are void
             self.transactions.abort()
         delivered = not self._dirty   # else the last checkpoint did not happen: do not wait long again
-        for exc in close_sinks(self.assignments, self.dead_letters, self.snapshot_sink, self.lineage_sink,
-                               timeout=STOP_FLUSH_SECONDS if delivered else 1.0):
+        for exc in close_sinks(*self.outbox.sinks(), timeout=STOP_FLUSH_SECONDS if delivered else 1.0):
             logger.warning("closing a sink failed: %s", exc)
         self.source.close()
         self.store.close()
