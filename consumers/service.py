@@ -3,8 +3,10 @@
 Parsing and embedding run one batch ahead on a worker thread (:mod:`consumers.prefetch`); the rest
 of the loop, and every call to the consumer, stays on the loop's thread.
 
-Only this module knows both the wire (``stream``) and the model (``model``). It owns the order of
-durability: see :meth:`TopicService.checkpoint`.
+The service wires its rooms: the outbox of outputs (:mod:`consumers.outbox`), the trainer
+(:mod:`consumers.training_runner`) and the snapshot and lineage publisher (:mod:`consumers.publisher`).
+It learns and assigns the batches, keeps the offsets, and owns the order of durability: see
+:meth:`TopicService.checkpoint`.
 """
 
 from __future__ import annotations
