@@ -3,18 +3,18 @@
 Parsing and embedding run one batch ahead on a worker thread (:mod:`consumers.prefetch`); the rest
 of the loop, and every call to the consumer, stays on the loop's thread.
 
-Only this module knows both the wire (``stream``) and the model (``model``). It owns the order of
-durability: see :meth:`TopicService.checkpoint`.
+The service wires its rooms: the outbox of outputs (:mod:`consumers.outbox`), the trainer
+(:mod:`consumers.training_runner`) and the snapshot and lineage publisher (:mod:`consumers.publisher`).
+It learns and assigns the batches, keeps the offsets, and owns the order of durability: see
+:meth:`TopicService.checkpoint`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 
@@ -23,12 +23,11 @@ import numpy as np
 from model.embedding import Embedder, LanguageCentering
 from model.lineage import TopicTracker
 from model.online import MaintenanceFailed, OnlineConfig, OnlineTopicModel
-from model.prevalence_shift import PrevalenceShift
 from model.text import Tokenizer
 from stream.dead_letter import dead_letter_headers
-from stream.errors import RecordTooLarge, SinkError, SourceUnavailable, TransactionFailed
+from stream.errors import SinkError, SourceUnavailable, TransactionFailed
 from stream.records import Record
-from stream.schemas import Assignment, LineageRecord, TopicSnapshot
+from stream.schemas import Assignment, TopicSnapshot
 from stream.sinks import Sink, close_sinks
 from stream.snapshot_store import SnapshotStore
 from stream.sources import Source
@@ -39,9 +38,11 @@ from consumers.intake import EmbeddedIntake, PreparedBatch, TextIntake
 from consumers.prefetch import BatchPrefetcher
 from consumers.config import Settings
 from consumers.metrics import ServiceMetrics
-from consumers.backpressure import AdaptiveBatchSize, DutyCycle
-from consumers.snapshots import DriftBaseline, build_snapshot
+from consumers.outbox import Outbox
+from consumers.backpressure import AdaptiveBatchSize
+from consumers.publisher import TopicPublisher
 from consumers.training_debt import TrainingDebt
+from consumers.training_runner import TrainingRunner
 
 __all__ = ["ServiceStats", "TopicService"]
 
@@ -76,12 +77,8 @@ def online_config(settings: Settings) -> OnlineConfig:
     return OnlineConfig(**{f.name: getattr(m, f.name) for f in fields(OnlineConfig) if f.name in type(m).model_fields})
 
 
-#: Longest wait between attempts to publish outputs a sink refused (the stop flag is checked meanwhile).
-MAX_OUTPUT_RETRY_SECONDS = 5.0
 #: On a clean stop, the longest the last flush may take before the stop gives up on it.
 STOP_FLUSH_SECONDS = 3.0
-
-_OUTPUTS = ("assignments", "dead_letters", "snapshots", "lineage")
 
 
 class TopicService:
@@ -111,13 +108,7 @@ class TopicService:
         self.stats = ServiceStats()
         self._stop = threading.Event()
         self._finishing = False   # the last flush and checkpoint of a clean stop are under way
-        self._drift_baseline = DriftBaseline(settings.snapshots.drift_window_seconds)
-        self._snapshot_version = -1
-        self._snapshot_docs = -1   # model.n_docs at the last snapshot
-        self._docs_since_train = 0
-        self._docs_since_snapshot = 0
         self._docs_since_checkpoint = 0
-        self._last_snapshot = time.monotonic()
         self._last_checkpoint = time.monotonic()
         self._dirty = False
         self.healthy_source = True
@@ -136,29 +127,16 @@ class TopicService:
         #: Held while the model changes; the HTTP API takes it to read a consistent model.
         self.lock = threading.RLock()
         self.heartbeat = time.monotonic()
-        self._snapshot_requested = threading.Event()
-        self._train_due = threading.Event()
-        self._stop_training = threading.Event()
-        self._trainer_thread: threading.Thread | None = None
-        self._training_duty = DutyCycle(settings.model.train_max_share)
-        self._train_lock = threading.Lock()   # one slice at a time: the trainer's, or the loop paying debt
-        m = settings.model
-        self.debt = TrainingDebt(m.train_steps / m.train_every_docs, m.warmup_within_docs, m.max_training_debt_steps)
-        snap_cfg = settings.snapshots
-        self.tracker = TopicTracker(match_threshold=snap_cfg.match_threshold, death_horizon=snap_cfg.death_horizon)
-        self.prevalence_shift = PrevalenceShift(settings.model.num_topics)
-        self._warm_ids: int | None = None   # topic ids below this existed when the model became warm
+        # The thread runs the service's ``_train_worker``, looked up when it starts (tests stand in for it).
+        self.training = TrainingRunner(settings, self.model, self.metrics, stopping=self._stop.is_set,
+                                       on_slice=self._trained, worker=lambda: self._train_worker())
         self.stream_time: datetime | None = None   # latest event time processed
-        #: Outputs of learned batches not yet accepted by their sink, oldest first: (output, value, key, headers).
-        #: While it holds anything, no new batch is learned and no checkpoint is written.
-        self._outbox: deque[tuple[str, bytes, bytes | None, list | None]] = deque()
+        #: Outputs of learned batches not yet accepted by their sink: while it holds anything, no
+        #: new batch is learned and no checkpoint is written.
+        self.outbox = Outbox(self._sink, self.metrics, interrupted=lambda: self._stop.is_set() and not self._finishing)
         self._last_offset: dict[str, int] = {}   # last record offset seen per partition
-        self._output_retry = 0.0
-        for name in _OUTPUTS:
-            sink = self._sink(name)
-            if sink is not None and hasattr(sink, "on_rejected"):
-                sink.on_rejected = lambda topic, reason, name=name: self.metrics.output_rejected.labels(name).inc()
-                sink.interrupted = lambda: self._stop.is_set() and not self._finishing
+        self.publisher = TopicPublisher(settings, self.model, self.metrics, lock=self.lock, outbox=self.outbox,
+                                        store=snapshot_store)
 
     # -- state --------------------------------------------------------------------------------
     def compat(self) -> dict:
@@ -167,9 +145,7 @@ class TopicService:
                 "num_topics": self.settings.model.num_topics}
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "offsets": dict(self.offsets),
-                "drift_baseline": self._drift_baseline.state_dict(),
-                "snapshot_version": self._snapshot_version, "tracker": self.tracker.state_dict(),
+        return {"model": self.model.state_dict(), "offsets": dict(self.offsets), **self.publisher.state_dict(),
                 "intake": self.intake.state_dict() if isinstance(self.intake, EmbeddedIntake) else None,
                 "stream_time": None if self.stream_time is None else self.stream_time.timestamp(),
                 "centering": None if self.centering is None else self.centering.state_dict()}
@@ -177,11 +153,7 @@ class TopicService:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.offsets = dict(state["offsets"])
-        if state.get("drift_baseline"):
-            self._drift_baseline.load_state_dict(state["drift_baseline"])
-        self._snapshot_version = int(state["snapshot_version"])
-        if state.get("tracker"):
-            self.tracker.load_state_dict(state["tracker"])
+        self.publisher.load_state_dict(state)
         if state.get("intake") and isinstance(self.intake, EmbeddedIntake):
             self.intake.load_state_dict(state["intake"])
         ts = state.get("stream_time")
@@ -210,102 +182,89 @@ class TopicService:
     # -- the loop -----------------------------------------------------------------------------
     def run(self, max_idle_polls: int | None = None) -> ServiceStats:
         """Process until ``stop()``, or until a finite source is drained."""
-        wait_ms = self.settings.batch.max_wait_ms
         sizing = AdaptiveBatchSize.for_poll_interval(self.settings.batch.max_records,
                                                      self.settings.kafka.max_poll_interval_ms)
-        idle = rebalances = 0
-        m = self.metrics
-        last_lag = 0.0
+        idle = self._rebalances = 0
+        self._last_lag = 0.0
         if self.transactions is not None:
             self.transactions.begin()
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
-            if not self._drain_outbox():
-                self._stop.wait(self._output_retry)
+            if not self.outbox.drain():
+                self._stop.wait(self.outbox.retry_wait)
                 continue
-            try:
-                asked = sizing.next()
-                # Always the full wait, never timeout_ms=0: with zero-timeout polls, kafka-python
-                # 3.0.12's consumer stopped sending fetches for good in 3 of 7 runs of
-                # tests/consumers/test_slow_embedder.py (after another Kafka test).
-                records = self.source.poll_batch(asked, wait_ms)
-                self.healthy_source = True
-                turn_started = time.perf_counter()
-                if self.source.rebalances > rebalances:
-                    m.rebalances.inc(self.source.rebalances - rebalances)
-                    rebalances = self.source.rebalances
-            except SourceUnavailable as exc:
-                self.healthy_source = False
-                logger.warning("source unavailable: %s", exc)
-                time.sleep(1.0)
+            asked = sizing.next()
+            records = self._poll(asked)
+            if records is None:
                 continue
-            if time.monotonic() - last_lag > 5.0:
-                for part, lag in self.source.lag().items():
-                    m.consumer_lag.labels(part.rsplit(":", 1)[1]).set(lag)
-                last_lag = time.monotonic()
-            processed = 0   # records learned this turn (with prefetch, polled turns earlier)
-            if self._prefetch is None:
-                if records:
-                    self.process_batch(records)
-                    processed = len(records)
-            else:
-                if records:
-                    self._prefetch.submit(records)
-                # A full poll means more is waiting: keep batches embedding while the loop learns
-                # the one before (more than one, so that a long turn, e.g. a checkpoint, does not
-                # idle the embedder). A short poll means the stream is caught up: finish what is in
-                # flight now rather than at the next poll, which may wait up to max_wait_ms.
-                keep = self.settings.batch.prefetch_batches if len(records) >= asked else 0
-                while self._prefetching() > keep:
-                    processed += self._process_prefetched()
-                    if self._prefetching() > keep:   # the cadences count batches, not turns
-                        self._run_due_work()
+            turn_started = time.perf_counter()
+            self._observe_lag()
+            processed = self._learn_polled(records, asked)
             idle = 0 if records or processed else idle + 1
-            if idle and not self._prefetching() and not self._outbox:
+            if idle and not self._prefetching() and not self.outbox:
                 self._advance_past_markers()
             if self._stop.is_set():   # SIGTERM: finish this batch, skip training, checkpoint
                 break
             self._run_due_work()
             sizing.observe(processed, time.perf_counter() - turn_started)
-            m.batch_records_limit.set(sizing.next())
+            self.metrics.batch_records_limit.set(sizing.next())
             if idle and (self.source.exhausted() or (max_idle_polls is not None and idle >= max_idle_polls)):
                 break
         while self._prefetching():   # what was handed out is learned before the last checkpoint
             self._process_prefetched()
-        self._drain_outbox()
+        self.outbox.drain()
         self.finish(complete_warmup=not self._stop.is_set())
         return self.stats
+
+    def _poll(self, asked: int) -> list[Record] | None:
+        """Up to ``asked`` records; None (after a pause) while the source is unavailable."""
+        try:
+            # Always the full wait, never timeout_ms=0: with zero-timeout polls, kafka-python
+            # 3.0.12's consumer stopped sending fetches for good in 3 of 7 runs of
+            # tests/consumers/test_slow_embedder.py (after another Kafka test).
+            records = self.source.poll_batch(asked, self.settings.batch.max_wait_ms)
+            self.healthy_source = True
+            if self.source.rebalances > self._rebalances:
+                self.metrics.rebalances.inc(self.source.rebalances - self._rebalances)
+                self._rebalances = self.source.rebalances
+        except SourceUnavailable as exc:
+            self.healthy_source = False
+            logger.warning("source unavailable: %s", exc)
+            time.sleep(1.0)
+            return None
+        return records
+
+    def _observe_lag(self) -> None:
+        """The consumer's lag per partition, every 5 seconds at most."""
+        if time.monotonic() - self._last_lag > 5.0:
+            for part, lag in self.source.lag().items():
+                self.metrics.consumer_lag.labels(part.rsplit(":", 1)[1]).set(lag)
+            self._last_lag = time.monotonic()
+
+    def _learn_polled(self, records: list[Record], asked: int) -> int:
+        """Learn ``records`` now, or hand them to the prefetch worker and learn what it prepared;
+        returns the records learned (with prefetch, polled turns earlier)."""
+        if self._prefetch is None:
+            if records:
+                self.process_batch(records)
+            return len(records)
+        processed = 0
+        if records:
+            self._prefetch.submit(records)
+        # A full poll means more is waiting: keep batches embedding while the loop learns
+        # the one before (more than one, so that a long turn, e.g. a checkpoint, does not
+        # idle the embedder). A short poll means the stream is caught up: finish what is in
+        # flight now rather than at the next poll, which may wait up to max_wait_ms.
+        keep = self.settings.batch.prefetch_batches if len(records) >= asked else 0
+        while self._prefetching() > keep:
+            processed += self._process_prefetched()
+            if self._prefetching() > keep:   # the cadences count batches, not turns
+                self._run_due_work()
+        return processed
 
     def _sink(self, name: str) -> Sink | None:
         return {"assignments": self.assignments, "dead_letters": self.dead_letters,
                 "snapshots": self.snapshot_sink, "lineage": self.lineage_sink}[name]
-
-    def _drain_outbox(self) -> bool:
-        """Hand the queued outputs to their sinks, oldest first; False if a sink refused one (it
-        stays queued, and the next attempt waits longer)."""
-        while self._outbox:
-            name, value, key, headers = self._outbox[0]
-            try:
-                self._sink(name).add(value, key=key, headers=headers)
-            except RecordTooLarge as exc:   # can never be sent: drop it loudly rather than block forever
-                logger.error("%s record dropped: %s", name, exc)
-                self.metrics.output_rejected.labels(name).inc()
-            except SinkError as exc:
-                self.metrics.output_errors.labels(name).inc()
-                self._output_retry = min(MAX_OUTPUT_RETRY_SECONDS, max(0.1, self._output_retry * 2))
-                logger.warning("%s output refused (%s); %d outputs wait, next try in %.1f s", name, exc,
-                               len(self._outbox), self._output_retry)
-                self.metrics.outputs_pending.set(len(self._outbox))
-                return False
-            self._outbox.popleft()
-        self._output_retry = 0.0
-        self.metrics.outputs_pending.set(0)
-        return True
-
-    def _emit(self, name: str, value: bytes, key: bytes | None = None, headers: list | None = None) -> None:
-        """Queue one output; it is sent at the next :meth:`_drain_outbox`."""
-        if self._sink(name) is not None:
-            self._outbox.append((name, value, key, headers))
 
     def _advance_past_markers(self) -> None:
         """After an empty poll with nothing in flight, move each partition's offset to the consumer's
@@ -318,7 +277,7 @@ class TopicService:
     def _run_due_work(self) -> None:
         """Training slice, snapshot, checkpoint: each only when its cadence says so."""
         self.maybe_train()
-        self.maybe_snapshot(force=self._snapshot_requested.is_set())
+        self.maybe_snapshot(force=self.publisher.requested.is_set())
         self.maybe_checkpoint()
 
     def _prefetching(self) -> int:
@@ -337,7 +296,7 @@ class TopicService:
         At the end of a finite input (not on SIGTERM, which must stop promptly) the warm-up steps a
         short stream may have left undone are run, so the last snapshot comes from XTRA.
         """
-        self._stop_trainer()
+        self.training.stop()
         self._finishing = True
         if complete_warmup and self.model.is_initialised and not self.model.is_warm:
             logger.info("input ended during the warm-up: finishing its gradient steps")
@@ -347,9 +306,9 @@ class TopicService:
             logger.error("stopping with the broker unreachable: no last snapshot or checkpoint; a restart "
                          "resumes from the last checkpoint")
             return
-        if self._outbox:   # a checkpoint now would cover outputs that were never sent
+        if self.outbox:   # a checkpoint now would cover outputs that were never sent
             logger.error("stopping with %d outputs unsent: no last checkpoint, so a restart learns and "
-                         "publishes again from the previous one", len(self._outbox))
+                         "publishes again from the previous one", len(self.outbox))
             return
         self.maybe_snapshot(force=True)
         if self._dirty:
@@ -399,7 +358,7 @@ class TopicService:
                         self._dead_letter(batch.records[i], "processing_error", repr(err)[:500])
         for rec in records:
             self.offsets[rec.position] = rec.offset + 1
-        self._drain_outbox()
+        self.outbox.drain()
         self.stats.records += len(records)
         self.stats.batches += 1
         self.metrics.records_consumed.inc(len(records))
@@ -447,7 +406,7 @@ class TopicService:
                 with m.stage_seconds.labels("infer").time():
                     clusters, theta = self.model.predict_many(tokens, embeddings, langs)
                     self.model.observe_topics(theta, langs)
-                    self.prevalence_shift.learn_many(clusters)
+                    self.publisher.prevalence_shift.learn_many(clusters)
                     self.model.remember_documents([(it.id, it.text_prefix) for it in items], embeddings, langs)
             except (ValueError, RuntimeError, FloatingPointError) as exc:
                 logger.exception("documents learned but not assigned: dead-lettered")
@@ -469,7 +428,7 @@ class TopicService:
                            model_version=version, source_topic=it.source_topic,
                            source_partition=it.source_partition, source_offset=it.source_offset,
                            event_time=it.timestamp, processed_at=now)
-            self._emit("assignments", a.model_dump_json().encode(), key=it.id.encode())
+            self.outbox.emit("assignments", a.model_dump_json().encode(), key=it.id.encode())
         record_times = [it.source_timestamp_ms for it in items if it.source_timestamp_ms and it.source_timestamp_ms > 0]
         event_times = [it.timestamp for it in items if it.timestamp is not None]
         event_times += [_utc_from_ms(ms) for ms in record_times]
@@ -485,8 +444,8 @@ class TopicService:
         for lang, n in zip(*np.unique(np.asarray([it.lang for it in items]), return_counts=True)):
             self.metrics.documents_processed.labels(str(lang)).inc(int(n))
         self.stats.documents += len(items)
-        self._docs_since_train += len(items)
-        self._docs_since_snapshot += len(items)
+        self.training.learned(len(items))
+        self.publisher.learned(len(items))
         self._docs_since_checkpoint += len(items)
 
     def _dead_letter(self, rec: Record, reason: str, detail: str) -> None:
@@ -496,156 +455,36 @@ class TopicService:
         if limit is not None and len(value) > limit - 4096:
             headers.append(("xtream.error.truncated_from", str(len(value)).encode()))
             value = value[:max(0, limit - 4096)]
-        self._emit("dead_letters", value, key=rec.key, headers=headers)
+        self.outbox.emit("dead_letters", value, key=rec.key, headers=headers)
         self.stats.dead_letters[reason] = self.stats.dead_letters.get(reason, 0) + 1
         self.metrics.dead_lettered.labels(reason).inc()
 
     def maybe_train(self) -> None:
-        """Every ``train_every_docs`` documents, a bounded training slice.
-
-        With ``train_in_background`` the slice runs on a worker thread, so the gradient steps of
-        one core overlap the embedding of the next batch on the other (each holds the model lock
-        only for one step); slices requested while one runs coalesce, so training adapts to the
-        CPU left over instead of stalling consumption.
-        """
-        m = self.settings.model
-        self.metrics.training_debt.set(self.debt.steps(self.model))
-        if self.model.is_initialised and self.debt.overdue(self.model):   # the trainer fell behind
-            self._train_slice(pay_debt=True)
-            return
-        if not self.model.is_initialised or self._docs_since_train < m.train_every_docs:
-            return
-        if not m.train_in_background:
-            if self._training_duty.ready(time.monotonic()):
-                self._docs_since_train = 0
-                self._train_slice()
-            return
-        self._docs_since_train = 0
-        if self._trainer_thread is None:
-            self._trainer_thread = threading.Thread(target=self._train_worker, name="xtream-train", daemon=True)
-            self._trainer_thread.start()
-        self._train_due.set()
+        """A training slice when one is due (:meth:`TrainingRunner.maybe_train`)."""
+        self.training.maybe_train()
 
     def _train_worker(self) -> None:
-        nice = self.settings.model.train_nice
-        if nice:
-            try:   # per thread on Linux: the thread id names the thread, not the process
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
-            except (OSError, AttributeError) as exc:
-                logger.warning("cannot lower the training thread's priority: %s", exc)
-        while not self._stop_training.is_set():
-            rest = self._training_duty.wait_seconds(time.monotonic())
-            if rest > 0:
-                self._stop_training.wait(min(rest, 0.2))
-                continue
-            if self._train_due.wait(0.2) and not self._stop_training.is_set():
-                self._train_due.clear()
-                try:
-                    self._train_slice()
-                except (RuntimeError, ValueError, FloatingPointError):
-                    logger.exception("training slice failed; the model keeps its last good state")
+        self.training.work()
 
-    def _stop_trainer(self) -> None:
-        self._stop_training.set()
-        if self._trainer_thread is not None:
-            self._trainer_thread.join(60)
-            self._trainer_thread = None
-
-    def _train_slice(self, pay_debt: bool = False) -> None:
-        """``train_steps`` steps, cut short past ``train_budget_seconds`` or at shutdown.
-
-        The model locks itself per step and serves inference from its last published copy, so
-        this does not hold the service lock: the loop keeps consuming while gradients are computed.
-        With ``pay_debt`` (the loop's own thread, the trainer having fallen behind) the slice runs
-        until the training debt is paid, with no time budget: intake waits (:mod:`consumers.training_debt`).
-        """
-        m = self.settings.model
-        with self._train_lock, self.metrics.stage_seconds.labels("train").time():
-            started = time.monotonic()
-            deadline = started + m.train_budget_seconds
-            before = self.model.trainer.steps if self.model.trainer else 0
-            if pay_debt:
-                self.debt.pay(self.model, stop=lambda: self._stop.is_set() or self._stop_training.is_set())
-            else:
-                self.model.train(m.train_steps,
-                                 stop=lambda: time.monotonic() >= deadline or self._stop_training.is_set())
-            done = (self.model.trainer.steps if self.model.trainer else 0) - before
-        if done:
+    def _trained(self, steps: int) -> None:
+        if steps:
             self._dirty = True
-        if not pay_debt:
-            self._training_duty.ran(started, time.monotonic())
-        self._observe_model(done)
-        self.metrics.training_debt.set(self.debt.steps(self.model))
         self.stats.train_slices += 1
 
+    @property
+    def debt(self) -> TrainingDebt:
+        return self.training.debt
+
+    @property
+    def _stop_training(self) -> threading.Event:
+        return self.training.stop_event
+
     def maybe_snapshot(self, force: bool = False) -> TopicSnapshot | None:
-        s = self.settings.snapshots
-        # Due by documents or time, whatever training did: the clusters' topics exist from the
-        # first batch, XTRA's once it is warm. Nothing new learned, nothing to publish.
-        if not self.model.kmeans.is_initialised or (self.model.version == self._snapshot_version
-                                                    and self.model.n_docs == self._snapshot_docs):
-            return None
-        due = (self._docs_since_snapshot >= s.every_docs
-               or time.monotonic() - self._last_snapshot >= s.every_seconds or force)
-        if not due:
-            return None
-        self._snapshot_requested.clear()
-        started = time.perf_counter()
-        with self.lock:
-            model = self.model
-            if model.version == self._snapshot_version:   # learned since, not trained: a version of its own
-                model.bump_version()
-            sizes = model.kmeans.counts
-            alive = sizes >= s.alive_share * sizes.sum() / max(len(sizes), 1)
-            signature = [tuple(w for lang in model.languages for w in model.topic_words(lang, 5)[0][k])
-                         for k in range(model.cfg.num_topics)]
-            previous_ids = list(self.tracker.slot_ids)
-            ids, events = self.tracker.update(model.kmeans.centers, alive, signature)
-            events += self.prevalence_shift.events(previous_ids, ids, signature)
-            now = datetime.now(timezone.utc)
-            at = (self.stream_time or now).timestamp()
-            reference = self._drift_baseline.reference(at)
-            new_slots = frozenset(k for k, i in enumerate(ids) if previous_ids and i not in previous_ids)
-            snap, dists = build_snapshot(model, reference, self.offsets, top_n=s.top_words, now=now,
-                                         stream_time=self.stream_time, topic_ids=ids, alive=alive, new_slots=new_slots)
-            self._drift_baseline.add(at, dists)
-        records = [LineageRecord(kind=e.kind, topic_id=e.topic_id, related_topic_id=e.related_topic_id,
-                                 model_version=snap.model_version, at=snap.created_at, words=list(e.words),
-                                 previous_words=list(e.previous_words)) for e in events]
-        if self.snapshot_sink is not None:
-            try:
-                value = snap.fitted_json_bytes(getattr(self.snapshot_sink, "max_value_bytes", None))
-            except RecordTooLarge as exc:
-                logger.error("snapshot not published to Kafka (kept in the local store): %s", exc)
-                self.metrics.output_rejected.labels("snapshots").inc()
-            else:
-                self._emit("snapshots", value, key=str(snap.model_version).encode())
-        for rec in records:
-            self._emit("lineage", rec.model_dump_json().encode(), key=str(rec.topic_id).encode())
-        self._drain_outbox()
-        self.store.add(snap)
-        self.store.add_lineage(records)
-        self.metrics.births.inc(sum(r.kind == "born" for r in records))
-        self.metrics.deaths.inc(sum(r.kind == "died" for r in records))
-        # The drift gauges and emergence counters are what the topic alerts watch: from the second
-        # snapshot of a warm model on (the first one's drift is from the clusters' words to XTRA's).
-        settled = model.is_warm and self._warm_ids is not None
-        if model.is_warm:
-            if self._warm_ids is None:
-                self._warm_ids = self.tracker.next_id
-            self.metrics.topic_emergences.labels("born").inc(
-                sum(r.kind == "born" and r.topic_id >= self._warm_ids for r in records))
-            self.metrics.topic_emergences.labels("prevalence_jump").inc(sum(r.kind == "prevalence_jump" for r in records))
-        self.metrics.topics_alive.set(int(alive.sum()))
-        self._snapshot_version = snap.model_version
-        self._snapshot_docs = snap.documents_seen
-        self._docs_since_snapshot = 0
-        self._last_snapshot = time.monotonic()
-        self.stats.snapshots += 1
-        self._dirty = True
-        self._observe_snapshot(snap, drift=settled)
-        self.metrics.stage_seconds.labels("snapshot").observe(time.perf_counter() - started)
-        logger.info("snapshot v%d: %d documents, %d topics", snap.model_version, snap.documents_seen, len(snap.topics))
+        """A snapshot of what was learned so far, when one is due (:meth:`TopicPublisher.maybe_snapshot`)."""
+        snap = self.publisher.maybe_snapshot(self.offsets, self.stream_time, force=force)
+        if snap is not None:
+            self.stats.snapshots += 1
+            self._dirty = True
         return snap
 
     def maybe_checkpoint(self) -> None:
@@ -673,36 +512,14 @@ class TopicService:
         A transaction that fails raises :class:`TransactionFailed`: the process must restart.
         """
         # Step 0
-        if not self._drain_outbox():
-            logger.error("checkpoint postponed: %d outputs not accepted by their sinks", len(self._outbox))
+        if not self.outbox.drain():
+            logger.error("checkpoint postponed: %d outputs not accepted by their sinks", len(self.outbox))
             return
-        try:
-            # Step 1
-            for sink in (self.assignments, self.dead_letters, self.snapshot_sink, self.lineage_sink):
-                if sink is not None:
-                    if flush_timeout is not None and hasattr(sink, "flush_timeout"):
-                        sink.flush_timeout = flush_timeout
-                    sink.flush()
-        except SinkError as exc:
-            if self.transactions is not None:   # a send of the open transaction failed: it cannot commit
-                self.transactions.abort()
-                raise TransactionFailed(f"outputs of the open transaction not delivered: {exc}") from exc
-            logger.error("checkpoint postponed, sinks not flushed: %s", exc)
+        # Step 1
+        if not self._flush_outputs(flush_timeout):
             return
         # Step 2
-        try:
-            with self.metrics.stage_seconds.labels("checkpoint").time():
-                with self.lock:
-                    state = self.state_dict()
-                self.checkpoints.save(state, self.offsets, self.compat(), n_docs=self.model.n_docs,
-                                      model_version=self.model.version)
-        except CheckpointWriteError as exc:   # nothing committed: a restart resumes from the last good one
-            self.metrics.checkpoint_failures.inc()
-            behind = self._docs_since_checkpoint
-            logger.error("%s (%d documents since the last good checkpoint)", exc, behind)
-            self._last_checkpoint = time.monotonic()
-            if behind >= self.settings.checkpoint.max_docs_unsaved:   # consume only as far as we can save
-                self._stop.wait(min(self.settings.checkpoint.every_seconds, 30.0))
+        if not self._save_checkpoint():
             return
         # Step 3
         try:
@@ -722,54 +539,58 @@ class TopicService:
         self._last_checkpoint = time.monotonic()
         self.stats.checkpoints += 1
 
+    def _flush_outputs(self, flush_timeout: float | None) -> bool:
+        """Checkpoint step 1; False if a sink could not flush (exactly once: the transaction fails)."""
+        try:
+            self.outbox.flush(flush_timeout)
+        except SinkError as exc:
+            if self.transactions is not None:   # a send of the open transaction failed: it cannot commit
+                self.transactions.abort()
+                raise TransactionFailed(f"outputs of the open transaction not delivered: {exc}") from exc
+            logger.error("checkpoint postponed, sinks not flushed: %s", exc)
+            return False
+        return True
+
+    def _save_checkpoint(self) -> bool:
+        """Checkpoint step 2; False if the write failed (then, far enough behind, consumption waits)."""
+        try:
+            with self.metrics.stage_seconds.labels("checkpoint").time():
+                with self.lock:
+                    state = self.state_dict()
+                self.checkpoints.save(state, self.offsets, self.compat(), n_docs=self.model.n_docs,
+                                      model_version=self.model.version)
+        except CheckpointWriteError as exc:   # nothing committed: a restart resumes from the last good one
+            self.metrics.checkpoint_failures.inc()
+            behind = self._docs_since_checkpoint
+            logger.error("%s (%d documents since the last good checkpoint)", exc, behind)
+            self._last_checkpoint = time.monotonic()
+            if behind >= self.settings.checkpoint.max_docs_unsaved:   # consume only as far as we can save
+                self._stop.wait(min(self.settings.checkpoint.every_seconds, 30.0))
+            return False
+        return True
+
     def request_snapshot(self) -> None:
         """Ask the loop for a snapshot at its next turn (thread-safe; used by the admin API)."""
-        self._snapshot_requested.set()
+        self.publisher.request()
 
-    def _observe_model(self, steps: int) -> None:
-        m, model = self.metrics, self.model
-        m.training_steps.inc(steps)
-        losses = model.last_losses
-        if losses:
-            m.training_loss.labels("total").set(losses.get("total", 0.0))
-            m.training_loss.labels("reconstruction_kl").set(sum(v for k, v in losses.items() if k.startswith("recon_kl_")))
-            for part in ("cluster", "infonce", "beta"):
-                m.training_loss.labels(part).set(losses.get(part, 0.0))
-        sizes = model.sizes()   # called from the trainer thread too: read under the model's lock
-        for lang, n in sizes["buffer"].items():
-            m.buffer_documents.labels(lang).set(n)
-        for lang, words in sizes["vocabulary"].items():
-            m.vocabulary_words.labels(lang).set(words)
-        m.model_version.set(model.version)
-        m.model_documents.set(model.n_docs)
+    @property
+    def tracker(self) -> TopicTracker:
+        return self.publisher.tracker
 
-    def _observe_snapshot(self, snap: TopicSnapshot, drift: bool = True) -> None:
-        """Drift quantiles over topics (max over languages per topic; with ``drift``), sizes."""
-        m = self.metrics
-        m.snapshots.inc()
-        m.last_snapshot.set(snap.created_at.timestamp())
-        if drift and any(t.drift for t in snap.topics):
-            values = np.array([max(t.drift.values()) if t.drift else 0.0 for t in snap.topics])
-            m.drift_max.set(float(values.max()))
-            for q in ("0.5", "0.9", "0.99", "1"):
-                m.drift_quantile.labels(q).set(float(np.quantile(values, float(q))))
-            m.drifting_ratio.set(float((values > self.settings.snapshots.drift_threshold).mean()))
-        sizes = np.array([t.size for t in snap.topics])
-        for q in ("0.5", "0.9", "0.99", "1"):
-            m.cluster_size.labels(q).set(float(np.quantile(sizes, float(q))))
-        self._observe_model(0)
+    @property
+    def _snapshot_requested(self) -> threading.Event:
+        return self.publisher.requested
 
     def close(self) -> None:
         """Release the source, sinks (and their producer), the snapshot store and the embedder."""
-        self._stop_trainer()
+        self.training.stop()
         if self._prefetch is not None:
             self._prefetch.close()
         self.embedder.close()
         if self.transactions is not None:   # outputs not covered by a checkpoint are void
             self.transactions.abort()
         delivered = not self._dirty   # else the last checkpoint did not happen: do not wait long again
-        for exc in close_sinks(self.assignments, self.dead_letters, self.snapshot_sink, self.lineage_sink,
-                               timeout=STOP_FLUSH_SECONDS if delivered else 1.0):
+        for exc in close_sinks(*self.outbox.sinks(), timeout=STOP_FLUSH_SECONDS if delivered else 1.0):
             logger.warning("closing a sink failed: %s", exc)
         self.source.close()
         self.store.close()
