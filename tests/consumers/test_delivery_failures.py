@@ -75,7 +75,7 @@ def _check_commits_cover_outputs(service, docs, sink):
 def test_a_sink_that_refuses_for_a_while_loses_no_assignment(tmp_path):
     docs = _docs()
     service = build_service(_settings(tmp_path, _write(tmp_path, docs)))
-    sink = FlakySink(lambda n: 100 <= n < 160)   # 60 refusals, in the middle of the stream
+    sink = FlakySink(lambda n: 100 <= n < 110)   # 10 refusals (backing off to 5 s), mid-stream
     service.assignments = sink
     commits = _check_commits_cover_outputs(service, docs, sink)
     service.run()
