@@ -32,6 +32,7 @@ def load_baseline(rev: str) -> types.ModuleType:
         source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:model/{module}.py"], check=True,
                                 capture_output=True, text=True).stdout
         source = source.replace("from model.xtra import", f"from {name}.xtra import")
+        source = source.replace("from model.", "from xtream.model.")
         (folder / f"{module}.py").write_text(source)
     sys.path.insert(0, str(folder.parent))
     package = importlib.import_module(name)

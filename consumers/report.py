@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.schemas import TopicSnapshot
-from stream.snapshot_store import SnapshotStore
+from xtream.stream.schemas import TopicSnapshot
+from xtream.stream.snapshot_store import SnapshotStore
 
 __all__ = ["write_report"]
 

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from consumers.config import Settings
-from consumers.training_debt import TrainingDebt
-from consumers.wiring import build_service
+from xtream.consumers.config import Settings
+from xtream.consumers.training_debt import TrainingDebt
+from xtream.consumers.wiring import build_service
 
 THEMES = {
     "football": "goal match striker league coach penalty stadium season referee",

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from model.clustering import MiniBatchKMeans
-from model.embedding import LanguageCentering
-from model.online import OnlineConfig, OnlineTopicModel
-from model.replay_buffer import ReplayBuffer
-from model.vocabulary import Vocabulary
+from xtream.model.clustering import MiniBatchKMeans
+from xtream.model.embedding import LanguageCentering
+from xtream.model.online import OnlineConfig, OnlineTopicModel
+from xtream.model.replay_buffer import ReplayBuffer
+from xtream.model.vocabulary import Vocabulary
 
 DIM = 16
 
