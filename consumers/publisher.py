@@ -106,9 +106,8 @@ class TopicPublisher:
         if self.model.is_warm:
             if self._warm_ids is None:
                 self._warm_ids = self.tracker.next_id
-            self.metrics.topic_emergences.labels("born").inc(
-                sum(r.kind == "born" and r.topic_id >= self._warm_ids for r in records))
-            self.metrics.topic_emergences.labels("prevalence_jump").inc(sum(r.kind == "prevalence_jump" for r in records))
+            self._count_emergences(snap, [r for r in records if (r.kind == "born" and r.topic_id >= self._warm_ids)
+                                          or r.kind == "prevalence_jump"])
         self.metrics.topics_alive.set(int(alive.sum()))
         self.version = snap.model_version
         self._docs = snap.documents_seen
@@ -143,6 +142,18 @@ class TopicPublisher:
             self.drift_baseline.add(at, dists)
         return snap, events, alive
 
+    def _count_emergences(self, snap: TopicSnapshot, records: list[LineageRecord]) -> None:
+        """Count the emergence events and name the topic of the latest of each kind (id and slot
+        as gauge values, which the alert annotations read: never as labels)."""
+        slot_of = {t.topic_id: t.slot for t in snap.topics}
+        for kind in ("born", "prevalence_jump"):
+            mine = [r for r in records if r.kind == kind]
+            if not mine:
+                continue
+            self.metrics.topic_emergences.labels(kind).inc(len(mine))
+            self.metrics.topic_event_id.labels(kind).set(mine[-1].topic_id)
+            self.metrics.topic_event_slot.labels(kind).set(slot_of.get(mine[-1].topic_id, -1))
+
     def _publish(self, snap: TopicSnapshot, records: list[LineageRecord]) -> None:
         """To the outbox (Kafka, where configured) and to the local store; births and deaths counted."""
         sink = self.outbox.sink("snapshots")
@@ -170,6 +181,9 @@ class TopicPublisher:
         if drift and any(t.drift for t in snap.topics):
             values = np.array([max(t.drift.values()) if t.drift else 0.0 for t in snap.topics])
             m.drift_max.set(float(values.max()))
+            top = snap.topics[int(values.argmax())]
+            m.drift_max_topic_id.set(top.topic_id)
+            m.drift_max_slot.set(top.slot)
             for q in ("0.5", "0.9", "0.99", "1"):
                 m.drift_quantile.labels(q).set(float(np.quantile(values, float(q))))
             m.drifting_ratio.set(float((values > self.settings.snapshots.drift_threshold).mean()))
