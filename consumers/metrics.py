@@ -2,8 +2,8 @@
 
 Labels are bounded: language (a handful), stage (9), reason (a dozen codes), partition (the input
 topic's partitions), loss component (6), quantile (4), emergence kind (2). Never a topic id or a document id
-as a label: the topic an alert is about is a gauge's *value* (``xtream_topic_event_topic_id``,
-``xtream_topic_drift_max_topic_id`` and their ``_slot`` twins), which the alert annotations read.
+as a label: the topic an alert is about is a gauge's *value* (``xtream_topic_event_id``,
+``xtream_topic_drift_max_id`` and their ``_slot`` twins), which the alert annotations read.
 Every series that will exist is created at start with value 0, so alerts and dashboards see a
 flat line instead of "no data" before the first event.
 """
@@ -79,13 +79,13 @@ class ServiceMetrics:
                                         "Topics born that did not exist when the model became warm, and topics whose "
                                         "prevalence jumped (Page-Hinkley) since",
                                         ["kind"], registry=r)
-        self.topic_event_id = Gauge("xtream_topic_event_topic_id",
+        self.topic_event_id = Gauge("xtream_topic_event_id",
                                     "Stable id of the topic of the latest emergence event of each kind (-1: none)",
                                     ["kind"], registry=r)
         self.topic_event_slot = Gauge("xtream_topic_event_slot",
                                       "Topic slot of the latest emergence event of each kind (-1: none)",
                                       ["kind"], registry=r)
-        self.drift_max_topic_id = Gauge("xtream_topic_drift_max_topic_id",
+        self.drift_max_topic_id = Gauge("xtream_topic_drift_max_id",
                                         "Stable id of the topic with the largest drift in the latest snapshot "
                                         "(-1: none)", registry=r)
         self.drift_max_slot = Gauge("xtream_topic_drift_max_slot",
