@@ -35,6 +35,10 @@ __all__ = ["TopicPublisher"]
 
 logger = logging.getLogger(__name__)
 
+#: Snapshots of a newly warm model whose drift the gauges skip (the warm-up transition, then XTRA
+#: settling after its warm-up steps).
+SETTLING_SNAPSHOTS = 2
+
 
 class TopicPublisher:
     """Snapshots of ``model`` with their lineage; ``lock`` is held while the model is read."""
@@ -58,6 +62,7 @@ class TopicPublisher:
         #: Set by :meth:`request` (any thread): the next due check publishes whatever the cadence says.
         self.requested = threading.Event()
         self._warm_ids: int | None = None   # topic ids below this existed when the model became warm
+        self._warm_snapshots = 0   # snapshots of a warm model published by this process
 
     # -- state (the keys are those of the service's checkpoint) ---------------------------------
     def state_dict(self) -> dict:
@@ -100,9 +105,12 @@ class TopicPublisher:
                                  model_version=snap.model_version, at=snap.created_at, words=list(e.words),
                                  previous_words=list(e.previous_words)) for e in events]
         self._publish(snap, records)
-        # The drift gauges and emergence counters are what the topic alerts watch: from the second
-        # snapshot of a warm model on (the first one's drift is from the clusters' words to XTRA's).
-        settled = self.model.is_warm and self._warm_ids is not None
+        # The drift gauges and emergence counters are what the topic alerts watch. Drift counts from
+        # the third snapshot of a warm model on: the first one's drift is from the clusters' words to
+        # XTRA's, the second one's is XTRA still settling right after its warm-up steps (neither is
+        # the stream changing). Emergences count from the first.
+        self._warm_snapshots += int(self.model.is_warm)
+        settled = self._warm_snapshots > SETTLING_SNAPSHOTS
         if self.model.is_warm:
             if self._warm_ids is None:
                 self._warm_ids = self.tracker.next_id
