@@ -8,8 +8,8 @@ Figures (seconds of wall time from the first story document sent):
 - ``story_topic_born_s``: the first snapshot with a ``born`` topic id that did not exist when the
   story started (what ``xtream_topic_emergences_total{kind="born"}`` counts);
 - ``<alert>_pending_s`` / ``<alert>_firing_s`` for XtreamTopicEmerged and XtreamTopicDriftHigh;
-- ``quiet_topic_alerts``: topic alerts pending or firing before the story started (after the
-  model is warm: the rules' metrics do not move before);
+- ``quiet_topic_alerts``: topic alerts pending or firing before the story started, with when they
+  were first seen (seconds, negative: before the story);
 - ``snapshot_interval_s``: mean wall time between the story phase's snapshots, the unit of the
   issue's target (the alert within two snapshot intervals of the story's topic).
 """
@@ -59,7 +59,7 @@ def _start_prometheus(work: Path, target: str) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}/api/v1"
 
 
-def _settings(work: Path, bootstrap: str, every_docs: int):
+def _settings(work: Path, bootstrap: str, every_docs: int, rate: float):
     from consumers.config import Settings
 
     base = Settings(data_dir=work / "data")
@@ -69,7 +69,10 @@ def _settings(work: Path, bootstrap: str, every_docs: int):
                  embedded_topic="emergence.emb")
     return base.model_copy(update={
         "kafka": base.kafka.model_copy(update=kafka),
-        "snapshots": base.snapshots.model_copy(update=dict(every_docs=every_docs, every_seconds=1e9)),
+        # Stream time is the records' (wall) time here: the drift window is one snapshot interval,
+        # as the 300 s window is in file mode (documents 0.3 s apart, a snapshot every 1,000).
+        "snapshots": base.snapshots.model_copy(update=dict(every_docs=every_docs, every_seconds=1e9,
+                                                           drift_window_seconds=every_docs / rate)),
         "http": base.http.model_copy(update=dict(port=0))})
 
 
@@ -121,7 +124,7 @@ def run_kafka(work: Path, texts, langs, labels, vectors, quiet: int, every_docs:
     broker = LocalKafkaBroker.start_new(work / "kafka")
     prom = api = service = thread = None
     try:
-        settings = _settings(work, broker.bootstrap, every_docs)
+        settings = _settings(work, broker.bootstrap, every_docs, rate)
         _create_topics(settings)
         service = _assemble_service(settings, embedder, CheckpointStore(work / "data" / "checkpoints"), None, "all")
         api = ApiServer(service).start()
@@ -134,7 +137,7 @@ def run_kafka(work: Path, texts, langs, labels, vectors, quiet: int, every_docs:
         started = time.monotonic()
         producer.start()
         seen: dict[tuple[str, str], float] = {}   # (alert, state) -> first time seen
-        quiet_alerts: set[str] = set()
+        quiet_alerts: dict[str, float] = {}   # "alert:state" -> first seen, seconds before the story
         known_ids = None
         while True:
             now = time.monotonic()
@@ -146,7 +149,7 @@ def run_kafka(work: Path, texts, langs, labels, vectors, quiet: int, every_docs:
                 if name not in TOPIC_ALERTS:
                     continue
                 if story is None:
-                    quiet_alerts.add(f"{name}:{a['state']}")
+                    quiet_alerts.setdefault(f"{name}:{a['state']}", now - started)
                 else:
                     seen.setdefault((name, a["state"]), now - story)
             done = "sent" in marks and (("XtreamTopicEmerged", "firing") in seen
@@ -156,6 +159,7 @@ def run_kafka(work: Path, texts, langs, labels, vectors, quiet: int, every_docs:
                 break
             time.sleep(1.0)
         wall_story = time.time() - (time.monotonic() - marks["story"])
+        quiet_alerts = {k: round(v - (marks["story"] - started), 1) for k, v in quiet_alerts.items()}
         figures = _figures(service, seen, quiet_alerts, known_ids, wall_story)
         figures.update({"mode": "kafka", "rate_docs_per_s": rate, "kafka_seconds": time.monotonic() - started,
                         "documents_learned": service.model.n_docs})
@@ -175,7 +179,7 @@ def run_kafka(work: Path, texts, langs, labels, vectors, quiet: int, every_docs:
         broker.stop()
 
 
-def _figures(service, seen: dict, quiet_alerts: set[str], known_ids: int | None, wall_story: float) -> dict:
+def _figures(service, seen: dict, quiet_alerts: dict[str, float], known_ids: int | None, wall_story: float) -> dict:
     snaps = [service.store.get(v) for v in service.store.versions()]
     story_snaps = [s.created_at.timestamp() for s in snaps if s.created_at.timestamp() >= wall_story]
     interval = ((story_snaps[-1] - story_snaps[0]) / (len(story_snaps) - 1)) if len(story_snaps) > 1 else None
@@ -183,7 +187,7 @@ def _figures(service, seen: dict, quiet_alerts: set[str], known_ids: int | None,
             and r.topic_id >= known_ids and r.at.timestamp() >= wall_story]
     born_s = min((r.at.timestamp() - wall_story for r in born), default=None)
     figures = {"story_topic_born_s": born_s, "snapshot_interval_s": interval,
-               "quiet_topic_alerts": sorted(quiet_alerts)}
+               "quiet_topic_alerts": quiet_alerts}
     for name in ("XtreamTopicEmerged", "XtreamTopicDriftHigh"):
         for state in ("pending", "firing"):
             figures[f"{name}_{state}_s"] = seen.get((name, state))

@@ -28,7 +28,8 @@ Figures:
 second to the service, whose /metrics a live Prometheus scrapes with ``deploy/prometheus/alerts.yml``
 as it ships, and reports when the topic alerts go pending and fire (``bench/_emergence_kafka.py``).
 
-BERTopic online runs only where ``bertopic`` is importable (it is an optional extra).
+BERTopic online (``bench/_emergence_bertopic.py``) runs on the same stream where ``bertopic`` is
+importable (the ``bench`` extra); ``--no-bertopic`` skips it.
 Prints a table and, last, one JSON line; writes it to ``bench/results/emergence.json``.
 """
 
@@ -278,13 +279,27 @@ def alert_drift_threshold() -> float:
     return float(re.search(r">\s*([0-9.]+)", expr).group(1))
 
 
-def bertopic_figures() -> dict:
+def bertopic_figures(texts, labels: np.ndarray, vectors: np.ndarray, quiet: int, after: int) -> dict:
+    """BERTopic online on the same stream (``bench/_emergence_bertopic.py``): lag, precision/recall
+    of its best topic, topics first seen in the quiet phase after ``after`` documents."""
     try:
         import bertopic  # noqa: F401
     except ImportError:
         logger.warning("bertopic is not installed (pip install -e '.[bench]'): BERTopic comparison skipped")
         return {"bertopic": "skipped: not installed"}
-    return {"bertopic": "not run: see bench/README.md"}
+    from bench._emergence_bertopic import run_bertopic
+
+    topics, seconds = run_bertopic(texts, vectors)
+    is_new = labels == NEW_CLASS
+    lag, _ = first_story_topic(topics, is_new, quiet)
+    _, precision, recall = precision_recall(topics, is_new, min(1000, int(is_new.sum()) // 2))
+    first_seen = {}
+    for i, t in enumerate(topics.tolist()):
+        first_seen.setdefault(t, i)
+    return {"bertopic_lag_sports_documents": lag, "bertopic_precision": precision, "bertopic_recall": recall,
+            "bertopic_topics": len(first_seen),
+            "bertopic_quiet_new_topics": sum(after < i <= quiet for t, i in first_seen.items() if t != -1),
+            "bertopic_outlier_share": float((topics == -1).mean()), "bertopic_seconds": seconds}
 
 
 def main() -> None:
@@ -295,6 +310,7 @@ def main() -> None:
     ap.add_argument("--every-docs", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--keep", type=Path, default=None, help="run in this directory and keep its outputs")
+    ap.add_argument("--no-bertopic", action="store_true", help="skip the BERTopic online comparison")
     ap.add_argument("--mode", choices=("file", "kafka"), default="file",
                     help="kafka: through a local broker, with a live Prometheus on the shipped alert rules")
     ap.add_argument("--rate", type=float, default=100.0, help="kafka mode: documents sent per second")
@@ -319,7 +335,8 @@ def main() -> None:
             service.close()
     figures["seconds"] = seconds
     figures["embedder_misses"] = service.embedder.misses
-    figures.update(bertopic_figures())
+    if not args.no_bertopic:
+        figures.update(bertopic_figures(texts, labels, vectors, quiet, figures["warm_after_documents"] or 0))
     targets = {"topic_lag_sports_documents": ("<=", 300), "topic_precision": (">=", 0.7),
                "topic_recall": (">=", 0.5), "quiet_births_after_warmup": ("<=", 0),
                "quiet_max_drift": ("<", figures["alert_drift_threshold"]), "ids_unchanged_min": (">=", 0.95),
@@ -341,13 +358,15 @@ def main() -> None:
 def kafka_main(args, texts, langs, labels, vectors, quiet: int) -> None:
     from bench._emergence_kafka import run_kafka
 
+    for noisy in ("httpx", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="xtream-emergence-kafka-") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         figures = run_kafka(work, texts, langs, labels, vectors, quiet, args.every_docs, args.rate, args.linger,
                             CachedEmbedder(texts, vectors))
     figures.update({"documents": len(labels), "quiet_documents": quiet, "every_docs": args.every_docs})
-    rows = [[k, json.dumps(v) if isinstance(v, list) else v] for k, v in figures.items()]
+    rows = [[k, json.dumps(v) if isinstance(v, (list, dict)) else v] for k, v in figures.items()]
     print_table("bench.emergence (Kafka mode, live Prometheus on deploy/prometheus/alerts.yml)",
                 ["figure", "value"], rows)
     write_json(RESULTS / ("emergence_kafka_quick.json" if args.quick else "emergence_kafka.json"), figures)

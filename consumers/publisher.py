@@ -63,15 +63,19 @@ class TopicPublisher:
         self.requested = threading.Event()
         self._warm_ids: int | None = None   # topic ids below this existed when the model became warm
         self._warm_snapshots = 0   # snapshots of a warm model published by this process
+        #: Whether the drift baseline holds XTRA's words only (it is emptied when the model becomes
+        #: warm: the clusters' words of the warm-up are no reference for XTRA's).
+        self._baseline_warm = False
 
     # -- state (the keys are those of the service's checkpoint) ---------------------------------
     def state_dict(self) -> dict:
         return {"drift_baseline": self.drift_baseline.state_dict(), "snapshot_version": self.version,
-                "tracker": self.tracker.state_dict()}
+                "tracker": self.tracker.state_dict(), "drift_baseline_warm": self._baseline_warm}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("drift_baseline"):
             self.drift_baseline.load_state_dict(state["drift_baseline"])
+        self._baseline_warm = bool(state.get("drift_baseline_warm", self.model.is_warm))
         self.version = int(state["snapshot_version"])
         if state.get("tracker"):
             self.tracker.load_state_dict(state["tracker"])
@@ -143,6 +147,9 @@ class TopicPublisher:
             events += self.prevalence_shift.events(previous_ids, ids, signature)
             now = datetime.now(timezone.utc)
             at = (stream_time or now).timestamp()
+            if model.is_warm and not self._baseline_warm:
+                self.drift_baseline = DriftBaseline(s.drift_window_seconds)
+                self._baseline_warm = True
             reference = self.drift_baseline.reference(at)
             new_slots = frozenset(k for k, i in enumerate(ids) if previous_ids and i not in previous_ids)
             snap, dists = build_snapshot(model, reference, offsets, top_n=s.top_words, now=now,
