@@ -23,7 +23,7 @@ class _River:
     def __init__(self, model) -> None:
         self.model = model
 
-    def partial_fit(self, embeddings: np.ndarray) -> "_River":
+    def partial_fit(self, embeddings: np.ndarray) -> _River:
         from river import stream
 
         for x, _ in stream.iter_array(embeddings):
@@ -33,8 +33,12 @@ class _River:
 
 
 def run_bertopic(texts: list[str], vectors: np.ndarray, batch: int = 1000,
-                 clustering_threshold: float = 1.0) -> tuple[np.ndarray, float]:
-    """(topic per document, seconds) of BERTopic online over the stream in batches of ``batch``."""
+                 clustering_threshold: float = 0.2) -> tuple[np.ndarray, float]:
+    """(topic per document, seconds) of BERTopic online over the stream in batches of ``batch``.
+
+    ``clustering_threshold`` is DBSTREAM's micro-cluster radius. Its default (1.0) puts every
+    document of these 5-dimensional projections in one cluster (their median pairwise distance is
+    about 0.46); 0.2 is about the 5th percentile of those distances."""
     from bertopic import BERTopic
     from bertopic.vectorizers import ClassTfidfTransformer, OnlineCountVectorizer
     from river import cluster

@@ -6,7 +6,8 @@ topic alerts go pending and fire, read from Prometheus' ``/api/v1/alerts``.
 Figures (seconds of wall time from the first story document sent):
 
 - ``story_topic_born_s``: the first snapshot with a ``born`` topic id that did not exist when the
-  story started (what ``xtream_topic_emergences_total{kind="born"}`` counts);
+  story started (what ``xtream_topic_emergences_total{kind="born"}`` counts), and
+  ``story_topic_born_after_documents``, the documents that snapshot covers;
 - ``<alert>_pending_s`` / ``<alert>_firing_s`` for XtreamTopicEmerged and XtreamTopicDriftHigh;
 - ``quiet_topic_alerts``: topic alerts pending or firing before the story started, with when they
   were first seen (seconds, negative: before the story);
@@ -111,11 +112,12 @@ def _produce(bootstrap: str, topic: str, records: list[bytes], rate: float, quie
 def run_kafka(work: Path, texts, langs, labels, vectors, quiet: int, every_docs: int, rate: float,
               linger: float, embedder) -> dict:
     """The stream through Kafka and the service with a live Prometheus; the alert timings."""
+    from datetime import datetime, timezone
+
     from bench.emergence import write_jsonl
     from consumers.api import ApiServer
     from consumers.checkpoint import CheckpointStore
     from consumers.wiring import _assemble_service
-    from datetime import datetime, timezone
     from stream.kafka_broker import LocalKafkaBroker
 
     path = work / "stream.jsonl"
@@ -186,7 +188,10 @@ def _figures(service, seen: dict, quiet_alerts: dict[str, float], known_ids: int
     born = [r for r in service.store.lineage() if r.kind == "born" and known_ids is not None
             and r.topic_id >= known_ids and r.at.timestamp() >= wall_story]
     born_s = min((r.at.timestamp() - wall_story for r in born), default=None)
-    figures = {"story_topic_born_s": born_s, "snapshot_interval_s": interval,
+    learned = {s.model_version: s.documents_seen for s in snaps}
+    born_docs = min((learned[r.model_version] for r in born if r.model_version in learned), default=None)
+    figures = {"story_topic_born_s": born_s, "story_topic_born_after_documents": born_docs,
+               "snapshot_interval_s": interval,
                "quiet_topic_alerts": quiet_alerts}
     for name in ("XtreamTopicEmerged", "XtreamTopicDriftHigh"):
         for state in ("pending", "firing"):

@@ -216,8 +216,8 @@ def measure(service, settings, labels: np.ndarray, quiet: int) -> dict:
     warm = [s for s in snaps if s.model_version in service.warm_versions]
     warm_at = warm[0].documents_seen if warm else None
     figures["warm_after_documents"] = warm_at
-    figures["warmup_transition_max_drift"] = (max(max(t.drift.values()) for t in warm[0].topics if t.drift)
-                                              if warm else None)
+    figures["warmup_transition_max_drift"] = (max((max(t.drift.values()) for t in warm[0].topics if t.drift),
+                                                  default=None) if warm else None)
     version_seen = {s.model_version: s.documents_seen for s in snaps}
     with open(data / "lineage.jsonl", encoding="utf-8") as f:
         events = [json.loads(line) for line in f]

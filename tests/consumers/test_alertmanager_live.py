@@ -63,7 +63,7 @@ class Webhook:
         self.received = received
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):   # noqa: N802 (http.server's naming)
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 received.append((self.path, json.loads(body)))
                 self.send_response(200)
