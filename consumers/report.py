@@ -183,7 +183,7 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
     if langs:
         lines += ["", "## Topic uniqueness over time (alive topics, top 10 words)", "",
                   "| snapshot | documents | " + " | ".join(langs) + " |", "|---:|---:|" + "---:|" * len(langs)]
-        step = max(1, len(snaps) // 20)   # at most ~20 rows, the latest always
+        step = -(-len(snaps) // 20)   # at most ~20 rows, the latest always
         for i in sorted(set(range(0, len(snaps), step)) | {len(snaps) - 1}):
             lines.append(f"| v{snaps[i].model_version} | {snaps[i].documents_seen} | "
                          + " | ".join("" if np.isnan(tu[lang][i]) else f"{tu[lang][i]:.3f}" for lang in langs) + " |")
