@@ -70,12 +70,15 @@ class TopicPublisher:
     # -- state (the keys are those of the service's checkpoint) ---------------------------------
     def state_dict(self) -> dict:
         return {"drift_baseline": self.drift_baseline.state_dict(), "snapshot_version": self.version,
-                "tracker": self.tracker.state_dict(), "drift_baseline_warm": self._baseline_warm}
+                "tracker": self.tracker.state_dict(), "drift_baseline_warm": self._baseline_warm,
+                "prevalence_shift": self.prevalence_shift.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("drift_baseline"):
             self.drift_baseline.load_state_dict(state["drift_baseline"])
         self._baseline_warm = bool(state.get("drift_baseline_warm", self.model.is_warm))
+        if state.get("prevalence_shift") and state["prevalence_shift"]["n_topics"] == self.prevalence_shift.n_topics:
+            self.prevalence_shift.load_state_dict(state["prevalence_shift"])
         self.version = int(state["snapshot_version"])
         if state.get("tracker"):
             self.tracker.load_state_dict(state["tracker"])

@@ -163,3 +163,20 @@ def test_the_drift_gauges_skip_the_warm_up_transition_and_the_settling_snapshot(
     assert not any(drift for is_warm, drift in observed if not is_warm)
     assert len(warm) > SETTLING_SNAPSHOTS + 1, observed
     assert warm == [False] * SETTLING_SNAPSHOTS + [True] * (len(warm) - SETTLING_SNAPSHOTS)
+
+
+def test_the_prevalence_detectors_resume_from_the_checkpoint(tmp_path):
+    service = build_service(settings(tmp_path, 1200, train_in_background=False))
+    try:
+        service.run()
+        before = service.publisher.prevalence_shift.state_dict()
+    finally:
+        service.close()
+    assert before["windows"] > 0
+    resumed = build_service(settings(tmp_path, 1200, train_in_background=False))
+    try:
+        after = resumed.publisher.prevalence_shift.state_dict()
+    finally:
+        resumed.close()
+    assert after["windows"] == before["windows"]
+    assert [list(h) for h in after["history"]] == [list(h) for h in before["history"]]
