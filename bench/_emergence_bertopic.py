@@ -36,9 +36,9 @@ def run_bertopic(texts: list[str], vectors: np.ndarray, batch: int = 1000,
                  clustering_threshold: float = 0.2) -> tuple[np.ndarray, float]:
     """(topic per document, seconds) of BERTopic online over the stream in batches of ``batch``.
 
-    ``clustering_threshold`` is DBSTREAM's micro-cluster radius. Its default (1.0) puts every
-    document of these 5-dimensional projections in one cluster (their median pairwise distance is
-    about 0.46); 0.2 is about the 5th percentile of those distances."""
+    ``clustering_threshold`` is DBSTREAM's micro-cluster radius, in the units of the 5-dimensional
+    projections; its own default (1.0) is wider than most distances between them (the radii tried
+    and the projections' distances are in ``bench/README.md``)."""
     from bertopic import BERTopic
     from bertopic.vectorizers import ClassTfidfTransformer, OnlineCountVectorizer
     from river import cluster
