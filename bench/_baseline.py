@@ -31,7 +31,7 @@ def load_baseline(rev: str) -> types.ModuleType:
     for module in ("xtra", "training"):
         source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:model/{module}.py"], check=True,
                                 capture_output=True, text=True).stdout
-        source = source.replace("from model.xtra import", f"from {name}.xtra import")
+        source = source.replace("from xtream.model.xtra import", f"from {name}.xtra import")
         (folder / f"{module}.py").write_text(source)
     sys.path.insert(0, str(folder.parent))
     package = importlib.import_module(name)

@@ -75,7 +75,7 @@ def pin_threads(n: int) -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from model.allocator import retain_freed_memory
+    from xtream.model.allocator import retain_freed_memory
 
     retain_freed_memory()   # as the service does (consumers.wiring.set_threads)
     torch.set_num_threads(n)
@@ -140,7 +140,7 @@ def read_lines(path: Path) -> list[str]:
 
 def cached_embeddings(split: str, lang: str, n: int, data: Path = DATA) -> np.ndarray:
     """The embed_cached file of ``<dataset>-<split>-<lang>``; refuses one of the wrong shape."""
-    from model.quality import cache_file
+    from xtream.model.quality import cache_file
 
     path = cache_file(f"{Path(data).name}-{split}-{lang}", EMBEDDER)
     if not path.is_file():
@@ -199,7 +199,7 @@ class VocabularyWordEmbedder:
     """
 
     def __init__(self, data: Path = DATA) -> None:
-        from model.quality import cache_file
+        from xtream.model.quality import cache_file
 
         self.vectors: dict[str, np.ndarray] = {}
         for lang in discover_languages(data):
@@ -224,8 +224,8 @@ class VocabularyWordEmbedder:
 def service_defaults() -> dict:
     """The service's model settings that the benchmarks reproduce (``Settings()``: defaults unless
     ``XTREAM_*`` variables or a config file say otherwise, exactly as the service would read them)."""
-    from consumers.config import Settings
-    from consumers.service import online_config
+    from xtream.consumers.config import Settings
+    from xtream.consumers.service import online_config
 
     settings = Settings()
     m = settings.model

@@ -43,7 +43,7 @@ def _alerts(api: str) -> list[dict]:
 
 
 def _start_prometheus(work: Path, target: str) -> tuple[subprocess.Popen, str]:
-    from stream.kafka_broker import free_port
+    from xtream.stream.kafka_broker import free_port
 
     if shutil.which("prometheus") is None:
         raise SystemExit("--mode kafka needs Debian's prometheus package (apt-get install prometheus)")
@@ -61,7 +61,7 @@ def _start_prometheus(work: Path, target: str) -> tuple[subprocess.Popen, str]:
 
 
 def _settings(work: Path, bootstrap: str, every_docs: int, rate: float):
-    from consumers.config import Settings
+    from xtream.consumers.config import Settings
 
     base = Settings(data_dir=work / "data")
     kafka = dict(bootstrap_servers=bootstrap, input_topic="emergence.in", group_id="emergence",
@@ -115,10 +115,10 @@ def run_kafka(work: Path, texts, langs, labels, vectors, quiet: int, every_docs:
     from datetime import datetime, timezone
 
     from bench.emergence import write_jsonl
-    from consumers.api import ApiServer
-    from consumers.checkpoint import CheckpointStore
-    from consumers.wiring import _assemble_service
-    from stream.kafka_broker import LocalKafkaBroker
+    from xtream.consumers.api import ApiServer
+    from xtream.consumers.checkpoint import CheckpointStore
+    from xtream.consumers.wiring import _assemble_service
+    from xtream.stream.kafka_broker import LocalKafkaBroker
 
     path = work / "stream.jsonl"
     write_jsonl(path, texts, langs, labels, datetime(2026, 1, 1, tzinfo=timezone.utc), 0.3)

@@ -64,9 +64,9 @@ def client_loop(port: int, body: bytes, stop: threading.Event, counts: dict) -> 
 
 
 def run_one(config: str, stream: Path, body: bytes, warmup: int) -> dict:
-    from consumers.api import ApiServer
-    from consumers.config import HttpSettings, Settings
-    from consumers.wiring import build_service
+    from xtream.consumers.api import ApiServer
+    from xtream.consumers.config import HttpSettings, Settings
+    from xtream.consumers.wiring import build_service
 
     with tempfile.TemporaryDirectory(prefix="xtream-api-bench-") as tmp:
         base = Settings(data_dir=Path(tmp), input_file=stream)

@@ -45,7 +45,7 @@ def _trainer(seed: int = 0):
     """A paper-sized XTRA and a batch sampler over random sparse documents."""
     import scipy.sparse as sp
 
-    from model.training import LanguageCorpus, XTRATrainer, build_xtra, corpus_batch
+    from xtream.model.training import LanguageCorpus, XTRATrainer, build_xtra, corpus_batch
 
     rng = np.random.default_rng(seed)
     corpora = {}
@@ -83,7 +83,7 @@ def _spin(stop) -> None:
 
 
 def run(modes: list[str], docs: int, nice: int) -> dict[str, dict]:
-    from model.embedding import DEFAULT_EMBEDDER, load_embedder
+    from xtream.model.embedding import DEFAULT_EMBEDDER, load_embedder
 
     pin_threads(1)
     half = docs // 2

@@ -103,13 +103,13 @@ class _Clock:
 
 
 def _tokens(stream) -> list[list[str]]:
-    from model.text import Tokenizer
+    from xtream.model.text import Tokenizer
 
     return Tokenizer().tokenize_many(stream.texts, stream.langs)
 
 
 def run_xtream(stream, tokens: list[list[str]], train: bool) -> tuple[_Clock, int, dict]:
-    from model.online import OnlineTopicModel
+    from xtream.model.online import OnlineTopicModel
 
     d = service_defaults()
     cfg = d["online"] if train else replace(d["online"], warmup_steps=0)
@@ -141,7 +141,7 @@ def run_xtream(stream, tokens: list[list[str]], train: bool) -> tuple[_Clock, in
 
 
 def run_tokenizer(stream) -> tuple[_Clock, int, dict]:
-    from model.text import Tokenizer
+    from xtream.model.text import Tokenizer
 
     tok, batch = Tokenizer(), service_defaults()["batch"]
     with _Clock() as clock:
@@ -188,7 +188,7 @@ def run_river(xs: list[dict], convert_seconds: float) -> tuple[_Clock, int, dict
 
 
 def run_kmeans(emb: np.ndarray, batch: int, passes: int) -> tuple[_Clock, int, dict]:
-    from model.clustering import MiniBatchKMeans
+    from xtream.model.clustering import MiniBatchKMeans
 
     cfg = service_defaults()["online"]
     km = MiniBatchKMeans(cfg.num_topics, decay=cfg.kmeans_decay, seed=cfg.seed,

@@ -47,7 +47,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from stream.kafka_broker import LocalKafkaBroker
+    from xtream.stream.kafka_broker import LocalKafkaBroker
 
     if args.data.is_dir():
         en = (args.data / "train_texts_en.txt").read_text(encoding="utf-8").splitlines()
@@ -77,7 +77,7 @@ def main() -> None:
                        XTREAM_MODEL__THREADS=str(args.threads), XTREAM_HTTP__ENABLED="false",
                        XTREAM_BATCH__MAX_RECORDS="128")
             log = open(work / f"embedders-{workers}.log", "ab")
-            procs = [subprocess.Popen([sys.executable, "-m", "consumers.cli", "run", "--role", "embedder"],
+            procs = [subprocess.Popen([sys.executable, "-m", "xtream.consumers.cli", "run", "--role", "embedder"],
                                       env=env, stdout=log, stderr=subprocess.STDOUT) for _ in range(workers)]
             try:
                 first = None

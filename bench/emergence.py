@@ -55,7 +55,7 @@ from bench._common import (
     setup_logging,
     write_json,
 )
-from model.embedding import Embedder
+from xtream.model.embedding import Embedder
 
 logger = logging.getLogger("bench.emergence")
 
@@ -93,7 +93,7 @@ class CachedEmbedder(Embedder):
                 out[i] = v
         if missing:
             if self._use is None:
-                from model.embedding import UniversalSentenceEncoder
+                from xtream.model.embedding import UniversalSentenceEncoder
 
                 self._use = UniversalSentenceEncoder(threads=1)
             out[missing] = self._use.encode([texts[i] for i in missing])
@@ -123,9 +123,9 @@ def write_jsonl(path: Path, texts, langs, labels, start: datetime, spacing: floa
 
 def run_service(work: Path, texts, langs, labels, vectors, every_docs: int):
     """The service over the JSONL file until it ends; returns (service, seconds)."""
-    from consumers.checkpoint import CheckpointStore
-    from consumers.config import Settings
-    from consumers.wiring import _assemble_service
+    from xtream.consumers.checkpoint import CheckpointStore
+    from xtream.consumers.config import Settings
+    from xtream.consumers.wiring import _assemble_service
 
     path = work / "stream.jsonl"
     write_jsonl(path, texts, langs, labels, datetime(2026, 1, 1, tzinfo=timezone.utc), 0.3)

@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
     from kafka.admin import NewTopic
 
-    from consumers.config import Settings
-    from consumers.wiring import build_service
-    from stream.kafka_broker import LocalKafkaBroker
+    from xtream.consumers.config import Settings
+    from xtream.consumers.wiring import build_service
+    from xtream.stream.kafka_broker import LocalKafkaBroker
 
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="xtream-bench-latency-"))

@@ -147,7 +147,7 @@ def embed_split(embedder, texts: list[str], idx: np.ndarray | None, key: str) ->
     A subset is sliced from the whole split's cache when that exists, else embedded and cached
     under its own key.
     """
-    from model.quality import cache_file, embed_cached
+    from xtream.model.quality import cache_file, embed_cached
 
     full = cache_file(key, embedder.name)
     if idx is not None:
@@ -179,8 +179,8 @@ def run_variant(name: str, data: dict[str, LanguageData], corpora, word_embeddin
     """Train one ablation and score it; returns (metrics, loss history, top-15 words)."""
     import torch
 
-    from model.quality import fit_xtra, quality_metrics, topic_top_words
-    from model.training import infer_theta
+    from xtream.model.quality import fit_xtra, quality_metrics, topic_top_words
+    from xtream.model.training import infer_theta
 
     trained = fit_xtra(corpora, epochs=epochs, num_topics=50, word_embeddings=word_embeddings, seed=seed,
                        checkpoint=checkpoint, checkpoint_every=checkpoint_every, **VARIANTS[name])
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from model.allocator import retain_freed_memory
+    from xtream.model.allocator import retain_freed_memory
 
     retain_freed_memory()
     torch.set_num_threads(args.threads)      # intra-op threads of training
@@ -281,10 +281,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run(args: argparse.Namespace) -> dict:
-    from model.embedding import DEFAULT_EMBEDDER, load_embedder
-    from model.evaluation import load_bilingual_dictionary
-    from model.quality import DEFAULT_CACHE_DIR, cache_file, embed_cached, joint_kmeans
-    from model.training import LanguageCorpus
+    from xtream.model.embedding import DEFAULT_EMBEDDER, load_embedder
+    from xtream.model.evaluation import load_bilingual_dictionary
+    from xtream.model.quality import DEFAULT_CACHE_DIR, cache_file, embed_cached, joint_kmeans
+    from xtream.model.training import LanguageCorpus
 
     started = time.perf_counter()
     dataset = args.data.resolve().name

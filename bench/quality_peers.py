@@ -143,7 +143,7 @@ def run_raw_embeddings(data: Data, args) -> dict:
 
 def run_kmeans(data: Data, args) -> tuple[dict, dict]:
     """The floor (soft memberships) and the k-means + c-TF-IDF topic model, on the same clusters."""
-    from model.quality import joint_kmeans
+    from xtream.model.quality import joint_kmeans
 
     from bench.baselines import cluster_centres, ctfidf, soft_memberships
 
@@ -162,8 +162,8 @@ def run_kmeans(data: Data, args) -> tuple[dict, dict]:
 
 
 def run_xtream_stream(data: Data, args) -> dict:
-    from model.online import OnlineTopicModel
-    from model.text import Tokenizer
+    from xtream.model.online import OnlineTopicModel
+    from xtream.model.text import Tokenizer
 
     d = service_defaults()
     s, tokenizer = data.stream, Tokenizer()
@@ -202,8 +202,8 @@ def run_xtream_stream(data: Data, args) -> dict:
 def run_xtream_offline(data: Data, args) -> dict:
     import torch
 
-    from model.quality import fit_xtra, joint_kmeans
-    from model.training import LanguageCorpus, infer_theta
+    from xtream.model.quality import fit_xtra, joint_kmeans
+    from xtream.model.training import LanguageCorpus, infer_theta
 
     from bench.baselines import cluster_centres
 
@@ -228,7 +228,7 @@ def run_xtream_offline(data: Data, args) -> dict:
 
 def blended(result: dict, data: Data) -> dict:
     """The same fit, theta mixed with the cluster memberships as the service's ``predict_many`` mixes it."""
-    from model.readout import blend_theta, cluster_memberships
+    from xtream.model.readout import blend_theta, cluster_memberships
 
     cfg = service_defaults()["online"]
     theta = {}
@@ -242,7 +242,7 @@ def blended(result: dict, data: Data) -> dict:
 
 
 def run_bertopic(data: Data, args) -> tuple[dict, dict]:
-    from model.text import Tokenizer
+    from xtream.model.text import Tokenizer
 
     from bench.cost import make_bertopic
 
@@ -315,7 +315,7 @@ def import_infoctm():
 def run_infoctm(data: Data, args) -> dict:
     import torch
 
-    from model.evaluation import load_bilingual_dictionary
+    from xtream.model.evaluation import load_bilingual_dictionary
 
     if data.langs != ["en", "zh"] or not args.dictionary.is_file():
         raise SystemSkipped(f"InfoCTM here is wired for English-Chinese with the zh-en dictionary "
@@ -376,8 +376,8 @@ def run_infoctm(data: Data, args) -> dict:
 
 # -- scoring -------------------------------------------------------------------------------------------
 def score(result: dict, data: Data, dictionary) -> dict:
-    from model.evaluation import top_words
-    from model.quality import quality_metrics
+    from xtream.model.evaluation import top_words
+    from xtream.model.quality import quality_metrics
 
     started = time.perf_counter()
     clf = {lang: (result["theta"][lang][0], data.train_labels[lang], result["theta"][lang][1], data.test_labels[lang])
@@ -443,7 +443,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def worker(name: str, args: argparse.Namespace) -> dict:
     """Fit and score one system in this process; returns {system name: figures}."""
-    from model.evaluation import load_bilingual_dictionary
+    from xtream.model.evaluation import load_bilingual_dictionary
 
     pin_threads(args.threads)
     data = Data(args.data, QUICK_TRAIN if args.quick else None, QUICK_TEST if args.quick else None)

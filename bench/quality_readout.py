@@ -43,21 +43,21 @@ RELEVANCE = (1.0, 0.8, 0.6, 0.4)
 
 
 def _clf(data, theta: dict) -> dict:
-    from model.quality import quality_metrics
+    from xtream.model.quality import quality_metrics
 
     clf = {lang: (theta[lang][0], data.train_labels[lang], theta[lang][1], data.test_labels[lang]) for lang in data.langs}
     return {k: v for k, v in quality_metrics({}, {}, {}, classification=clf).items() if not k.endswith("_f1")}
 
 
 def _topics(data, topic_word: dict, vocab: dict) -> dict:
-    from model.quality import quality_metrics
+    from xtream.model.quality import quality_metrics
 
     m = quality_metrics(topic_word, vocab, data.test_tokens, full_reference=data.full_tokens)
     return {k: v for k, v in m.items()}
 
 
 def sweep(data, name: str, result: dict) -> dict:
-    from model.readout import blend_theta, cluster_memberships, relevance
+    from xtream.model.readout import blend_theta, cluster_memberships, relevance
 
     out: dict[str, dict] = {}
     for t in TEMPERATURES:

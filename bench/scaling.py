@@ -46,8 +46,8 @@ def _hwm_mib() -> float:
 
 
 def worker(docs: int, k: int, train: bool, noise: float, threads: int, seed: int) -> dict:
-    from model.online import OnlineTopicModel
-    from model.text import Tokenizer
+    from xtream.model.online import OnlineTopicModel
+    from xtream.model.text import Tokenizer
 
     pin_threads(threads)
     base_stream = load_stream()

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from stream.kafka_broker import LocalKafkaBroker, free_port
+    from xtream.stream.kafka_broker import LocalKafkaBroker, free_port
 
     work = Path(tempfile.mkdtemp(prefix="xtream-soak-"))
     broker = LocalKafkaBroker.start_new(work / "kafka")
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
                XTREAM_KAFKA__GROUP_ID="bench.soak", XTREAM_MODEL__EMBEDDER=args.embedder,
                XTREAM_MODEL__THREADS=str(args.threads), XTREAM_HTTP__PORT=str(port), HF_HUB_OFFLINE="1")
     log = open(work / "service.log", "ab")
-    service = subprocess.Popen([sys.executable, "-m", "consumers.cli", "run", "--data-dir", str(work / "data")],
+    service = subprocess.Popen([sys.executable, "-m", "xtream.consumers.cli", "run", "--data-dir", str(work / "data")],
                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     produced = [0]

@@ -177,7 +177,7 @@ def profile_components(trainer, batch: dict, n: int) -> dict[str, float]:
 
     trainer.optimizer.zero_grad(set_to_none=True)
     model(batch).loss.backward()
-    from model.sparse_adam import clip_grad_norm
+    from xtream.model.sparse_adam import clip_grad_norm
 
     if any(p.grad is not None and p.grad.is_sparse for p in trainer.params):
         out["gradient clipping"] = _median_ms(lambda: clip_grad_norm(trainer.params, 1e9), n)

@@ -83,12 +83,12 @@ def main() -> None:
     from rich.table import Table
     from tqdm.auto import tqdm
 
-    from consumers.config import Settings
-    from consumers.wiring import build_service, set_threads
-    from model.embedding import load_embedder
-    from model.evaluation import load_bilingual_dictionary
-    from model.quality import quality_metrics
-    from stream.kafka_broker import LocalKafkaBroker
+    from xtream.consumers.config import Settings
+    from xtream.consumers.wiring import build_service, set_threads
+    from xtream.model.embedding import load_embedder
+    from xtream.model.evaluation import load_bilingual_dictionary
+    from xtream.model.quality import quality_metrics
+    from xtream.stream.kafka_broker import LocalKafkaBroker
 
     set_threads(args.threads)
     read = lambda name: (args.data / name).read_text(encoding="utf-8").splitlines()  # noqa: E731
@@ -201,7 +201,7 @@ def _run_single(settings, n_docs: int, figures: dict):
     """The service in this process until it has learned every document; returns it (stopped)."""
     from tqdm.auto import tqdm
 
-    from consumers.wiring import build_service
+    from xtream.consumers.wiring import build_service
 
     service = build_service(settings)
     # With model.embedder_process the embedder lives in a child process: its memory counts too.
@@ -305,7 +305,7 @@ def _run_split(settings, bootstrap: str, n_docs: int, nice: int, work: Path, fig
     from kafka.admin import KafkaAdminClient, NewTopic
     from tqdm.auto import tqdm
 
-    from consumers.wiring import build_service
+    from xtream.consumers.wiring import build_service
 
     k = settings.kafka
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -323,7 +323,7 @@ def _run_split(settings, bootstrap: str, n_docs: int, nice: int, work: Path, fig
     log = open(work / "split.log", "ab")
 
     def start(role: str, niceness: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "consumers.cli", "run", "--role", role,
+        return subprocess.Popen([sys.executable, "-m", "xtream.consumers.cli", "run", "--role", role,
                                  "--data-dir", str(work / role)], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
 

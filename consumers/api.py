@@ -25,9 +25,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from consumers.config import MIN_TOKEN_CHARS
-from consumers.ratelimit import AssignmentQueue, Busy, ClientRateLimiter
-from stream.schemas import MAX_TEXT_CHARS, LineageRecord, SnapshotTopic, TopicSnapshot
+from xtream.consumers.config import MIN_TOKEN_CHARS
+from xtream.consumers.ratelimit import AssignmentQueue, Busy, ClientRateLimiter
+from xtream.stream.schemas import MAX_TEXT_CHARS, LineageRecord, SnapshotTopic, TopicSnapshot
 
 __all__ = ["ApiServer", "create_app", "create_worker_app"]
 
@@ -267,7 +267,7 @@ def create_app(service) -> FastAPI:
             raise HTTPException(429, exc.detail, headers={"Retry-After": str(exc.retry_after)}) from None
 
     def _assign(body: AssignRequest) -> AssignResponse:
-        from model.text import detect_language
+        from xtream.model.text import detect_language
 
         accepted = sorted(service.settings.model.languages)
         langs = []

@@ -110,8 +110,8 @@ def run(
     """Run the service. With no Kafka and no --input, runs the bundled en/zh/ja demo stream."""
     if role not in ("all", "embedder", "trainer"):
         raise typer.BadParameter("must be all, embedder or trainer", param_hint="--role")
-    from consumers.config import Settings
-    from consumers.wiring import build_service
+    from xtream.consumers.config import Settings
+    from xtream.consumers.wiring import build_service
 
     overrides: dict = {}
     demo = False
@@ -148,7 +148,7 @@ def run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: early_stop.set())
     if role == "embedder":
-        from consumers.wiring import build_embedding_worker
+        from xtream.consumers.wiring import build_embedding_worker
 
         worker = build_embedding_worker(settings)
         worker.install_signal_handlers()
@@ -156,7 +156,7 @@ def run(
             worker.stop()
         api = None
         if settings.http.enabled:
-            from consumers.api import ApiServer, create_worker_app
+            from xtream.consumers.api import ApiServer, create_worker_app
 
             api = ApiServer(worker, http=settings.http, app=create_worker_app(worker)).start()
         try:
@@ -167,7 +167,7 @@ def run(
             worker.close()
         console.print(f"embedder stopped after {worker.documents} documents ({worker.records} records)")
         return
-    from consumers.checkpoint import CheckpointError
+    from xtream.consumers.checkpoint import CheckpointError
 
     try:
         service = build_service(settings, role=role)
@@ -179,11 +179,11 @@ def run(
         service.stop()
     api = None
     if settings.http.enabled and not demo:
-        from consumers.api import ApiServer
+        from xtream.consumers.api import ApiServer
 
         api = ApiServer(service).start()
         logging.getLogger("xtream").info("HTTP API on http://%s:%d (OpenAPI at /docs)", settings.http.host, api.port)
-    from stream.errors import TransactionFailed
+    from xtream.stream.errors import TransactionFailed
 
     try:
         stats = service.run()
@@ -218,8 +218,8 @@ def replay(
 
     from tqdm.auto import tqdm
 
-    from consumers.config import Settings
-    from consumers.wiring import build_service, replay_settings
+    from xtream.consumers.config import Settings
+    from xtream.consumers.wiring import build_service, replay_settings
 
     settings = Settings.load(config)
     if bootstrap:
@@ -266,8 +266,8 @@ def store_rebuild(
     """Rebuild the snapshot store (snapshots.sqlite) from the snapshots and lineage topics."""
     from tqdm.auto import tqdm
 
-    from consumers.config import Settings
-    from stream.snapshot_store import SnapshotStore, rebuild_from_kafka
+    from xtream.consumers.config import Settings
+    from xtream.stream.snapshot_store import SnapshotStore, rebuild_from_kafka
 
     if not from_kafka:
         raise typer.BadParameter("only --from-kafka is supported", param_hint="--from-kafka")
@@ -293,7 +293,7 @@ def history(
     limit: Annotated[int, typer.Option(help="most recent snapshots shown")] = 30,
 ) -> None:
     """Print a topic's evolution: words and prevalence per snapshot, and its lineage events."""
-    from stream.snapshot_store import SnapshotStore
+    from xtream.stream.snapshot_store import SnapshotStore
 
     db = data_dir / "snapshots.sqlite"
     if not db.exists():
@@ -337,8 +337,8 @@ def report(
     out: Annotated[Path, typer.Option(help="folder for report.md and the PNG plots")] = Path("xtream-report"),
 ) -> None:
     """Render topic history (prevalence per language, drift timeline) as PNG plots and Markdown."""
-    from consumers.report import write_report
-    from stream.snapshot_store import SnapshotStore
+    from xtream.consumers.report import write_report
+    from xtream.stream.snapshot_store import SnapshotStore
 
     db = data_dir / "snapshots.sqlite"
     if not db.exists():
@@ -350,14 +350,14 @@ def report(
 @app.command()
 def kafka(port: int = 9092, data_dir: Optional[Path] = None) -> None:
     """Start a local single-node Apache Kafka (KRaft) on 127.0.0.1 until Ctrl-C."""
-    from stream import kafka_broker
+    from xtream.stream import kafka_broker
 
     sys.argv = ["kafka", "--port", str(port)] + (["--data-dir", str(data_dir)] if data_dir else [])
     kafka_broker.main()
 
 
 def _register_offline() -> None:
-    from consumers.offline import evaluate, train
+    from xtream.consumers.offline import evaluate, train
 
     app.command(help="Train XTRA offline from text files of documents per language.")(train)
     app.command(help="Evaluate a saved model: TU, NPMI, dictionary alignment, classification.")(evaluate)

@@ -20,16 +20,16 @@ import signal
 import threading
 import time
 
-from stream.dead_letter import dead_letter_headers
-from stream.errors import SinkError, SourceUnavailable
-from stream.records import offset_key
-from stream.schemas import EmbeddedDocument
-from stream.sinks import Sink, close_sinks
-from stream.sources import Source
+from xtream.stream.dead_letter import dead_letter_headers
+from xtream.stream.errors import SinkError, SourceUnavailable
+from xtream.stream.records import offset_key
+from xtream.stream.schemas import EmbeddedDocument
+from xtream.stream.sinks import Sink, close_sinks
+from xtream.stream.sources import Source
 
-from consumers.backpressure import AdaptiveBatchSize
-from consumers.intake import TextIntake
-from consumers.metrics import ServiceMetrics
+from xtream.consumers.backpressure import AdaptiveBatchSize
+from xtream.consumers.intake import TextIntake
+from xtream.consumers.metrics import ServiceMetrics
 
 __all__ = ["EmbeddingWorker"]
 

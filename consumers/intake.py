@@ -21,10 +21,10 @@ from datetime import datetime
 import numpy as np
 from pydantic import ValidationError
 
-from model.embedding import Embedder
-from model.text import Tokenizer, detect_language
-from stream.records import Record, offset_key
-from stream.schemas import Document, EmbeddedDocument, InvalidRecord, parse_document
+from xtream.model.embedding import Embedder
+from xtream.model.text import Tokenizer, detect_language
+from xtream.stream.records import Record, offset_key
+from xtream.stream.schemas import Document, EmbeddedDocument, InvalidRecord, parse_document
 
 __all__ = ["EmbeddedIntake", "PreparedBatch", "PreparedItem", "TextIntake"]
 

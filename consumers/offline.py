@@ -21,7 +21,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from model.embedding import DEFAULT_EMBEDDER
+from xtream.model.embedding import DEFAULT_EMBEDDER
 
 __all__ = ["evaluate", "parse_lang_paths", "train"]
 
@@ -56,7 +56,7 @@ def _tokenize(texts: list[str], lang: str) -> list[list[str]]:
     """Tokenise in chunks behind a progress bar (jieba on raw Chinese takes minutes on big files)."""
     from tqdm.auto import tqdm
 
-    from model.text import Tokenizer
+    from xtream.model.text import Tokenizer
 
     tok, out, chunk = Tokenizer(), [], 2048
     for i in tqdm(range(0, len(texts), chunk), desc=f"tokenising {lang}", unit="chunk"):
@@ -96,12 +96,12 @@ def train(
     import torch
     from threadpoolctl import threadpool_limits
 
-    from model.allocator import retain_freed_memory
-    from model.embedding import load_embedder
-    from model.persistence import save_xtra
-    from model.quality import cache_file, content_key, embed_cached, fit_xtra, joint_kmeans
-    from model.training import LanguageCorpus
-    from model.vocabulary import Vocabulary
+    from xtream.model.allocator import retain_freed_memory
+    from xtream.model.embedding import load_embedder
+    from xtream.model.persistence import save_xtra
+    from xtream.model.quality import cache_file, content_key, embed_cached, fit_xtra, joint_kmeans
+    from xtream.model.training import LanguageCorpus
+    from xtream.model.vocabulary import Vocabulary
 
     files = parse_lang_paths(input, "--input")
     if not files:
@@ -179,11 +179,11 @@ def evaluate(
     import torch
     from threadpoolctl import threadpool_limits
 
-    from model.evaluation import load_bilingual_dictionary
-    from model.persistence import load_xtra
-    from model.quality import quality_metrics
-    from model.training import infer_theta
-    from model.vocabulary import Vocabulary
+    from xtream.model.evaluation import load_bilingual_dictionary
+    from xtream.model.persistence import load_xtra
+    from xtream.model.quality import quality_metrics
+    from xtream.model.training import infer_theta
+    from xtream.model.vocabulary import Vocabulary
 
     tests = parse_lang_paths(input, "--input")
     test_labels = parse_lang_paths(labels, "--labels")

@@ -11,10 +11,10 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from stream.errors import RecordTooLarge, SinkError
-from stream.sinks import Sink
+from xtream.stream.errors import RecordTooLarge, SinkError
+from xtream.stream.sinks import Sink
 
-from consumers.metrics import ServiceMetrics
+from xtream.consumers.metrics import ServiceMetrics
 
 __all__ = ["MAX_OUTPUT_RETRY_SECONDS", "OUTPUTS", "Outbox"]
 

@@ -23,7 +23,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Generic, Iterator, TypeVar
 
-from stream.records import Record
+from xtream.stream.records import Record
 
 __all__ = ["BatchPrefetcher"]
 

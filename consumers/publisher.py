@@ -18,18 +18,18 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from model.lineage import LineageEvent, TopicTracker
-from model.online import OnlineTopicModel
-from model.prevalence_shift import PrevalenceShift
-from stream.errors import RecordTooLarge
-from stream.schemas import LineageRecord, TopicSnapshot
-from stream.snapshot_store import SnapshotStore
+from xtream.model.lineage import LineageEvent, TopicTracker
+from xtream.model.online import OnlineTopicModel
+from xtream.model.prevalence_shift import PrevalenceShift
+from xtream.stream.errors import RecordTooLarge
+from xtream.stream.schemas import LineageRecord, TopicSnapshot
+from xtream.stream.snapshot_store import SnapshotStore
 
-from consumers.config import Settings
-from consumers.metrics import ServiceMetrics
-from consumers.outbox import Outbox
-from consumers.snapshots import DriftBaseline, build_snapshot
-from consumers.training_runner import observe_model
+from xtream.consumers.config import Settings
+from xtream.consumers.metrics import ServiceMetrics
+from xtream.consumers.outbox import Outbox
+from xtream.consumers.snapshots import DriftBaseline, build_snapshot
+from xtream.consumers.training_runner import observe_model
 
 __all__ = ["TopicPublisher"]
 

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from consumers.backpressure import DutyCycle
+from xtream.consumers.backpressure import DutyCycle
 
 __all__ = ["AssignmentQueue", "Busy", "ClientRateLimiter"]
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model.evaluation import topic_uniqueness
-from stream.schemas import TopicSnapshot
-from stream.snapshot_store import SnapshotStore
+from xtream.model.evaluation import topic_uniqueness
+from xtream.stream.schemas import TopicSnapshot
+from xtream.stream.snapshot_store import SnapshotStore
 
 __all__ = ["write_report"]
 

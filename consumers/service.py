@@ -20,29 +20,29 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from model.embedding import Embedder, LanguageCentering
-from model.lineage import TopicTracker
-from model.online import MaintenanceFailed, OnlineConfig, OnlineTopicModel
-from model.text import Tokenizer
-from stream.dead_letter import dead_letter_headers
-from stream.errors import SinkError, SourceUnavailable, TransactionFailed
-from stream.records import Record
-from stream.schemas import Assignment, TopicSnapshot
-from stream.sinks import Sink, close_sinks
-from stream.snapshot_store import SnapshotStore
-from stream.sources import Source
-from stream.transactions import OutputTransactions
+from xtream.model.embedding import Embedder, LanguageCentering
+from xtream.model.lineage import TopicTracker
+from xtream.model.online import MaintenanceFailed, OnlineConfig, OnlineTopicModel
+from xtream.model.text import Tokenizer
+from xtream.stream.dead_letter import dead_letter_headers
+from xtream.stream.errors import SinkError, SourceUnavailable, TransactionFailed
+from xtream.stream.records import Record
+from xtream.stream.schemas import Assignment, TopicSnapshot
+from xtream.stream.sinks import Sink, close_sinks
+from xtream.stream.snapshot_store import SnapshotStore
+from xtream.stream.sources import Source
+from xtream.stream.transactions import OutputTransactions
 
-from consumers.checkpoint import CheckpointStore, CheckpointWriteError
-from consumers.intake import EmbeddedIntake, PreparedBatch, TextIntake
-from consumers.prefetch import BatchPrefetcher
-from consumers.config import Settings
-from consumers.metrics import ServiceMetrics
-from consumers.outbox import Outbox
-from consumers.backpressure import AdaptiveBatchSize
-from consumers.publisher import TopicPublisher
-from consumers.training_debt import TrainingDebt
-from consumers.training_runner import TrainingRunner
+from xtream.consumers.checkpoint import CheckpointStore, CheckpointWriteError
+from xtream.consumers.intake import EmbeddedIntake, PreparedBatch, TextIntake
+from xtream.consumers.prefetch import BatchPrefetcher
+from xtream.consumers.config import Settings
+from xtream.consumers.metrics import ServiceMetrics
+from xtream.consumers.outbox import Outbox
+from xtream.consumers.backpressure import AdaptiveBatchSize
+from xtream.consumers.publisher import TopicPublisher
+from xtream.consumers.training_debt import TrainingDebt
+from xtream.consumers.training_runner import TrainingRunner
 
 __all__ = ["ServiceStats", "TopicService"]
 

@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from model.online import OnlineTopicModel
-from model.readout import relevance, topic_labels
-from stream.schemas import SnapshotTopic, TopicDocument, TopicSnapshot, TopicWords
+from xtream.model.online import OnlineTopicModel
+from xtream.model.readout import relevance, topic_labels
+from xtream.stream.schemas import SnapshotTopic, TopicDocument, TopicSnapshot, TopicWords
 
 __all__ = ["DriftBaseline", "build_snapshot", "js_divergence", "top_word_divergence"]
 

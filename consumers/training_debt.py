@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from model.online import OnlineTopicModel
+from xtream.model.online import OnlineTopicModel
 
 __all__ = ["TrainingDebt"]
 

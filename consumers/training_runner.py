@@ -15,12 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from model.online import OnlineTopicModel
+from xtream.model.online import OnlineTopicModel
 
-from consumers.backpressure import DutyCycle
-from consumers.config import Settings
-from consumers.metrics import ServiceMetrics
-from consumers.training_debt import TrainingDebt
+from xtream.consumers.backpressure import DutyCycle
+from xtream.consumers.config import Settings
+from xtream.consumers.metrics import ServiceMetrics
+from xtream.consumers.training_debt import TrainingDebt
 
 __all__ = ["TrainingRunner", "observe_model"]
 

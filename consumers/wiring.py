@@ -6,19 +6,19 @@ import logging
 import os
 from pathlib import Path
 
-from model.embedding import Embedder, load_embedder
-from model.embedding_process import ProcessEmbedder
-from stream.sinks import JsonlSink, KafkaSink, make_producer, topic_record_limits
-from stream.snapshot_store import SnapshotStore
-from stream.sources import JsonlFileSource, KafkaReplaySource, KafkaSource, committed_offsets, resolve_replay_window
-from stream.transactions import OutputTransactions, covered_by
+from xtream.model.embedding import Embedder, load_embedder
+from xtream.model.embedding_process import ProcessEmbedder
+from xtream.stream.sinks import JsonlSink, KafkaSink, make_producer, topic_record_limits
+from xtream.stream.snapshot_store import SnapshotStore
+from xtream.stream.sources import JsonlFileSource, KafkaReplaySource, KafkaSource, committed_offsets, resolve_replay_window
+from xtream.stream.transactions import OutputTransactions, covered_by
 
-from consumers.checkpoint import CheckpointStore, CheckpointsUnreadable
-from consumers.config import Settings
-from consumers.embedding_worker import EmbeddingWorker
-from consumers.intake import TextIntake
-from consumers.metrics import ServiceMetrics
-from consumers.service import TopicService
+from xtream.consumers.checkpoint import CheckpointStore, CheckpointsUnreadable
+from xtream.consumers.config import Settings
+from xtream.consumers.embedding_worker import EmbeddingWorker
+from xtream.consumers.intake import TextIntake
+from xtream.consumers.metrics import ServiceMetrics
+from xtream.consumers.service import TopicService
 
 __all__ = ["DEMO_STREAM", "build_embedding_worker", "build_service", "replay_settings", "service_embedder",
            "set_threads"]
@@ -34,7 +34,7 @@ def set_threads(n: int) -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from model.allocator import retain_freed_memory
+    from xtream.model.allocator import retain_freed_memory
 
     retain_freed_memory()
     torch.set_num_threads(n)
@@ -75,7 +75,7 @@ def _kafka_sinks(settings: Settings, client: dict, producer=None) -> dict:
 
 def build_embedding_worker(settings: Settings) -> EmbeddingWorker:
     """``--role embedder``: input topic -> parse/embed/tokenise -> embedded topic (+ dead letters)."""
-    from model.text import Tokenizer
+    from xtream.model.text import Tokenizer
 
     set_threads(settings.model.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

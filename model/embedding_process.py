@@ -32,7 +32,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from model.embedding import Embedder, load_embedder
+from xtream.model.embedding import Embedder, load_embedder
 
 __all__ = ["EmbedderProcessError", "ProcessEmbedder"]
 

@@ -41,13 +41,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from model.clustering import MiniBatchKMeans
-from model.exemplars import TopicExemplars
-from model.readout import blend_theta, cluster_memberships
-from model.replay_buffer import ReplayBuffer
-from model.training import LanguageCorpus, XTRATrainer, build_xtra, corpus_batch, infer_theta
-from model.vocabulary import Vocabulary
-from model.xtra import XTRA, XTRAConfig, init_beta_from_clusters
+from xtream.model.clustering import MiniBatchKMeans
+from xtream.model.exemplars import TopicExemplars
+from xtream.model.readout import blend_theta, cluster_memberships
+from xtream.model.replay_buffer import ReplayBuffer
+from xtream.model.training import LanguageCorpus, XTRATrainer, build_xtra, corpus_batch, infer_theta
+from xtream.model.vocabulary import Vocabulary
+from xtream.model.xtra import XTRA, XTRAConfig, init_beta_from_clusters
 
 __all__ = ["MaintenanceFailed", "OnlineConfig", "OnlineTopicModel"]
 

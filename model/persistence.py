@@ -19,7 +19,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from model.xtra import XTRA, XTRAConfig
+from xtream.model.xtra import XTRA, XTRAConfig
 
 __all__ = ["FORMAT_VERSION", "IncompatibleModel", "load_xtra", "save_xtra"]
 

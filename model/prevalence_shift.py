@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.lineage import LineageEvent
+from xtream.model.lineage import LineageEvent
 
 __all__ = ["PrevalenceShift"]
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.embedding import Embedder
-from model.evaluation import (
+from xtream.model.embedding import Embedder
+from xtream.model.evaluation import (
     Docs,
     classification_scores,
     crosslingual_classification,
@@ -41,8 +41,8 @@ from model.evaluation import (
     top_words,
     topic_quality,
 )
-from model.training import LanguageCorpus, XTRATrainer, build_xtra
-from model.xtra import XTRA
+from xtream.model.training import LanguageCorpus, XTRATrainer, build_xtra
+from xtream.model.xtra import XTRA
 
 __all__ = [
     "DEFAULT_CACHE_DIR",

@@ -14,8 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from model.sparse_adam import LazyAdam, clip_grad_norm
-from model.xtra import XTRA, WordProjection, XTRAConfig, dirichlet_laplace_prior, init_beta_from_clusters
+from xtream.model.sparse_adam import LazyAdam, clip_grad_norm
+from xtream.model.xtra import XTRA, WordProjection, XTRAConfig, dirichlet_laplace_prior, init_beta_from_clusters
 
 __all__ = ["LanguageCorpus", "XTRATrainer", "build_xtra", "csr_to_torch", "infer_theta"]
 

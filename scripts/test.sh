@@ -22,7 +22,7 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null \
 fi
 venv="$(scripts/bootstrap.sh)"
 # Resolve Kafka's jars before pytest starts, so a first run shows Maven's progress, not a silent wait.
-"$venv/bin/python" -c "from stream.kafka_broker import resolve_kafka_classpath as r; print('kafka jars:', r())"
+"$venv/bin/python" -c "from xtream.stream.kafka_broker import resolve_kafka_classpath as r; print('kafka jars:', r())"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 set +e
 "$venv/bin/python" -m pytest -p no:cacheprovider "$@"

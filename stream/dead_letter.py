@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.records import Record
+from xtream.stream.records import Record
 
 __all__ = ["dead_letter_headers"]
 

@@ -8,7 +8,7 @@ combined broker + controller. There is no fake broker anywhere in xtream's tests
         print(broker.bootstrap)          # "127.0.0.1:41234"
         broker.stop(); broker.restart()  # same data dir, same ports
 
-Command line: ``python -m stream.kafka_broker [--data-dir DIR] [--port N]`` starts one in the
+Command line: ``python -m xtream.stream.kafka_broker [--data-dir DIR] [--port N]`` starts one in the
 foreground until Ctrl-C (``deploy/kafka/run-local.sh`` wraps it).
 """
 

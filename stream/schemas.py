@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
-from stream.errors import RecordTooLarge
+from xtream.stream.errors import RecordTooLarge
 
 __all__ = [
     "MAX_RECORD_BYTES",

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
-from stream.errors import RecordTooLarge, SinkError
+from xtream.stream.errors import RecordTooLarge, SinkError
 
 __all__ = ["JsonlSink", "KafkaSink", "MemorySink", "Sink", "close_sinks", "make_producer", "topic_record_limits"]
 

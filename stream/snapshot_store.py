@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from stream.schemas import LineageRecord, TopicSnapshot
+from xtream.stream.schemas import LineageRecord, TopicSnapshot
 
 __all__ = ["SnapshotStore", "rebuild_from_kafka"]
 

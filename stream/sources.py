@@ -21,8 +21,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
-from stream.errors import SourceUnavailable
-from stream.records import Record, offset_key
+from xtream.stream.errors import SourceUnavailable
+from xtream.stream.records import Record, offset_key
 
 __all__ = ["JsonlFileSource", "KafkaReplaySource", "KafkaSource", "Source", "committed_offsets"]
 

@@ -20,8 +20,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from stream.errors import TransactionFailed
-from stream.records import split_offset_key
+from xtream.stream.errors import TransactionFailed
+from xtream.stream.records import split_offset_key
 
 __all__ = ["OutputTransactions", "covered_by"]
 

@@ -13,7 +13,7 @@ import pytest
 
 from kafka_support import SHARED_DATA
 
-from stream.kafka_broker import LocalKafkaBroker
+from xtream.stream.kafka_broker import LocalKafkaBroker
 
 
 @pytest.fixture(scope="session")

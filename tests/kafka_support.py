@@ -80,7 +80,7 @@ def service_settings(bootstrap: str, name: str, data_dir: Path, **sections: dict
     """Settings for a service under test: every topic and the group named after ``name``
     (``<name>-in``, ``<name>-g``, ``<name>-assign``...), then per-section overrides, e.g.
     ``model=dict(num_topics=6)``, ``batch=dict(max_records=50)``."""
-    from consumers.config import Settings
+    from xtream.consumers.config import Settings
 
     base = Settings(data_dir=data_dir)
     kafka = dict(bootstrap_servers=bootstrap, input_topic=f"{name}-in", group_id=f"{name}-g",

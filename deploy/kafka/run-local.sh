@@ -4,4 +4,4 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 venv="$("$root/scripts/bootstrap.sh")"
-exec "$venv/bin/python" -m stream.kafka_broker --port "${PORT:-9092}" ${DATA_DIR:+--data-dir "$DATA_DIR"} "$@"
+exec "$venv/bin/python" -m xtream.stream.kafka_broker --port "${PORT:-9092}" ${DATA_DIR:+--data-dir "$DATA_DIR"} "$@"

@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from bench._common import EMBEDDER, discover_languages, file_code, lang_of
-from model import quality
+from xtream.model import quality
 
 CLASSES, TRAIN, TEST, DIM = 4, 40, 12, 512
 WORDS = {"en": [f"word{c}x{i}" for c in range(CLASSES) for i in range(8)],

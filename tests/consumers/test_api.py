@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from fastapi.testclient import TestClient
 
-from consumers.api import create_app
-from consumers.config import HttpSettings, Settings
-from consumers.wiring import DEMO_STREAM, build_service
+from xtream.consumers.api import create_app
+from xtream.consumers.config import HttpSettings, Settings
+from xtream.consumers.wiring import DEMO_STREAM, build_service
 
 
 TOKEN = "s3cret-0123456789abcdef"
@@ -66,7 +66,7 @@ def test_topics_returns_latest_snapshot(client, served):
 def test_topics_carry_labels_and_representative_documents(client, served):
     import json
 
-    from consumers.wiring import DEMO_STREAM
+    from xtream.consumers.wiring import DEMO_STREAM
 
     texts = {}
     for line in DEMO_STREAM.read_text(encoding="utf-8").splitlines():
@@ -177,7 +177,7 @@ def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(served):
     """20 kB limit: the 413 must come after a few 8 kB chunks, not after the client has sent 2 MB."""
     import socket
 
-    from consumers.api import ApiServer
+    from xtream.consumers.api import ApiServer
 
     api = ApiServer(served, http=served.settings.http.model_copy(update={"port": 0})).start()
     try:
@@ -266,7 +266,7 @@ def test_assignments_keep_within_their_share_of_the_embedder(served):
 def test_the_assignment_queue_is_bounded():
     import threading
 
-    from consumers.ratelimit import AssignmentQueue, Busy
+    from xtream.consumers.ratelimit import AssignmentQueue, Busy
 
     queue = AssignmentQueue(concurrency=1, depth=1, max_share=1.0, wait_seconds=5)
     inside, release = threading.Event(), threading.Event()
@@ -324,7 +324,7 @@ def test_query_parsers_never_answer_500(served):
 def test_an_offset_query_parses_only_the_snapshot_it_returns(served, tmp_path, monkeypatch):
     from copy import copy
 
-    from stream.snapshot_store import SnapshotStore
+    from xtream.stream.snapshot_store import SnapshotStore
 
     store = SnapshotStore(tmp_path / "snapshots.sqlite")
     base = served.store.latest()

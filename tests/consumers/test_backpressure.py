@@ -2,7 +2,7 @@
 
 import pytest
 
-from consumers.backpressure import AdaptiveBatchSize, DutyCycle
+from xtream.consumers.backpressure import AdaptiveBatchSize, DutyCycle
 
 
 def test_starts_cautiously_then_grows_at_most_twofold_per_turn_up_to_the_ceiling():
@@ -61,8 +61,8 @@ def test_the_training_thread_runs_niced_so_ingestion_gets_the_cpu_first(tmp_path
     import os
     import threading
 
-    from consumers.config import Settings
-    from consumers.wiring import DEMO_STREAM, build_service
+    from xtream.consumers.config import Settings
+    from xtream.consumers.wiring import DEMO_STREAM, build_service
 
     s = Settings(data_dir=tmp_path / "data", input_file=DEMO_STREAM)
     s = s.model_copy(update={"model": s.model.model_copy(update=dict(

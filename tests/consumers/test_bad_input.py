@@ -33,8 +33,8 @@ from kafka_support import (committed_offsets, read_topic, run_until_committed, r
                            stream_documents)
 from kafka import KafkaAdminClient, KafkaProducer
 
-from consumers.config import Settings
-from consumers.wiring import DEMO_STREAM, build_service
+from xtream.consumers.config import Settings
+from xtream.consumers.wiring import DEMO_STREAM, build_service
 
 pytestmark = pytest.mark.kafka
 

@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 
-from consumers.config import Settings
-from consumers.intake import EmbeddedIntake
-from consumers.wiring import DEMO_STREAM, build_service
-from stream.records import Record
-from stream.schemas import EmbeddedDocument
+from xtream.consumers.config import Settings
+from xtream.consumers.intake import EmbeddedIntake
+from xtream.consumers.wiring import DEMO_STREAM, build_service
+from xtream.stream.records import Record
+from xtream.stream.schemas import EmbeddedDocument
 
 POISON = "poisonpill"
 

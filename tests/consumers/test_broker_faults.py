@@ -14,8 +14,8 @@ import time
 import pytest
 from kafka_support import fully_committed, read_topic, service_settings, stream_documents
 
-from consumers.wiring import build_service
-from stream.kafka_broker import LocalKafkaBroker
+from xtream.consumers.wiring import build_service
+from xtream.stream.kafka_broker import LocalKafkaBroker
 
 pytestmark = pytest.mark.kafka
 
@@ -144,7 +144,7 @@ def test_three_broker_cluster_partition_leader_killed_mid_stream(tmp_path, uniqu
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    from stream.kafka_broker import LocalKafkaCluster
+    from xtream.stream.kafka_broker import LocalKafkaCluster
 
     cluster = LocalKafkaCluster.start_new(tmp_path / "kafka", size=3)
     try:

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from consumers.checkpoint import CheckpointStore, IncompatibleCheckpoint
-from consumers.cli import app
-from consumers.config import Settings
-from consumers.wiring import DEMO_STREAM, build_service
+from xtream.consumers.checkpoint import CheckpointStore, IncompatibleCheckpoint
+from xtream.consumers.cli import app
+from xtream.consumers.config import Settings
+from xtream.consumers.wiring import DEMO_STREAM, build_service
 
 COMPAT = {"embedder": "test-embedder", "embedding_dim": 4, "num_topics": 3}
 
@@ -81,14 +81,14 @@ def three_checkpoints(folder: Path) -> tuple[CheckpointStore, list[Path]]:
 
 def damage_errors(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records
-            if r.name == "consumers.checkpoint" and r.levelno == logging.ERROR]
+            if r.name == "xtream.consumers.checkpoint" and r.levelno == logging.ERROR]
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=lambda f: f.__name__)
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one_with_an_error(damage, tmp_path, caplog):
     store, paths = three_checkpoints(tmp_path / "ck")
     damage(paths[-1])
-    with caplog.at_level(logging.INFO, logger="consumers.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="xtream.consumers.checkpoint"):
         header, state = store.load_latest(COMPAT)
     assert header["offsets"] == {"t:0": 20} and state["step"] == 2
     np.testing.assert_array_equal(state["w"], np.arange(50, dtype=np.float32) * 2)
@@ -100,7 +100,7 @@ def test_a_garbage_file_newer_than_all_others_is_skipped(tmp_path, caplog):
     store, paths = three_checkpoints(tmp_path / "ck")
     intruder = paths[0].parent / "ckpt-000000099.xck"
     intruder.write_bytes(b"not a checkpoint at all\n" * 10)
-    with caplog.at_level(logging.ERROR, logger="consumers.checkpoint"):
+    with caplog.at_level(logging.ERROR, logger="xtream.consumers.checkpoint"):
         header, _ = store.load_latest(COMPAT)
     assert header["offsets"] == {"t:0": 30}
     assert [intruder.name in e for e in damage_errors(caplog)] == [True]
@@ -109,7 +109,7 @@ def test_a_garbage_file_newer_than_all_others_is_skipped(tmp_path, caplog):
 def test_a_half_written_temp_file_is_ignored_silently(tmp_path, caplog):
     store, paths = three_checkpoints(tmp_path / "ck")
     (paths[0].parent / "ckpt-000000004.tmp").write_bytes(paths[-1].read_bytes()[:100])   # crash mid-write
-    with caplog.at_level(logging.ERROR, logger="consumers.checkpoint"):
+    with caplog.at_level(logging.ERROR, logger="xtream.consumers.checkpoint"):
         header, _ = store.load_latest(COMPAT)
     assert header["offsets"] == {"t:0": 30} and damage_errors(caplog) == []
 
@@ -118,7 +118,7 @@ def test_all_damaged_means_a_fresh_start_with_every_file_named_in_an_error(tmp_p
     store, paths = three_checkpoints(tmp_path / "ck")
     for path, damage in zip(paths, (truncate_payload, flip_payload_byte, garbage)):
         damage(path)
-    with caplog.at_level(logging.ERROR, logger="consumers.checkpoint"):
+    with caplog.at_level(logging.ERROR, logger="xtream.consumers.checkpoint"):
         assert store.load_latest(COMPAT) is None
     errors = damage_errors(caplog)
     assert len(errors) == 3 and all(any(p.name in e for e in errors) for p in paths)
@@ -141,7 +141,7 @@ def test_a_payload_with_pickled_code_is_refused_not_executed(tmp_path, caplog):
     evil = store.save({"w": np.zeros(3), "step": _Exploit(marker)}, {"t:0": 40}, COMPAT)
     with pytest.raises(ValueError, match="refused"):
         CheckpointStore.read(evil)
-    with caplog.at_level(logging.ERROR, logger="consumers.checkpoint"):
+    with caplog.at_level(logging.ERROR, logger="xtream.consumers.checkpoint"):
         header, state = store.load_latest(COMPAT)
     assert not marker.exists(), "unpickling ran code from the checkpoint"
     assert header["offsets"] == {"t:0": 30} and state["step"] == 3
@@ -198,7 +198,7 @@ def test_the_service_resumes_from_the_last_good_checkpoint_and_counts_each_docum
     for f, damage in zip(damaged, (flip_payload_byte, truncate_payload)):
         damage(f)
     settings = file_settings(data_dir, served[1])
-    with caplog.at_level(logging.ERROR, logger="consumers.checkpoint"):
+    with caplog.at_level(logging.ERROR, logger="xtream.consumers.checkpoint"):
         service = build_service(settings)
     try:
         assert service.model.n_docs == 60 and service.offsets == {"file:docs.jsonl:0": 60}
@@ -213,7 +213,7 @@ def test_the_service_resumes_from_the_last_good_checkpoint_and_counts_each_docum
 def test_all_checkpoints_damaged_starts_fresh(served, data_dir, caplog):
     for f in checkpoint_files(data_dir):
         garbage(f)
-    with caplog.at_level(logging.ERROR, logger="consumers.checkpoint"):
+    with caplog.at_level(logging.ERROR, logger="xtream.consumers.checkpoint"):
         service = build_service(file_settings(data_dir, served[1]))
     try:
         assert service.model.n_docs == 0 and service.offsets == {}
@@ -256,7 +256,7 @@ def test_the_cli_exits_non_zero_with_the_incompatibility_message(served, data_di
 # -- the store's edges: a header of the wrong shape, a full disk, a second process, all unreadable --------
 def _rewrite_header(path: Path, change) -> None:
     """Edit the header and re-sign it, so only its shape is wrong (not its checksum)."""
-    from consumers.checkpoint import _header_digest
+    from xtream.consumers.checkpoint import _header_digest
 
     data = path.read_bytes()
     first = data.index(b"\n") + 1
@@ -274,7 +274,7 @@ def _rewrite_header(path: Path, change) -> None:
 def test_a_malformed_header_falls_back_like_any_damage(change, tmp_path, caplog):
     store, paths = three_checkpoints(tmp_path / "ck")
     _rewrite_header(paths[-1], change)
-    with caplog.at_level(logging.ERROR, logger="consumers.checkpoint"):
+    with caplog.at_level(logging.ERROR, logger="xtream.consumers.checkpoint"):
         header, state = store.load_latest(COMPAT)
     assert header["offsets"] == {"t:0": 20} and state["step"] == 2
     assert [paths[-1].name in e for e in damage_errors(caplog)] == [True]
@@ -286,7 +286,7 @@ def _disk_full(monkeypatch) -> None:
     usually shows, after the writes were buffered). Other files (the JSONL sinks) are not affected."""
     import errno
 
-    import consumers.checkpoint as ck
+    import xtream.consumers.checkpoint as ck
 
     class NoSpaceOs:
         def __getattr__(self, name):
@@ -300,7 +300,7 @@ def _disk_full(monkeypatch) -> None:
 
 
 def test_a_full_disk_keeps_the_last_good_checkpoint_and_leaves_no_temp_file(tmp_path, monkeypatch):
-    from consumers.checkpoint import CheckpointWriteError
+    from xtream.consumers.checkpoint import CheckpointWriteError
 
     store, paths = three_checkpoints(tmp_path / "ck")
     before = {p.name: p.read_bytes() for p in paths}
@@ -319,7 +319,7 @@ def test_the_service_keeps_running_on_a_full_disk_and_counts_the_failures(served
     _disk_full(monkeypatch)
     service = build_service(file_settings(data_dir, more))
     try:
-        with caplog.at_level(logging.ERROR, logger="consumers.service"):
+        with caplog.at_level(logging.ERROR, logger="xtream.consumers.service"):
             service.run()
         failures = service.metrics.checkpoint_failures._value.get()
     finally:
@@ -349,7 +349,7 @@ def test_stale_temp_files_are_removed_when_the_directory_is_locked(tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from consumers.checkpoint import CheckpointStore
+from xtream.consumers.checkpoint import CheckpointStore
 store = CheckpointStore(sys.argv[1]).acquire()   # held while referenced
 print("locked", flush=True)
 time.sleep(60)
@@ -360,7 +360,7 @@ def test_a_second_process_on_the_same_data_dir_fails_at_start_with_a_clear_messa
     import subprocess
     import sys
 
-    from consumers.checkpoint import DataDirectoryLocked
+    from xtream.consumers.checkpoint import DataDirectoryLocked
 
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(data_dir / "checkpoints")],
                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
@@ -390,7 +390,7 @@ def kafka_settings(data_dir: Path, **checkpoint) -> Settings:
 
 
 def test_unreadable_checkpoints_with_kafka_refuse_to_start_from_committed_offsets(served, data_dir):
-    from consumers.checkpoint import CheckpointsUnreadable
+    from xtream.consumers.checkpoint import CheckpointsUnreadable
 
     for f in checkpoint_files(data_dir):
         garbage(f)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from consumers.cli import app
+from xtream.consumers.cli import app
 
 runner = CliRunner()
 
@@ -34,7 +34,7 @@ def test_demo_run_then_report(tmp_path):
     values = [float(x) for row in tu_rows if row.startswith("| v") for x in row.split("|")[3:-1] if x.strip()]
     assert values and all(0 < v <= 1 for v in values), tu_rows
 
-    from stream.snapshot_store import SnapshotStore
+    from xtream.stream.snapshot_store import SnapshotStore
 
     store = SnapshotStore(tmp_path / "demo" / "snapshots.sqlite")
     topic = next(t for t in store.get(store.versions()[-1]).topics if t.documents)
@@ -61,7 +61,7 @@ def test_run_on_a_fifo_serves_its_api_while_waiting_and_stops_on_sigterm(tmp_pat
     import time
     import urllib.request
 
-    from stream.kafka_broker import free_port
+    from xtream.stream.kafka_broker import free_port
 
     fifo = tmp_path / "in.fifo"
     os.mkfifo(fifo)
@@ -69,7 +69,7 @@ def test_run_on_a_fifo_serves_its_api_while_waiting_and_stops_on_sigterm(tmp_pat
     env = os.environ | {"XTREAM_HTTP__PORT": str(port), "XTREAM_MODEL__NUM_TOPICS": "4",
                         "XTREAM_BATCH__MAX_WAIT_MS": "200"}
     log = open(tmp_path / "service.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "consumers.cli", "run", "--input", str(fifo),
+    proc = subprocess.Popen([sys.executable, "-m", "xtream.consumers.cli", "run", "--input", str(fifo),
                              "--data-dir", str(tmp_path / "data")], env=env, stdout=log, stderr=subprocess.STDOUT)
     writer = None
     try:

@@ -8,7 +8,7 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from consumers.config import Settings
+from xtream.consumers.config import Settings
 
 
 def test_a_mistyped_environment_variable_fails_naming_it(monkeypatch):

@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from consumers.config import Settings
-from consumers.wiring import DEMO_STREAM, build_service
-from stream.errors import SinkError, SourceUnavailable
-from stream.records import Record
-from stream.sinks import MemorySink
-from stream.sources import Source
+from xtream.consumers.config import Settings
+from xtream.consumers.wiring import DEMO_STREAM, build_service
+from xtream.stream.errors import SinkError, SourceUnavailable
+from xtream.stream.records import Record
+from xtream.stream.sinks import MemorySink
+from xtream.stream.sources import Source
 
 
 def _docs() -> list[dict]:

@@ -4,7 +4,7 @@ does not depend on how often snapshots are taken."""
 import numpy as np
 import pytest
 
-from consumers.snapshots import DriftBaseline, js_divergence
+from xtream.consumers.snapshots import DriftBaseline, js_divergence
 
 
 def dists(tag: float):
@@ -61,7 +61,7 @@ def test_state_round_trips():
 def test_drift_is_measured_on_the_leading_words():
     """Mass moving among tail words of a topic whose leading words hold is no drift; the leading
     words replaced by others is full drift."""
-    from consumers.snapshots import top_word_divergence
+    from xtream.consumers.snapshots import top_word_divergence
 
     rng = np.random.default_rng(0)
     v = 2000

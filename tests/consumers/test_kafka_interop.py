@@ -9,7 +9,7 @@ import json
 import pytest
 from kafka_support import read_topic, run_until_committed, service_settings, stream_documents
 
-from consumers.wiring import build_service
+from xtream.consumers.wiring import build_service
 
 pytestmark = pytest.mark.kafka
 
@@ -140,7 +140,7 @@ def test_snapshot_with_100_topics_fits_the_default_record_limit(kafka_default_bo
 
 @pytest.mark.parametrize("codec", CODECS[1:])
 def test_each_output_codec_is_read_back_by_librdkafka(kafka_default_bootstrap, unique_name, codec):
-    from stream.sinks import KafkaSink, make_producer
+    from xtream.stream.sinks import KafkaSink, make_producer
 
     topic = f"{unique_name}-out"
     _create_topic(kafka_default_bootstrap, topic)
@@ -159,8 +159,8 @@ def test_a_record_over_the_topic_limit_is_refused_and_counted_not_retried_foreve
     at once; one the size check cannot see (it compresses badly) is dropped at flush and reported."""
     import os
 
-    from stream.errors import RecordTooLarge
-    from stream.sinks import KafkaSink, make_producer, topic_record_limits
+    from xtream.stream.errors import RecordTooLarge
+    from xtream.stream.sinks import KafkaSink, make_producer, topic_record_limits
 
     topic = f"{unique_name}-small"
     _create_topic(kafka_default_bootstrap, topic, config={"max.message.bytes": "20000"})
@@ -184,7 +184,7 @@ def test_a_record_over_the_topic_limit_is_refused_and_counted_not_retried_foreve
 def test_exactly_once_outputs_and_offsets_commit_together(kafka_default_bootstrap, unique_name, tmp_path):
     """Exactly-once mode: a read_committed librdkafka reader sees one assignment per document, and
     the group's committed offsets are those of the last checkpoint."""
-    from consumers.checkpoint import CheckpointStore
+    from xtream.consumers.checkpoint import CheckpointStore
 
     bootstrap = kafka_default_bootstrap
     settings = _settings(bootstrap, unique_name, tmp_path)

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from consumers.config import Settings
-from consumers.prefetch import BatchPrefetcher
-from consumers.wiring import DEMO_STREAM, build_service
-from stream.records import Record
+from xtream.consumers.config import Settings
+from xtream.consumers.prefetch import BatchPrefetcher
+from xtream.consumers.wiring import DEMO_STREAM, build_service
+from xtream.stream.records import Record
 
 
 def _records(n: int, start: int = 0) -> list[Record]:

@@ -15,7 +15,7 @@ import time
 import pytest
 from kafka_support import committed_offsets, fully_committed, read_topic, stream_documents
 
-from consumers.checkpoint import CheckpointStore
+from xtream.consumers.checkpoint import CheckpointStore
 
 pytestmark = pytest.mark.kafka
 
@@ -37,7 +37,7 @@ def service_env(bootstrap: str, name: str, **extra: str) -> dict[str, str]:
 
 
 def start(data_dir, env, log, role: str = "all"):
-    return subprocess.Popen([sys.executable, "-m", "consumers.cli", "run", "--data-dir", str(data_dir), "--role", role],
+    return subprocess.Popen([sys.executable, "-m", "xtream.consumers.cli", "run", "--data-dir", str(data_dir), "--role", role],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -217,7 +217,7 @@ def test_sigterm_finishes_batch_checkpoints_commits_and_exits_zero(kafka_bootstr
 def test_sigterm_exits_within_10_seconds_in_every_state(unique_name, produce, tmp_path, state):
     """Warm-up steps running, or the broker gone (polls failing, outputs waiting to be flushed):
     SIGTERM ends the process within 10 s."""
-    from stream.kafka_broker import LocalKafkaBroker
+    from xtream.stream.kafka_broker import LocalKafkaBroker
 
     broker = LocalKafkaBroker.start_new(tmp_path / "kafka")
     try:

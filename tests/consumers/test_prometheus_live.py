@@ -17,9 +17,9 @@ import yaml
 from kafka_support import DEMO, service_settings
 from pydantic import SecretStr
 
-from consumers.api import ApiServer
-from consumers.wiring import build_service
-from stream.kafka_broker import free_port
+from xtream.consumers.api import ApiServer
+from xtream.consumers.wiring import build_service
+from xtream.stream.kafka_broker import free_port
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parents[2]

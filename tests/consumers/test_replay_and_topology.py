@@ -12,8 +12,8 @@ import pytest
 from kafka_support import committed_offsets, fully_committed, read_topic, stream_documents
 from test_process_lifecycle import latest_checkpoint, service_env, start, wait_until
 
-from consumers.config import Settings
-from consumers.wiring import build_service, replay_settings
+from xtream.consumers.config import Settings
+from xtream.consumers.wiring import build_service, replay_settings
 
 pytestmark = pytest.mark.kafka
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from consumers.config import KafkaSettings, Settings
+from xtream.consumers.config import KafkaSettings, Settings
 
 SCRAM = dict(sasl_mechanism="SCRAM-SHA-512", sasl_username="xtream", sasl_password=SecretStr("pw-0123456789"))
 
@@ -42,7 +42,7 @@ def test_the_refusal_also_comes_from_the_environment(monkeypatch):
      "kafka.security_protocol=SASL_PLAINTEXT with kafka.sasl_mechanism=PLAIN"),
 ])
 def test_weak_or_unused_security_settings_are_warned_about(fields, setting, caplog):
-    caplog.set_level(logging.WARNING, logger="consumers.config")
+    caplog.set_level(logging.WARNING, logger="xtream.consumers.config")
     KafkaSettings(**fields)
     assert setting in caplog.text
     assert "pw-0123456789" not in caplog.text
@@ -55,6 +55,6 @@ def test_weak_or_unused_security_settings_are_warned_about(fields, setting, capl
     dict(security_protocol="SASL_SSL", sasl_mechanism="GSSAPI"),
 ])
 def test_coherent_settings_pass_silently(fields, caplog):
-    caplog.set_level(logging.WARNING, logger="consumers.config")
+    caplog.set_level(logging.WARNING, logger="xtream.consumers.config")
     KafkaSettings(**fields)
     assert caplog.text == ""

@@ -8,8 +8,8 @@ import json
 import pytest
 from kafka_support import committed_offsets, read_topic, run_until_committed, service_settings, stream_documents
 
-from consumers.config import Settings
-from consumers.wiring import build_service
+from xtream.consumers.config import Settings
+from xtream.consumers.wiring import build_service
 
 pytestmark = pytest.mark.kafka
 

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from kafka_support import create_output_topics, read_topic, run_until_committed, service_settings, stream_documents
 
-from consumers.wiring import build_service
+from xtream.consumers.wiring import build_service
 
 pytestmark = pytest.mark.kafka
 

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from consumers.config import Settings
-from consumers.training_debt import TrainingDebt
-from consumers.wiring import build_service
+from xtream.consumers.config import Settings
+from xtream.consumers.training_debt import TrainingDebt
+from xtream.consumers.wiring import build_service
 
 THEMES = {
     "football": "goal match striker league coach penalty stadium season referee",
@@ -144,7 +144,7 @@ def test_training_debt_accounts_warm_up_and_steady_steps():
 def test_the_drift_gauges_skip_the_warm_up_transition_and_the_settling_snapshot(tmp_path):
     """The topic alerts watch the drift gauges: the snapshots before XTRA is warm, its first one
     (clusters' words -> XTRA's) and the next (XTRA settling after its warm-up steps) leave them alone."""
-    from consumers.publisher import SETTLING_SNAPSHOTS
+    from xtream.consumers.publisher import SETTLING_SNAPSHOTS
 
     service = build_service(settings(tmp_path, 1200, train_in_background=False))
     observed = []

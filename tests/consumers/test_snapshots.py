@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from consumers.snapshots import build_snapshot
-from model.exemplars import TopicExemplars
-from stream.schemas import TopicSnapshot
+from xtream.consumers.snapshots import build_snapshot
+from xtream.model.exemplars import TopicExemplars
+from xtream.stream.schemas import TopicSnapshot
 
 
 def _model() -> SimpleNamespace:

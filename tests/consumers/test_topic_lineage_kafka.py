@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 from kafka_support import DEMO, read_topic, run_until_committed
 
-from consumers.config import Settings
-from consumers.wiring import build_service
-from stream.snapshot_store import SnapshotStore, rebuild_from_kafka
+from xtream.consumers.config import Settings
+from xtream.consumers.wiring import build_service
+from xtream.stream.snapshot_store import SnapshotStore, rebuild_from_kafka
 
 pytestmark = pytest.mark.kafka
 

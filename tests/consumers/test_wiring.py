@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from consumers.config import Settings
-from consumers.wiring import DEMO_STREAM, build_service
-from model.embedding_process import ProcessEmbedder
+from xtream.consumers.config import Settings
+from xtream.consumers.wiring import DEMO_STREAM, build_service
+from xtream.model.embedding_process import ProcessEmbedder
 
 
 def _settings(tmp_path, **model) -> Settings:

@@ -25,8 +25,8 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel
 
-from consumers.config import Settings
-from consumers.metrics import ServiceMetrics
+from xtream.consumers.config import Settings
+from xtream.consumers.metrics import ServiceMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -7,7 +7,7 @@ import platform
 import pytest
 import torch
 
-from model.allocator import retain_freed_memory
+from xtream.model.allocator import retain_freed_memory
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are a glibc setting")

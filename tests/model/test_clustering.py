@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.clustering import MiniBatchKMeans
+from xtream.model.clustering import MiniBatchKMeans
 
 DIM = 8
 

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from model.clustering import MiniBatchKMeans
-from model.embedding import LanguageCentering
-from model.online import OnlineConfig, OnlineTopicModel
-from model.prevalence_shift import PrevalenceShift
-from model.replay_buffer import ReplayBuffer
-from model.vocabulary import Vocabulary
+from xtream.model.clustering import MiniBatchKMeans
+from xtream.model.embedding import LanguageCentering
+from xtream.model.online import OnlineConfig, OnlineTopicModel
+from xtream.model.prevalence_shift import PrevalenceShift
+from xtream.model.replay_buffer import ReplayBuffer
+from xtream.model.vocabulary import Vocabulary
 
 DIM = 16
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.embedding import (
+from xtream.model.embedding import (
     HashingEmbedder,
     LanguageCentering,
     SentenceTransformerEmbedder,

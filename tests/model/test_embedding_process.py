@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.embedding import load_embedder
-from model.embedding_process import EmbedderProcessError, ProcessEmbedder
+from xtream.model.embedding import load_embedder
+from xtream.model.embedding_process import EmbedderProcessError, ProcessEmbedder
 
 TEXTS = ["The team won the championship final last night.", "昨晚球队赢得了冠军决赛。", "昨夜、チームが決勝戦で優勝した。"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +97,7 @@ def test_text_survives_the_trip_exactly():
 def test_the_child_exits_when_its_owner_is_killed(tmp_path):
     """kill -9 of the service must not leave an embedder process behind holding memory."""
     script = ("import sys, time\n"
-              "from model.embedding_process import ProcessEmbedder\n"
+              "from xtream.model.embedding_process import ProcessEmbedder\n"
               "e = ProcessEmbedder('hashing:64')\n"
               "print(e.pid, flush=True)\n"
               "time.sleep(600)\n")

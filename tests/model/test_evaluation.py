@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from model.evaluation import (
+from xtream.model.evaluation import (
     classification_scores,
     cnpmi,
     cnpmi_per_topic,
@@ -402,7 +402,7 @@ def test_crosslingual_three_languages_average_training_languages():
 
 
 def test_topic_quality_is_tu_times_npmi_and_checks_ranges():
-    from model.evaluation import topic_quality
+    from xtream.model.evaluation import topic_quality
 
     assert topic_quality(0.8, 0.125) == pytest.approx(0.1)
     assert topic_quality(1.0, -0.5) == pytest.approx(-0.5)

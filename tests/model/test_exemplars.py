@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.exemplars import TopicExemplars
+from xtream.model.exemplars import TopicExemplars
 
 
 def _centres() -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.lineage import TopicTracker
+from xtream.model.lineage import TopicTracker
 
 
 def basis(k: int, d: int = 16) -> np.ndarray:

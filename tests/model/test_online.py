@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.online import OnlineConfig, OnlineTopicModel
+from xtream.model.online import OnlineConfig, OnlineTopicModel
 
 K = 4
 DIM = 16
@@ -387,7 +387,7 @@ def test_documents_given_to_learn_many_become_each_topics_representative_documen
 
 
 def test_theta_blends_xtra_with_the_cluster_memberships(warm, planted_stream):
-    from model.readout import cluster_memberships
+    from xtream.model.readout import cluster_memberships
 
     docs = planted_stream(30, seed=7, words_per_topic=4)
     _, alone = warm.predict_many(docs.tokens, docs.embeddings, docs.langs)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import model.persistence as persistence
-from model.persistence import FORMAT_VERSION, IncompatibleModel, load_xtra, save_xtra
-from model.training import XTRATrainer
-from model.xtra import XTRA, XTRAConfig
+import xtream.model.persistence as persistence
+from xtream.model.persistence import FORMAT_VERSION, IncompatibleModel, load_xtra, save_xtra
+from xtream.model.training import XTRATrainer
+from xtream.model.xtra import XTRA, XTRAConfig
 
 VOCABS = {"en": 12, "zh": 20}
 

@@ -4,7 +4,7 @@ whose share jumps is reported within a few windows, a reset slot starts over."""
 import numpy as np
 import pytest
 
-from model.prevalence_shift import PrevalenceShift
+from xtream.model.prevalence_shift import PrevalenceShift
 
 K = 20
 

@@ -12,8 +12,8 @@ import scipy.sparse as sp
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from model.embedding import Embedder
-from model.quality import (
+from xtream.model.embedding import Embedder
+from xtream.model.quality import (
     PAPER_SETTINGS,
     QualityError,
     cache_file,
@@ -24,7 +24,7 @@ from model.quality import (
     quality_metrics,
     topic_top_words,
 )
-from model.training import LanguageCorpus, infer_theta
+from xtream.model.training import LanguageCorpus, infer_theta
 
 K, WORDS_PER_TOPIC, DIM = 3, 10, 16
 LANGS = ("en", "zh")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.readout import blend_theta, cluster_memberships, relevance, topic_labels
+from xtream.model.readout import blend_theta, cluster_memberships, relevance, topic_labels
 
 
 def test_cluster_memberships_are_distributions_peaking_at_the_nearest_centre():

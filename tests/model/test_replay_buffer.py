@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from model.replay_buffer import ReplayBuffer
+from xtream.model.replay_buffer import ReplayBuffer
 
 DIM = 4
 WIDTH = 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from model.sparse_adam import LazyAdam, clip_grad_norm
+from xtream.model.sparse_adam import LazyAdam, clip_grad_norm
 
 
 def rows_grad(shape: tuple[int, int], rows: list[int], seed: int) -> torch.Tensor:

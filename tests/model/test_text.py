@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from model.text import DEFAULT_STOPWORDS, Tokenizer, detect_language
+from xtream.model.text import DEFAULT_STOPWORDS, Tokenizer, detect_language
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -209,7 +209,7 @@ def test_research_texts_reproduce_published_bag_of_words(lang_file, lang):
     if not folder.is_dir():
         pytest.skip(f"research data not found at {folder}")
     sp = pytest.importorskip("scipy.sparse")
-    from model.vocabulary import Vocabulary
+    from xtream.model.vocabulary import Vocabulary
 
     vocab = Vocabulary.from_file(folder / f"vocab_{lang_file}")
     lines = (folder / f"test_texts_{lang_file}.txt").read_text(encoding="utf-8").splitlines()
@@ -222,7 +222,7 @@ def test_research_texts_reproduce_published_bag_of_words(lang_file, lang):
 def test_stopwords_come_from_stopwords_iso_for_every_language_of_the_default_embedder(tokenizer):
     import stopwordsiso
 
-    from model.text import SUPPORTED_LANGUAGES
+    from xtream.model.text import SUPPORTED_LANGUAGES
 
     use_v3 = {"ar", "zh", "en", "fr", "de", "it", "ja", "ko", "nl", "pl", "pt", "es", "th", "tr", "ru"}
     assert set(SUPPORTED_LANGUAGES) == use_v3 and set(DEFAULT_STOPWORDS) == use_v3

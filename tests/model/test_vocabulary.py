@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.vocabulary import Vocabulary, VocabularyChange
+from xtream.model.vocabulary import Vocabulary, VocabularyChange
 
 
 def docs(*texts: str) -> list[list[str]]:

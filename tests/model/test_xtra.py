@@ -10,8 +10,8 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from model.training import LanguageCorpus, XTRATrainer, build_xtra, corpus_batch, csr_to_torch, infer_theta
-from model.xtra import XTRA, XTRAConfig, dirichlet_laplace_prior, init_beta_from_clusters
+from xtream.model.training import LanguageCorpus, XTRATrainer, build_xtra, corpus_batch, csr_to_torch, infer_theta
+from xtream.model.xtra import XTRA, XTRAConfig, dirichlet_laplace_prior, init_beta_from_clusters
 
 K = 3
 EMB = 16
@@ -113,7 +113,7 @@ def test_sparse_and_dense_bow_give_the_same_theta_in_eval_mode():
 
 
 def test_sparse_bow_gives_the_dense_gradient_of_the_word_projection_with_zeros_for_absent_words():
-    from model.xtra import WordProjection
+    from xtream.model.xtra import WordProjection
 
     proj = WordProjection(12, 4)
     counts = np.zeros((3, 12), np.float32)

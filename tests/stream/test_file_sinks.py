@@ -3,7 +3,7 @@
 import base64
 import json
 
-from stream.sinks import JsonlSink
+from xtream.stream.sinks import JsonlSink
 
 
 def test_plain_lines_hold_the_value(tmp_path):

@@ -10,7 +10,7 @@ import threading
 import time
 import tracemalloc
 
-from stream.sources import JsonlFileSource
+from xtream.stream.sources import JsonlFileSource
 
 
 def lines(n: int, start: int = 0) -> bytes:

@@ -10,7 +10,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from stream.kafka_broker import LocalKafkaBroker
+from xtream.stream.kafka_broker import LocalKafkaBroker
 
 pytestmark = pytest.mark.kafka
 
@@ -145,7 +145,7 @@ def test_broker_restart_keeps_messages_and_committed_offsets(tmp_path, unique_na
 
 
 def test_cluster_ids_never_start_with_a_dash_which_the_storage_tool_would_read_as_an_option():
-    from stream.kafka_broker import _kafka_uuid
+    from xtream.stream.kafka_broker import _kafka_uuid
 
     ids = [_kafka_uuid() for _ in range(5000)]   # 1 in 64 random ids starts with "-"
     assert not [i for i in ids if i.startswith("-")]

@@ -27,9 +27,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import SecretStr
 
-from consumers.config import KafkaSettings, Settings
-from consumers.wiring import build_service
-from stream.kafka_broker import LocalKafkaBroker, free_port
+from xtream.consumers.config import KafkaSettings, Settings
+from xtream.consumers.wiring import build_service
+from xtream.stream.kafka_broker import LocalKafkaBroker, free_port
 
 pytestmark = pytest.mark.kafka
 

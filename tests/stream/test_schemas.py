@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.schemas import InvalidRecord, parse_document
+from xtream.stream.schemas import InvalidRecord, parse_document
 
 
 def _raw(**fields) -> bytes:

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from stream.schemas import SnapshotTopic, TopicSnapshot, TopicWords
-from stream.snapshot_store import SnapshotStore
+from xtream.stream.schemas import SnapshotTopic, TopicSnapshot, TopicWords
+from xtream.stream.snapshot_store import SnapshotStore
 
 
 def snapshot(version: int, at: datetime, k: int = 20) -> TopicSnapshot:
