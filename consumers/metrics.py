@@ -1,7 +1,9 @@
 """Prometheus metrics of the service, named by Prometheus conventions.
 
 Labels are bounded: language (a handful), stage (9), reason (a dozen codes), partition (the input
-topic's partitions), loss component (6), quantile (4), emergence kind (2). Never a topic id or a document id.
+topic's partitions), loss component (6), quantile (4), emergence kind (2). Never a topic id or a document id
+as a label: the topic an alert is about is a gauge's *value* (``xtream_topic_event_id``,
+``xtream_topic_drift_max_id`` and their ``_slot`` twins), which the alert annotations read.
 Every series that will exist is created at start with value 0, so alerts and dashboards see a
 flat line instead of "no data" before the first event.
 """
@@ -77,6 +79,18 @@ class ServiceMetrics:
                                         "Topics born that did not exist when the model became warm, and topics whose "
                                         "prevalence jumped (Page-Hinkley) since",
                                         ["kind"], registry=r)
+        self.topic_event_id = Gauge("xtream_topic_event_id",
+                                    "Stable id of the topic of the latest emergence event of each kind (-1: none)",
+                                    ["kind"], registry=r)
+        self.topic_event_slot = Gauge("xtream_topic_event_slot",
+                                      "Topic slot of the latest emergence event of each kind (-1: none)",
+                                      ["kind"], registry=r)
+        self.drift_max_topic_id = Gauge("xtream_topic_drift_max_id",
+                                        "Stable id of the topic with the largest drift in the latest snapshot "
+                                        "(-1: none)", registry=r)
+        self.drift_max_slot = Gauge("xtream_topic_drift_max_slot",
+                                    "Slot of the topic with the largest drift in the latest snapshot (-1: none)",
+                                    registry=r)
         self.topics_alive = Gauge("xtream_topics_alive", "Topics currently alive", registry=r)
         self.cluster_size = Gauge("xtream_cluster_size_documents", "Quantiles of cluster sizes (decayed documents)",
                                   ["quantile"], registry=r)
@@ -114,6 +128,10 @@ class ServiceMetrics:
             self.training_loss.labels(part)
         for kind in ("born", "prevalence_jump"):
             self.topic_emergences.labels(kind)
+            self.topic_event_id.labels(kind).set(-1)
+            self.topic_event_slot.labels(kind).set(-1)
+        self.drift_max_topic_id.set(-1)
+        self.drift_max_slot.set(-1)
         for q in QUANTILES:
             self.drift_quantile.labels(q)
             self.cluster_size.labels(q)

@@ -35,6 +35,10 @@ __all__ = ["TopicPublisher"]
 
 logger = logging.getLogger(__name__)
 
+#: Snapshots of a newly warm model whose drift the gauges skip (the warm-up transition, then XTRA
+#: settling after its warm-up steps).
+SETTLING_SNAPSHOTS = 2
+
 
 class TopicPublisher:
     """Snapshots of ``model`` with their lineage; ``lock`` is held while the model is read."""
@@ -58,15 +62,23 @@ class TopicPublisher:
         #: Set by :meth:`request` (any thread): the next due check publishes whatever the cadence says.
         self.requested = threading.Event()
         self._warm_ids: int | None = None   # topic ids below this existed when the model became warm
+        self._warm_snapshots = 0   # snapshots of a warm model published by this process
+        #: Whether the drift baseline holds XTRA's words only (it is emptied when the model becomes
+        #: warm: the clusters' words of the warm-up are no reference for XTRA's).
+        self._baseline_warm = False
 
     # -- state (the keys are those of the service's checkpoint) ---------------------------------
     def state_dict(self) -> dict:
         return {"drift_baseline": self.drift_baseline.state_dict(), "snapshot_version": self.version,
-                "tracker": self.tracker.state_dict()}
+                "tracker": self.tracker.state_dict(), "drift_baseline_warm": self._baseline_warm,
+                "prevalence_shift": self.prevalence_shift.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("drift_baseline"):
             self.drift_baseline.load_state_dict(state["drift_baseline"])
+        self._baseline_warm = bool(state.get("drift_baseline_warm", self.model.is_warm))
+        if state.get("prevalence_shift") and state["prevalence_shift"]["n_topics"] == self.prevalence_shift.n_topics:
+            self.prevalence_shift.load_state_dict(state["prevalence_shift"])
         self.version = int(state["snapshot_version"])
         if state.get("tracker"):
             self.tracker.load_state_dict(state["tracker"])
@@ -100,15 +112,17 @@ class TopicPublisher:
                                  model_version=snap.model_version, at=snap.created_at, words=list(e.words),
                                  previous_words=list(e.previous_words)) for e in events]
         self._publish(snap, records)
-        # The drift gauges and emergence counters are what the topic alerts watch: from the second
-        # snapshot of a warm model on (the first one's drift is from the clusters' words to XTRA's).
-        settled = self.model.is_warm and self._warm_ids is not None
+        # The drift gauges and emergence counters are what the topic alerts watch. Drift counts from
+        # the third snapshot of a warm model on: the first one's drift is from the clusters' words to
+        # XTRA's, the second one's is XTRA still settling right after its warm-up steps (neither is
+        # the stream changing). Emergences count from the first.
+        self._warm_snapshots += int(self.model.is_warm)
+        settled = self._warm_snapshots > SETTLING_SNAPSHOTS
         if self.model.is_warm:
             if self._warm_ids is None:
                 self._warm_ids = self.tracker.next_id
-            self.metrics.topic_emergences.labels("born").inc(
-                sum(r.kind == "born" and r.topic_id >= self._warm_ids for r in records))
-            self.metrics.topic_emergences.labels("prevalence_jump").inc(sum(r.kind == "prevalence_jump" for r in records))
+            self._count_emergences(snap, [r for r in records if (r.kind == "born" and r.topic_id >= self._warm_ids)
+                                          or r.kind == "prevalence_jump"])
         self.metrics.topics_alive.set(int(alive.sum()))
         self.version = snap.model_version
         self._docs = snap.documents_seen
@@ -136,12 +150,27 @@ class TopicPublisher:
             events += self.prevalence_shift.events(previous_ids, ids, signature)
             now = datetime.now(timezone.utc)
             at = (stream_time or now).timestamp()
+            if model.is_warm and not self._baseline_warm:
+                self.drift_baseline = DriftBaseline(s.drift_window_seconds)
+                self._baseline_warm = True
             reference = self.drift_baseline.reference(at)
             new_slots = frozenset(k for k, i in enumerate(ids) if previous_ids and i not in previous_ids)
             snap, dists = build_snapshot(model, reference, offsets, top_n=s.top_words, now=now,
                                          stream_time=stream_time, topic_ids=ids, alive=alive, new_slots=new_slots)
             self.drift_baseline.add(at, dists)
         return snap, events, alive
+
+    def _count_emergences(self, snap: TopicSnapshot, records: list[LineageRecord]) -> None:
+        """Count the emergence events and name the topic of the latest of each kind (id and slot
+        as gauge values, which the alert annotations read: never as labels)."""
+        slot_of = {t.topic_id: t.slot for t in snap.topics}
+        for kind in ("born", "prevalence_jump"):
+            mine = [r for r in records if r.kind == kind]
+            if not mine:
+                continue
+            self.metrics.topic_emergences.labels(kind).inc(len(mine))
+            self.metrics.topic_event_id.labels(kind).set(mine[-1].topic_id)
+            self.metrics.topic_event_slot.labels(kind).set(slot_of.get(mine[-1].topic_id, -1))
 
     def _publish(self, snap: TopicSnapshot, records: list[LineageRecord]) -> None:
         """To the outbox (Kafka, where configured) and to the local store; births and deaths counted."""
@@ -170,6 +199,9 @@ class TopicPublisher:
         if drift and any(t.drift for t in snap.topics):
             values = np.array([max(t.drift.values()) if t.drift else 0.0 for t in snap.topics])
             m.drift_max.set(float(values.max()))
+            top = snap.topics[int(values.argmax())]
+            m.drift_max_topic_id.set(top.topic_id)
+            m.drift_max_slot.set(top.slot)
             for q in ("0.5", "0.9", "0.99", "1"):
                 m.drift_quantile.labels(q).set(float(np.quantile(values, float(q))))
             m.drifting_ratio.set(float((values > self.settings.snapshots.drift_threshold).mean()))

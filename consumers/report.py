@@ -7,8 +7,13 @@ Produces, in the output folder:
   died) and the snapshots whose drift crossed the alert threshold shaded;
 - ``drift.png``: drift timeline (max and median per-topic JS divergence per snapshot) above a
   topic x snapshot heat map of drift;
-- ``report.md``: the latest topics with their words per language, the most drifting topics, and
-  links to the plots.
+- ``quality.png``: temporal topic quality, the topic uniqueness (TU over the alive topics' top
+  words) of every snapshot, per language;
+- ``report.md``: the latest topics with their words per language, the most drifting topics, TU
+  over time, and links to the plots.
+
+Coherence (NPMI) needs the documents' word co-occurrences, which snapshots do not carry:
+``xtream evaluate`` measures it on a corpus.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xtream.model.evaluation import topic_uniqueness
 from xtream.stream.schemas import TopicSnapshot
 from xtream.stream.snapshot_store import SnapshotStore
 
@@ -40,6 +46,12 @@ def _series(snaps: list[TopicSnapshot]):
                 prev[lang][i, j] = p
             drift[i, j] = max(t.drift.values()) if t.drift else np.nan
     return times, langs, prev, drift, ids
+
+
+def _uniqueness(s: TopicSnapshot, lang: str, top_n: int = 10) -> float:
+    """TU of the snapshot's alive topics' top ``top_n`` words in ``lang`` (NaN without any)."""
+    lists = [t.words[lang].words[:top_n] for t in s.topics if t.alive and lang in t.words and t.words[lang].words]
+    return topic_uniqueness(lists) if lists else float("nan")
 
 
 def _md(text: str) -> str:
@@ -130,11 +142,25 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
     fig.savefig(out / "drift.png", dpi=110)
     plt.close(fig)
 
+    tu = {lang: np.array([_uniqueness(s, lang) for s in snaps]) for lang in langs}
+    fig, ax = plt.subplots(figsize=(11, 3.2))
+    for lang in langs:
+        ax.plot(times, tu[lang], marker=".", label=lang)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("TU (top 10 words)")
+    ax.set_title("topic uniqueness of each snapshot (alive topics)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(out / "quality.png", dpi=110)
+    plt.close(fig)
+
     lines = [f"# xtream topic report", "",
              f"{len(snaps)} snapshots from {snaps[0].created_at:%Y-%m-%d %H:%M} to {latest.created_at:%Y-%m-%d %H:%M} UTC; "
              f"latest model version {latest.model_version}, {latest.documents_seen} documents, "
              f"languages {', '.join(latest.languages)}.", "",
-             "![prevalence](prevalence.png)", "", "![drift](drift.png)", "",
+             "![prevalence](prevalence.png)", "", "![drift](drift.png)", "", "![quality](quality.png)", "",
              "## Topics now (by prevalence)", "",
              "| topic | prevalence | " + " | ".join(latest.languages) + " |",
              "|---:|---:|" + "---|" * len(latest.languages)]
@@ -154,6 +180,13 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
         for t in shown:
             lines.append(f"- topic {t.topic_id} ({' / '.join(v for v in t.labels.values() if v)})")
             lines += [f"  - [{lang}] `{_md(d.id)}`: {_md(d.text)}" for lang in sorted(t.documents) for d in t.documents[lang]]
+    if langs:
+        lines += ["", "## Topic uniqueness over time (alive topics, top 10 words)", "",
+                  "| snapshot | documents | " + " | ".join(langs) + " |", "|---:|---:|" + "---:|" * len(langs)]
+        step = -(-len(snaps) // 20)   # at most ~20 rows, the latest always
+        for i in sorted(set(range(0, len(snaps), step)) | {len(snaps) - 1}):
+            lines.append(f"| v{snaps[i].model_version} | {snaps[i].documents_seen} | "
+                         + " | ".join("" if np.isnan(tu[lang][i]) else f"{tu[lang][i]:.3f}" for lang in langs) + " |")
     last_drift = drift[-1]
     if not np.isnan(last_drift).all():
         lines += ["", "## Most drifting topics in the last snapshot", ""]

@@ -54,7 +54,10 @@ class MiniBatchKMeans:
         How much closer (mean cosine) the group must be to its own mean than to the centres it
         has now: a loose tail of an existing cluster does not pass, a theme of its own does.
     novelty_pool
-        Most documents the pool holds (the oldest leave first).
+        Most documents the pool holds (the oldest leave first). It is also the time span a theme's
+        documents must gather in: with ``novelty_quantile`` 0.2 a pool of 256 covers about the last
+        1,300 documents, so a burst fills it while a theme that trickles in over the whole stream
+        (a corner of existing topics) leaves before it gathers.
     seed
         Seeds k-means++ initialisation and re-seeding.
 
@@ -70,7 +73,7 @@ class MiniBatchKMeans:
 
     def __init__(self, n_clusters: int = 50, decay: float = 1.0, max_count: float = 1e6,
                  reassign_ratio: float | None = 0.01, seed: int = 0, novelty_quantile: float | None = None,
-                 min_novel: int = 8, novelty_margin: float = 0.1, novelty_pool: int = 512) -> None:
+                 min_novel: int = 8, novelty_margin: float = 0.1, novelty_pool: int = 256) -> None:
         if n_clusters < 1:
             raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
         if not 0.0 < decay <= 1.0:
@@ -252,7 +255,7 @@ class MiniBatchKMeans:
         self.novelty_quantile = state.get("novelty_quantile")
         self.min_novel = int(state.get("min_novel", 8))
         self.novelty_margin = float(state.get("novelty_margin", 0.1))
-        self.novelty_pool = int(state.get("novelty_pool", 512))
+        self.novelty_pool = int(state.get("novelty_pool", 256))
         self.fit_low, self.fit_typical = state.get("fit_low"), state.get("fit_typical")
         self._pool = np.asarray(state.get("novel_pool", np.zeros((0, 0))), dtype=np.float32).copy()
         self.n_seen = state["n_seen"]

@@ -7,7 +7,10 @@ similarity of topic vectors (cluster centroids), and a pair below ``match_thresh
 identity. Life is separate from identity: a topic is *alive* while its cluster holds a fair share
 of the stream. Events:
 
-- ``born``: an id becomes alive for the first time;
+- ``born``: a young id (created at most ``birth_horizon`` snapshots earlier: a slot that took a new
+  theme, or one of the first snapshot's topics) becomes alive for the first time;
+- ``grew``: an id that lived below the life threshold for longer than that becomes alive for the
+  first time (a small topic crossing the line, not a new theme);
 - ``revived``: an id that died becomes alive again (a topic near the life threshold, not a new one);
 - ``died``: an alive id stayed not alive for ``death_horizon`` snapshots, or its slot became
   another topic;
@@ -28,7 +31,7 @@ __all__ = ["LineageEvent", "TopicTracker"]
 
 @dataclass(frozen=True)
 class LineageEvent:
-    kind: str                     # born | revived | died | merged_into | split_from | renamed | prevalence_jump
+    kind: str                     # born | grew | revived | died | merged_into | split_from | renamed | prevalence_jump
     topic_id: int
     related_topic_id: int | None = None
     words: tuple[str, ...] = ()
@@ -43,6 +46,7 @@ class _Tracked:
     ever_alive: bool = False
     not_alive_streak: int = 0
     retired: bool = False
+    age: int = 0   # snapshots since the id was created
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -57,6 +61,7 @@ class TopicTracker:
     related_threshold: float = 0.5
     death_horizon: int = 3
     rename_jaccard: float = 0.5
+    birth_horizon: int = 3
     next_id: int = 0
     slot_ids: list[int] = field(default_factory=list)
     tracked: dict[int, _Tracked] = field(default_factory=dict)
@@ -116,13 +121,15 @@ class TopicTracker:
             t.vector, t.words = vectors[c], new_words
             if alive[c]:
                 if not t.alive:   # first life, or back after dying
-                    events.append(LineageEvent("revived" if t.ever_alive else "born", tid, words=new_words))
+                    first = "born" if t.age <= self.birth_horizon else "grew"
+                    events.append(LineageEvent("revived" if t.ever_alive else first, tid, words=new_words))
                 t.alive, t.ever_alive, t.not_alive_streak = True, True, 0
             elif t.alive:
                 t.not_alive_streak += 1
                 if t.not_alive_streak >= self.death_horizon:
                     events.append(LineageEvent("died", tid, previous_words=new_words))
                     t.alive = False
+            t.age += 1
         self.slot_ids = ids
         for tid in [i for i, t in self.tracked.items() if t.retired]:
             del self.tracked[tid]
@@ -134,9 +141,11 @@ class TopicTracker:
     def state_dict(self) -> dict:
         return {"match_threshold": self.match_threshold, "related_threshold": self.related_threshold,
                 "death_horizon": self.death_horizon, "rename_jaccard": self.rename_jaccard,
+                "birth_horizon": self.birth_horizon,
                 "next_id": self.next_id, "slot_ids": list(self.slot_ids),
                 "tracked": {str(i): {"vector": t.vector.copy(), "words": list(t.words), "alive": t.alive,
-                                     "ever_alive": t.ever_alive, "not_alive_streak": t.not_alive_streak}
+                                     "ever_alive": t.ever_alive, "not_alive_streak": t.not_alive_streak,
+                                     "age": t.age}
                             for i, t in self.tracked.items()}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -144,9 +153,11 @@ class TopicTracker:
         self.related_threshold = state["related_threshold"]
         self.death_horizon = state["death_horizon"]
         self.rename_jaccard = state["rename_jaccard"]
+        self.birth_horizon = int(state.get("birth_horizon", 3))
         self.next_id = int(state["next_id"])
         self.slot_ids = [int(i) for i in state["slot_ids"]]
         self.tracked = {int(i): _Tracked(vector=np.asarray(t["vector"], dtype=np.float64), words=tuple(t["words"]),
                                          alive=bool(t["alive"]), ever_alive=bool(t["ever_alive"]),
-                                         not_alive_streak=int(t["not_alive_streak"]))
+                                         not_alive_streak=int(t["not_alive_streak"]),
+                                         age=int(t.get("age", self.birth_horizon + 1)))
                         for i, t in state["tracked"].items()}

@@ -53,6 +53,10 @@ __all__ = ["MaintenanceFailed", "OnlineConfig", "OnlineTopicModel"]
 
 logger = logging.getLogger(__name__)
 
+#: Share of a re-seeded slot's documents that XTRA's theta must put in the slot (a running mean)
+#: before theta, not the cluster, gives those documents their topic.
+FRESH_AGREEMENT = 0.8
+
 WordEmbedder = Callable[[list[str]], np.ndarray]
 
 
@@ -527,7 +531,7 @@ class OnlineTopicModel:
 
     def _serve_fresh_topics(self, clusters: np.ndarray, theta: np.ndarray) -> None:
         """A re-seeded slot is a new topic XTRA has not learned yet (its encoder still sends those
-        documents to the topics they resembled): until theta puts at least half of the slot's
+        documents to the topics they resembled): until theta puts ``FRESH_AGREEMENT`` of the slot's
         documents there, they get the cluster as their topic, as every document does during the warm-up."""
         for k in list(self._fresh):
             rows = np.flatnonzero(clusters == k)
@@ -535,7 +539,7 @@ class OnlineTopicModel:
                 continue
             agree = float((theta[rows].argmax(axis=1) == k).mean())
             share = self._fresh[k] = self._fresh[k] + (1 - 0.99 ** len(rows)) * (agree - self._fresh[k])
-            if share >= 0.5:
+            if share >= FRESH_AGREEMENT:
                 del self._fresh[k]
                 continue
             theta[rows] = 0.0

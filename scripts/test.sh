@@ -8,14 +8,16 @@ cd "$root"
 for tool in java mvn; do
   command -v "$tool" >/dev/null || { echo "test: '$tool' not found: install Java 17 (openjdk-17-jdk-headless) and Maven (maven)" >&2; exit 2; }
 done
-# promtool and prometheus (Debian's package) for the alert-rule and live-Prometheus tests.
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+# promtool, prometheus and Alertmanager (Debian's packages) for the alert-rule, live-Prometheus and
+# alert-delivery tests.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null \
+   || ! { command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null; }; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "test: installing Debian's prometheus package (promtool + server)" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >&2 \
-      || echo "test: could not install prometheus; those tests will skip" >&2
+    echo "test: installing Debian's prometheus and prometheus-alertmanager packages" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager) >&2 \
+      || echo "test: could not install prometheus/prometheus-alertmanager; those tests will skip" >&2
   else
-    echo "test: promtool/prometheus missing (apt-get install prometheus); those tests will skip" >&2
+    echo "test: promtool/prometheus/alertmanager missing (apt-get install prometheus prometheus-alertmanager); those tests will skip" >&2
   fi
 fi
 venv="$(scripts/bootstrap.sh)"

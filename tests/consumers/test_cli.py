@@ -28,6 +28,11 @@ def test_demo_run_then_report(tmp_path):
     for png in ("prevalence.png", "drift.png"):
         assert (tmp_path / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Representative documents" in md and "`demo-" in md   # documents of the stream, by id
+    # temporal topic quality: TU of every snapshot's alive topics, per language, in (0, 1]
+    assert (tmp_path / "report" / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tu_rows = md.split("## Topic uniqueness over time")[1].split("\n## ")[0].splitlines()
+    values = [float(x) for row in tu_rows if row.startswith("| v") for x in row.split("|")[3:-1] if x.strip()]
+    assert values and all(0 < v <= 1 for v in values), tu_rows
 
     from xtream.stream.snapshot_store import SnapshotStore
 

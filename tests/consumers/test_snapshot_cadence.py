@@ -139,3 +139,44 @@ def test_training_debt_accounts_warm_up_and_steady_steps():
     assert debt.steps(model) == pytest.approx(35.0) and debt.overdue(model)
     with pytest.raises(ValueError):
         TrainingDebt(0.1, 0, 1)
+
+
+def test_the_drift_gauges_skip_the_warm_up_transition_and_the_settling_snapshot(tmp_path):
+    """The topic alerts watch the drift gauges: the snapshots before XTRA is warm, its first one
+    (clusters' words -> XTRA's) and the next (XTRA settling after its warm-up steps) leave them alone."""
+    from xtream.consumers.publisher import SETTLING_SNAPSHOTS
+
+    service = build_service(settings(tmp_path, 1200, train_in_background=False))
+    observed = []
+    observe = service.publisher._observe
+
+    def spy(snap, drift=True):
+        observed.append((service.model.is_warm, drift))
+        observe(snap, drift)
+
+    service.publisher._observe = spy
+    try:
+        service.run()
+    finally:
+        service.close()
+    warm = [drift for is_warm, drift in observed if is_warm]
+    assert not any(drift for is_warm, drift in observed if not is_warm)
+    assert len(warm) > SETTLING_SNAPSHOTS + 1, observed
+    assert warm == [False] * SETTLING_SNAPSHOTS + [True] * (len(warm) - SETTLING_SNAPSHOTS)
+
+
+def test_the_prevalence_detectors_resume_from_the_checkpoint(tmp_path):
+    service = build_service(settings(tmp_path, 1200, train_in_background=False))
+    try:
+        service.run()
+        before = service.publisher.prevalence_shift.state_dict()
+    finally:
+        service.close()
+    assert before["windows"] > 0
+    resumed = build_service(settings(tmp_path, 1200, train_in_background=False))
+    try:
+        after = resumed.publisher.prevalence_shift.state_dict()
+    finally:
+        resumed.close()
+    assert after["windows"] == before["windows"]
+    assert [list(h) for h in after["history"]] == [list(h) for h in before["history"]]

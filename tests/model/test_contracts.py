@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from xtream.model.clustering import MiniBatchKMeans
 from xtream.model.embedding import LanguageCentering
 from xtream.model.online import OnlineConfig, OnlineTopicModel
+from xtream.model.prevalence_shift import PrevalenceShift
 from xtream.model.replay_buffer import ReplayBuffer
 from xtream.model.vocabulary import Vocabulary
 
@@ -125,7 +126,26 @@ def online_case(make_stream) -> Case:
         batches=batches)
 
 
-CASES = {"MiniBatchKMeans": kmeans_case, "ReplayBuffer": buffer_case, "Vocabulary": vocabulary_case,
+def prevalence_shift_case(make_stream) -> Case:
+    rng = np.random.default_rng(0)
+    weights = rng.dirichlet(np.full(6, 5.0))
+    batches = [(rng.choice(6, size=int(rng.integers(20, 90)), p=weights),) for _ in range(40)]
+    story = np.full(60, 2)
+
+    def observe(est: PrevalenceShift):
+        # what the detectors would say next: a copy fed a jump in slot 2 over 12 windows
+        probe = copy.deepcopy(est)
+        jumps = []
+        for _ in range(12 * probe.window_docs // len(story)):
+            probe.learn_many(story)
+            jumps += probe.take_jumps()
+        return est.windows, est.state_dict()["counts"], sorted(est._jumped), jumps, probe.windows
+
+    return Case(make=lambda seed: PrevalenceShift(6, window_docs=32, threshold=3.0, min_instances=3),
+                feed=lambda est, b: est.learn_many(b[0]), observe=observe, batches=batches)
+
+
+CASES = {"PrevalenceShift": prevalence_shift_case, "MiniBatchKMeans": kmeans_case, "ReplayBuffer": buffer_case, "Vocabulary": vocabulary_case,
          "LanguageCentering": centering_case, "OnlineTopicModel": online_case}
 
 

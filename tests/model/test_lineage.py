@@ -101,3 +101,20 @@ def test_a_topic_back_after_dying_is_revived_not_born():
     assert [(e.kind, e.topic_id) for e in events] == [("died", 1)]
     _, events = tracker.update(vecs, np.array([True, True, True]), words)
     assert [(e.kind, e.topic_id) for e in events] == [("revived", 1)]
+
+
+def test_a_topic_crossing_the_life_line_late_grew_a_new_one_is_born():
+    """Born means a new theme: an id that lived below the line for longer than ``birth_horizon``
+    snapshots and then crosses it grew; a slot that took another theme is born, even a snapshot late."""
+    tracker = TopicTracker(birth_horizon=2)
+    vecs = np.eye(4)[:3]
+    tracker.update(vecs, np.array([True, True, False]), words(3))
+    for _ in range(3):
+        tracker.update(vecs, np.array([True, True, False]), words(3))
+    _, events = tracker.update(vecs, np.array([True, True, True]), words(3))
+    assert [(e.kind, e.topic_id) for e in events] == [("grew", 2)]
+    reseeded = np.eye(4)[[0, 1, 3]]   # slot 2 takes a new theme, alive one snapshot later
+    ids, events = tracker.update(reseeded, np.array([True, True, False]), words(3))
+    assert ids[2] == 3
+    _, events = tracker.update(reseeded, np.array([True, True, True]), words(3))
+    assert [(e.kind, e.topic_id) for e in events] == [("born", 3)]

@@ -51,3 +51,27 @@ def test_reset_forgets_a_slot():
     assert 2 not in shift.take_jumps()
     with pytest.raises(ValueError):
         PrevalenceShift(0)
+
+
+def test_a_restored_detector_fires_when_the_original_does():
+    """Checkpointed with the model: the detectors' series replay into the same state, so a jump
+    halfway through its evidence is reported at the same window by both."""
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.full(K, 5.0))
+    original = PrevalenceShift(K)
+    for _ in range(300):
+        original.learn_many(quiet_batch(rng, weights=p))
+    story = p * 0.8
+    story[4] += 0.2
+    for _ in range(3):   # part of the evidence before the checkpoint
+        original.learn_many(quiet_batch(rng, weights=story))
+    restored = PrevalenceShift(K, threshold=1.0)
+    restored.load_state_dict(original.state_dict())
+    fired = {}
+    for i in range(40):
+        batch = quiet_batch(rng, weights=story)
+        for name, shift in (("original", original), ("restored", restored)):
+            shift.learn_many(batch)
+            if 4 in shift.take_jumps():
+                fired.setdefault(name, i)
+    assert "original" in fired and fired == {"original": fired["original"], "restored": fired["original"]}
