@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from xtream.errors import XtreamError
+
 __all__ = ["CheckpointError", "CheckpointStore", "CheckpointWriteError", "CheckpointsUnreadable",
            "DataDirectoryLocked", "IncompatibleCheckpoint"]
 
@@ -59,7 +61,7 @@ def _header_digest(header: dict) -> str:
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(XtreamError, RuntimeError):
     """Root of checkpoint store errors."""
 
 

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from xtream.errors import ModelError
 from xtream.model.embedding import Embedder, LanguageCentering
 from xtream.model.lineage import TopicTracker
 from xtream.model.online import MaintenanceFailed, OnlineConfig, OnlineTopicModel
@@ -345,7 +346,7 @@ class TopicService:
         if len(batch):
             try:
                 self._learn_and_assign(batch)
-            except (ValueError, RuntimeError, FloatingPointError) as exc:
+            except ModelError as exc:
                 # The model refused the batch before changing anything (learning is all or nothing):
                 # retry one by one, dead-lettering the culprits.
                 logger.exception("batch of %d failed (%s); retrying document by document", len(batch), exc)
@@ -354,7 +355,7 @@ class TopicService:
                                         records=[batch.records[i]])
                     try:
                         self._learn_and_assign(one)
-                    except (ValueError, RuntimeError, FloatingPointError) as err:
+                    except ModelError as err:
                         self._dead_letter(batch.records[i], "processing_error", repr(err)[:500])
         for rec in records:
             self.offsets[rec.position] = rec.offset + 1
@@ -398,7 +399,7 @@ class TopicService:
                     self.model.learn_many(tokens, embeddings, langs)
                 except MaintenanceFailed as exc:
                     logger.error("%s (cause: %r)", exc, exc.__cause__)
-                except (ValueError, RuntimeError, FloatingPointError):
+                except ModelError:
                     if centering_before is not None:   # nothing of the batch may stay learned
                         self.centering.load_state_dict(centering_before)
                     raise
@@ -408,7 +409,7 @@ class TopicService:
                     self.model.observe_topics(theta, langs)
                     self.publisher.prevalence_shift.learn_many(clusters)
                     self.model.remember_documents([(it.id, it.text_prefix) for it in items], embeddings, langs)
-            except (ValueError, RuntimeError, FloatingPointError) as exc:
+            except ModelError as exc:
                 logger.exception("documents learned but not assigned: dead-lettered")
                 for rec in batch.records:
                     self._dead_letter(rec, "processing_error", f"learned, not assigned: {exc!r}"[:500])

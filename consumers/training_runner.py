@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from xtream.errors import ModelError
 from xtream.model.online import OnlineTopicModel
 
 from xtream.consumers.backpressure import DutyCycle
@@ -120,7 +121,7 @@ class TrainingRunner:
                 self._due.clear()
                 try:
                     self.train_slice()
-                except (RuntimeError, ValueError, FloatingPointError):
+                except ModelError:
                     logger.exception("training slice failed; the model keeps its last good state")
 
     def stop(self) -> None:

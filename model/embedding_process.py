@@ -31,6 +31,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
+from xtream.errors import ModelError
 
 from xtream.model.embedding import Embedder, load_embedder
 
@@ -39,7 +40,7 @@ __all__ = ["EmbedderProcessError", "ProcessEmbedder"]
 logger = logging.getLogger(__name__)
 
 
-class EmbedderProcessError(RuntimeError):
+class EmbedderProcessError(ModelError, RuntimeError):
     """The child process failed to start, died twice on one call, or raised while encoding."""
 
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
+from xtream.errors import BatchRefused, ModelError, NumericalError
 
 from xtream.model.clustering import MiniBatchKMeans
 from xtream.model.exemplars import TopicExemplars
@@ -55,8 +56,24 @@ logger = logging.getLogger(__name__)
 
 WordEmbedder = Callable[[list[str]], np.ndarray]
 
+#: What torch and numpy raise when a computation fails; mapped to :class:`NumericalError` at the
+#: model's entry points (:func:`_numerical`).
+_NUMERICAL = (RuntimeError, ValueError, FloatingPointError)
 
-class MaintenanceFailed(RuntimeError):
+
+@contextmanager
+def _numerical(what: str) -> Iterator[None]:
+    """Re-raise a torch or numpy failure inside the block as :class:`NumericalError`; errors
+    already in the tree pass through."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except _NUMERICAL as exc:
+        raise NumericalError(f"{what}: {exc!r}") from exc
+
+
+class MaintenanceFailed(ModelError):
     """The batch was learned (counted, clustered, buffered), but the network work it made due
     (initialisation, a vocabulary refresh, a new language, a re-seeded topic) failed and is left for
     a later batch. Never learn that batch again: its documents are already counted."""
@@ -176,12 +193,12 @@ class OnlineTopicModel:
             return
         embeddings = np.asarray(embeddings)
         if embeddings.shape != (len(tokens), self.embedding_dim) or len(langs) != len(tokens):
-            raise ValueError(f"a batch of {len(tokens)} documents needs {len(tokens)} languages and a "
+            raise BatchRefused(f"a batch of {len(tokens)} documents needs {len(tokens)} languages and a "
                              f"({len(tokens)}, {self.embedding_dim}) embedding matrix, got {len(langs)} and "
                              f"{embeddings.shape}")
         if not np.isfinite(embeddings).all():
-            raise ValueError("embeddings hold NaN or infinite values")
-        with self._data_lock:
+            raise BatchRefused("embeddings hold NaN or infinite values")
+        with self._data_lock, _numerical("learning the batch failed"):
             self._learn_many(tokens, embeddings, langs)
 
     def remember_documents(self, documents: Sequence[tuple[str, str]], embeddings: np.ndarray,
@@ -189,10 +206,10 @@ class OnlineTopicModel:
         """Offer a learned batch's ``(id, text)`` pairs (a prefix of the text is enough) as the topics'
         representative documents (:attr:`exemplars`); pairs without text are left out."""
         if len(documents) != len(embeddings) or len(documents) != len(langs):
-            raise ValueError(f"got {len(documents)} (id, text) pairs for {len(embeddings)} embeddings "
+            raise BatchRefused(f"got {len(documents)} (id, text) pairs for {len(embeddings)} embeddings "
                              f"and {len(langs)} languages")
         rows = [i for i, (_, text) in enumerate(documents) if text]
-        with self._data_lock:
+        with self._data_lock, _numerical("remembering the batch's documents failed"):
             if rows and self.kmeans.is_initialised:
                 self.exemplars.learn_many([documents[i][0] for i in rows], [documents[i][1] for i in rows],
                                           np.asarray(embeddings)[rows], [langs[i] for i in rows], self.kmeans.centers)
@@ -218,7 +235,7 @@ class OnlineTopicModel:
                     try:
                         with self._params_lock:
                             restarted |= self._restart_topics(lang, reseeded, bow, clusters[rows])
-                    except (RuntimeError, ValueError, FloatingPointError) as exc:
+                    except _NUMERICAL as exc:
                         failed = failed or exc
                 self.buffer.add_many(lang, bow, embeddings[rows], clusters[rows])
             else:
@@ -247,7 +264,7 @@ class OnlineTopicModel:
                         self._refresh_vocabularies()
                 if self.xtra is not None:
                     self._publish_serving()
-        except (RuntimeError, ValueError, FloatingPointError) as exc:
+        except _NUMERICAL as exc:
             raise MaintenanceFailed(f"the batch was learned; {exc!r} is retried with a later batch") from exc
 
     def _restart_topics(self, lang: str, slots: list[int], bow, clusters: np.ndarray) -> bool:
@@ -409,10 +426,11 @@ class OnlineTopicModel:
         """
         if self.xtra is None:
             return {}
-        self._embed_queued_words()
-        if max(steps, self._warmup_left) <= 0:
-            return {}
-        done, sums = self._steps(max(steps, self._warmup_left), stop=stop)
+        with _numerical("a training slice failed"):
+            self._embed_queued_words()
+            if max(steps, self._warmup_left) <= 0:
+                return {}
+            done, sums = self._steps(max(steps, self._warmup_left), stop=stop)
         with self._params_lock:
             generation = self._shape_generation
             serving = self._serving_copy() if done and not self._warmup_left else None
@@ -490,7 +508,7 @@ class OnlineTopicModel:
     def predict_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray,
                      langs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(clusters (n,), theta (n, K))``. Before XTRA is warm, theta is the cluster one-hot."""
-        with self._data_lock:
+        with self._data_lock, _numerical("assigning the batch failed"):
             return self._predict_many(tokens, embeddings, langs)
 
     def _predict_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray,

@@ -18,6 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
+from xtream.errors import ModelError
 
 from xtream.model.xtra import XTRA, XTRAConfig
 
@@ -26,7 +27,7 @@ __all__ = ["FORMAT_VERSION", "IncompatibleModel", "load_xtra", "save_xtra"]
 FORMAT_VERSION = 1
 
 
-class IncompatibleModel(ValueError):
+class IncompatibleModel(ModelError, ValueError):
     """The saved model was written by a format this code cannot read."""
 
 

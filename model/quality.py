@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xtream.errors import ModelError
+
 from xtream.model.embedding import Embedder
 from xtream.model.evaluation import (
     Docs,
@@ -70,7 +72,7 @@ PAPER_SETTINGS: dict[str, float] = {
 }
 
 
-class QualityError(ValueError):
+class QualityError(ModelError, ValueError):
     """Inputs to the quality pipeline are inconsistent (e.g. lengths or languages differ)."""
 
 

@@ -28,6 +28,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xtream.stream.errors import XtreamStreamError
+
 __all__ = ["LocalKafkaCluster", "KafkaSetupError", "LocalKafkaBroker", "resolve_kafka_classpath"]
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ logger = logging.getLogger(__name__)
 POM = Path(__file__).resolve().parent / "kafka_pom.xml"   # package data: works outside a checkout
 
 
-class KafkaSetupError(RuntimeError):
+class KafkaSetupError(XtreamStreamError):
     """The local broker could not be resolved, formatted or started; the message says what to fix."""
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
+from xtream.errors import XtreamError
+
 from xtream.stream.errors import RecordTooLarge
 
 __all__ = [
@@ -68,7 +70,7 @@ rm rn ro ru rw sa sc sd se sg si sk sl sm sn so sq sr ss st su sv sw ta te tg th
 ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu""".split())
 
 
-class InvalidRecord(ValueError):
+class InvalidRecord(XtreamError, ValueError):
     """A record that cannot become a :class:`Document`; ``reason`` is a stable code for the DLQ."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
-from xtream.stream.errors import SourceUnavailable
+from xtream.stream.errors import SourceUnavailable, map_kafka_errors
 from xtream.stream.records import Record, offset_key
 
 __all__ = ["JsonlFileSource", "KafkaReplaySource", "KafkaSource", "Source", "committed_offsets"]
@@ -275,12 +275,8 @@ class KafkaSource(Source):
         self._consumer.subscribe(topics=topics, listener=_Listener())
 
     def poll_batch(self, max_records: int, timeout_ms: int) -> list[Record]:
-        from kafka.errors import KafkaError
-
-        try:
+        with map_kafka_errors(SourceUnavailable, "poll failed"):
             polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        except KafkaError as exc:
-            raise SourceUnavailable(f"poll failed: {exc!r}") from exc
         out = [Record(r.topic, r.partition, r.offset, r.value, r.key,
                       tuple((k, v if v is not None else b"") for k, v in (r.headers or ())), r.timestamp)
                for batch in polled.values() for r in batch]
@@ -291,7 +287,6 @@ class KafkaSource(Source):
 
     def commit(self, offsets: dict[str, int]) -> None:
         from kafka import TopicPartition
-        from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
 
         mine = {offset_key(tp.topic, tp.partition) for tp in self._consumer.assignment()}
@@ -302,12 +297,10 @@ class KafkaSource(Source):
                 payload[TopicPartition(topic, int(part))] = OffsetAndMetadata(off, "", -1)
         if not payload:
             return
-        try:
-            # Bounded: with the broker gone, commit would otherwise wait for it indefinitely; the
-            # caller's checkpoint holds the offsets and the next checkpoint commits them.
+        # Bounded: with the broker gone, commit would otherwise wait for it indefinitely; the
+        # caller's checkpoint holds the offsets and the next checkpoint commits them.
+        with map_kafka_errors(SourceUnavailable, "commit failed"):
             self._consumer.commit(payload, timeout_ms=COMMIT_TIMEOUT_MS)
-        except KafkaError as exc:
-            raise SourceUnavailable(f"commit failed: {exc!r}") from exc
 
     def assigned(self) -> bool:
         return bool(self._consumer.assignment())
@@ -367,20 +360,18 @@ def committed_offsets(bootstrap_servers: str, topic: str, group_id: str,
                       client_config: dict | None = None) -> dict[str, int]:
     """The group's committed offset per ``topic:partition`` (partitions without one are left out)."""
     from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False,
                              **(client_config or {}))
     try:
-        wait_for(lambda: bool(consumer.partitions_for_topic(topic)), timeout=30.0)
-        out = {}
-        for p in sorted(consumer.partitions_for_topic(topic) or ()):
-            off = consumer.committed(TopicPartition(topic, p))
-            if off is not None:
-                out[offset_key(topic, p)] = off
-        return out
-    except KafkaError as exc:
-        raise SourceUnavailable(f"reading {group_id}'s committed offsets failed: {exc!r}") from exc
+        with map_kafka_errors(SourceUnavailable, f"reading {group_id}'s committed offsets failed"):
+            wait_for(lambda: bool(consumer.partitions_for_topic(topic)), timeout=30.0)
+            out = {}
+            for p in sorted(consumer.partitions_for_topic(topic) or ()):
+                off = consumer.committed(TopicPartition(topic, p))
+                if off is not None:
+                    out[offset_key(topic, p)] = off
+            return out
     finally:
         consumer.close()
 
