@@ -82,7 +82,7 @@ class TopicPublisher:
         """Due by documents or time, whatever training did: the clusters' topics exist from the
         first batch, XTRA's once it is warm. Nothing new learned, nothing to publish."""
         s = self.settings.snapshots
-        if not self.model.kmeans.is_initialised or (self.model.version == self.version
+        if not self.model.has_clusters or (self.model.version == self.version
                                                     and self.model.n_docs == self._docs):
             return False
         return self.docs_since >= s.every_docs or time.monotonic() - self._last >= s.every_seconds or force
@@ -127,12 +127,12 @@ class TopicPublisher:
             model = self.model
             if model.version == self.version:   # learned since, not trained: a version of its own
                 model.bump_version()
-            sizes = model.kmeans.counts
+            sizes = model.cluster_sizes
             alive = sizes >= s.alive_share * sizes.sum() / max(len(sizes), 1)
             signature = [tuple(w for lang in model.languages for w in model.topic_words(lang, 5)[0][k])
                          for k in range(model.cfg.num_topics)]
             previous_ids = list(self.tracker.slot_ids)
-            ids, events = self.tracker.update(model.kmeans.centers, alive, signature)
+            ids, events = self.tracker.update(model.cluster_centers, alive, signature)
             events += self.prevalence_shift.events(previous_ids, ids, signature)
             now = datetime.now(timezone.utc)
             at = (stream_time or now).timestamp()

@@ -119,7 +119,7 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
     Each topic's ``top_n`` words are ranked by :func:`model.readout.relevance` with weight
     ``word_relevance`` (1 = by probability alone), their weights are their probabilities.
     """
-    if not model.kmeans.is_initialised:
+    if not model.has_clusters:
         raise ValueError("no snapshot before the first topics are clustered")
     langs = model.languages
     k = model.cfg.num_topics
@@ -134,7 +134,7 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
         labels_by_lang[lang] = topic_labels(dist, vocab)
         if previous and lang in previous:
             drift_by_lang[lang] = top_word_divergence(dist, _align(*previous[lang], vocab))
-    centers = model.kmeans.centers
+    centers = model.cluster_centers
     topics = [
         SnapshotTopic(
             topic_id=t if topic_ids is None else topic_ids[t],
@@ -144,7 +144,7 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
                                     weights=[round(float(w), 6) for w in words_by_lang[lang][1][t]]) for lang in langs},
             prevalence=float(model.prevalence[t]),
             prevalence_by_lang={lang: float(p[t]) for lang, p in model.prevalence_by_lang.items()},
-            size=float(model.kmeans.counts[t]),
+            size=float(model.cluster_sizes[t]),
             embedding=None if centers is None else [round(float(x), 5) for x in centers[t]],
             drift={lang: 0.0 if t in new_slots else float(d[t]) for lang, d in drift_by_lang.items()},
             labels={lang: labels_by_lang[lang][t] for lang in langs},

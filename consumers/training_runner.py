@@ -143,13 +143,11 @@ class TrainingRunner:
         with self._lock, self.metrics.stage_seconds.labels("train").time():
             started = time.monotonic()
             deadline = started + m.train_budget_seconds
-            before = self.model.trainer.steps if self.model.trainer else 0
             if pay_debt:
-                self.debt.pay(self.model, stop=lambda: self._stopping() or self.stop_event.is_set())
+                done = self.debt.pay(self.model, stop=lambda: self._stopping() or self.stop_event.is_set())
             else:
-                self.model.train(m.train_steps,
-                                 stop=lambda: time.monotonic() >= deadline or self.stop_event.is_set())
-            done = (self.model.trainer.steps if self.model.trainer else 0) - before
+                done = self.model.train(m.train_steps,
+                                        stop=lambda: time.monotonic() >= deadline or self.stop_event.is_set()).steps
         self._on_slice(done)
         if not pay_debt:
             self._duty.ran(started, time.monotonic())

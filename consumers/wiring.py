@@ -10,7 +10,9 @@ from xtream.model.embedding import Embedder, load_embedder
 from xtream.model.embedding_process import ProcessEmbedder
 from xtream.stream.sinks import JsonlSink, KafkaSink, make_producer, topic_record_limits
 from xtream.stream.snapshot_store import SnapshotStore
-from xtream.stream.sources import JsonlFileSource, KafkaReplaySource, KafkaSource, committed_offsets, resolve_replay_window
+from xtream.stream.file_source import JsonlFileSource
+from xtream.stream.kafka_replay import KafkaReplaySource, resolve_replay_window
+from xtream.stream.kafka_source import KafkaSource, committed_offsets
 from xtream.stream.transactions import OutputTransactions, covered_by
 
 from xtream.consumers.checkpoint import CheckpointStore, CheckpointsUnreadable

@@ -211,7 +211,6 @@ class KafkaSink(Sink):
         self._pending.append((args, self._send(*args)))
 
     def flush(self) -> None:
-        from kafka.errors import KafkaError
 
         self._pending = [(args, self._send(*args) if fut is None else fut) for args, fut in self._pending]
         self._wait_for_producer()

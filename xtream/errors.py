@@ -33,7 +33,10 @@ caught them by (``ValueError`` for refused input, ``RuntimeError`` for failures)
 
 from __future__ import annotations
 
-__all__ = ["BatchRefused", "ModelError", "NumericalError", "XtreamError"]
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["NUMERICAL_ERRORS", "BatchRefused", "ModelError", "NumericalError", "XtreamError", "map_numerical_errors"]
 
 
 class XtreamError(Exception):
@@ -50,3 +53,19 @@ class BatchRefused(ModelError, ValueError):
 
 class NumericalError(ModelError, RuntimeError):
     """A numerical step failed: torch raised, or a loss or an input came out non-finite."""
+
+
+#: What torch and numpy raise when a computation fails.
+NUMERICAL_ERRORS = (RuntimeError, ValueError, FloatingPointError)
+
+
+@contextmanager
+def map_numerical_errors(what: str) -> Iterator[None]:
+    """Re-raise a torch or numpy failure inside the block as :class:`NumericalError`; errors
+    already in the tree pass through."""
+    try:
+        yield
+    except XtreamError:
+        raise
+    except NUMERICAL_ERRORS as exc:
+        raise NumericalError(f"{what}: {exc!r}") from exc
