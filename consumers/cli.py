@@ -111,11 +111,29 @@ def run(
     if role not in ("all", "embedder", "trainer"):
         raise typer.BadParameter("must be all, embedder or trainer", param_hint="--role")
     from xtream.consumers.config import Settings
-    from xtream.consumers.wiring import build_service
 
+    settings, demo = _run_settings(_load_settings(Settings, config), input=input, follow=follow, bootstrap=bootstrap,
+                                   data_dir=data_dir, topics=topics, accept_model_loss=accept_model_loss)
+    _configure_logging(settings.log_level, json_logs)
+    if demo:
+        shutil.rmtree(settings.data_dir, ignore_errors=True)
+        console.print(f"[bold]xtream demo[/bold]: no Kafka configured, streaming the bundled demo "
+                      f"(en/zh/ja news) through the service; outputs in {settings.data_dir}")
+    # A SIGTERM while the process is still starting (imports, model load, group join) must not
+    # kill it mid-way with -15: note it, and stop cleanly as soon as the loop could start.
+    early_stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: early_stop.set())
+    if role == "embedder":
+        _run_embedder(settings, early_stop)
+    else:
+        _run_service(settings, role, demo, early_stop)
+
+
+def _run_settings(settings, *, input, follow, bootstrap, data_dir, topics, accept_model_loss):
+    """``settings`` with the command line's options over them, and whether this is the bundled demo."""
     overrides: dict = {}
     demo = False
-    settings = _load_settings(Settings, config)
     if bootstrap:
         overrides["kafka"] = settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})
     if input:
@@ -136,38 +154,33 @@ def run(
         overrides["batch"] = settings.batch.model_copy(update=dict(max_records=30))
     elif topics:
         overrides["model"] = settings.model.model_copy(update={"num_topics": topics})
-    settings = settings.model_copy(update=overrides)
-    _configure_logging(settings.log_level, json_logs)
-    if demo:
-        shutil.rmtree(settings.data_dir, ignore_errors=True)
-        console.print(f"[bold]xtream demo[/bold]: no Kafka configured, streaming the bundled demo "
-                      f"(en/zh/ja news) through the service; outputs in {settings.data_dir}")
-    # A SIGTERM while the process is still starting (imports, model load, group join) must not
-    # kill it mid-way with -15: note it, and stop cleanly as soon as the loop could start.
-    early_stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: early_stop.set())
-    if role == "embedder":
-        from xtream.consumers.wiring import build_embedding_worker
+    return settings.model_copy(update=overrides), demo
 
-        worker = build_embedding_worker(settings)
-        worker.install_signal_handlers()
-        if early_stop.is_set():
-            worker.stop()
-        api = None
-        if settings.http.enabled:
-            from xtream.consumers.api import ApiServer, create_worker_app
 
-            api = ApiServer(worker, http=settings.http, app=create_worker_app(worker)).start()
-        try:
-            worker.run()
-        finally:
-            if api is not None:
-                api.stop()
-            worker.close()
-        console.print(f"embedder stopped after {worker.documents} documents ({worker.records} records)")
-        return
+def _run_embedder(settings, early_stop: threading.Event) -> None:
+    from xtream.consumers.wiring import build_embedding_worker
+
+    worker = build_embedding_worker(settings)
+    worker.install_signal_handlers()
+    if early_stop.is_set():
+        worker.stop()
+    api = None
+    if settings.http.enabled:
+        from xtream.consumers.api import ApiServer, create_worker_app
+
+        api = ApiServer(worker, http=settings.http, app=create_worker_app(worker)).start()
+    try:
+        worker.run()
+    finally:
+        if api is not None:
+            api.stop()
+        worker.close()
+    console.print(f"embedder stopped after {worker.documents} documents ({worker.records} records)")
+
+
+def _run_service(settings, role: str, demo: bool, early_stop: threading.Event) -> None:
     from xtream.consumers.checkpoint import CheckpointError
+    from xtream.consumers.wiring import build_service
 
     try:
         service = build_service(settings, role=role)

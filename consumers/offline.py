@@ -101,7 +101,6 @@ def train(
     from xtream.model.persistence import save_xtra
     from xtream.model.quality import cache_file, content_key, embed_cached, fit_xtra, joint_kmeans
     from xtream.model.training import LanguageCorpus
-    from xtream.model.vocabulary import Vocabulary
 
     files = parse_lang_paths(input, "--input")
     if not files:
@@ -111,20 +110,7 @@ def train(
     started = time.perf_counter()
     with threadpool_limits(limits=threads):
         emb = load_embedder(embedder, threads=threads)
-        texts, bows, vocabs = {}, {}, {}
-        for lang, path in files.items():
-            lines = [t for t in _read_lines(path) if t.strip()]
-            tokens = _tokenize(lines, lang)
-            vocab = Vocabulary(max_size=max_vocab, min_df=min_df, max_df_ratio=max_df_ratio)
-            vocab.learn_many(tokens)
-            vocab.refresh()
-            if len(vocab) == 0:
-                raise typer.BadParameter(f"{path}: no word reaches min_df={min_df}")
-            bow = vocab.transform(tokens)
-            keep = np.flatnonzero(bow.getnnz(axis=1) > 0)  # documents with no vocabulary word teach nothing
-            if len(keep) < len(lines):
-                logger.info("lang=%s dropped=%d docs without vocabulary words", lang, len(lines) - len(keep))
-            texts[lang], bows[lang], vocabs[lang] = [lines[i] for i in keep], bow[keep], vocab.words
+        texts, bows, vocabs = _corpora(files, max_vocab=max_vocab, min_df=min_df, max_df_ratio=max_df_ratio)
         doc_emb = {lang: embed_cached(emb, t, cache_file(content_key(f"docs-{lang}", t), emb.name), desc=f"embedding {lang}")
                    for lang, t in texts.items()}
         word_emb = {lang: embed_cached(emb, v, cache_file(content_key(f"vocab-{lang}", v), emb.name), desc=f"words {lang}")
@@ -145,6 +131,28 @@ def train(
         {f"docs_{lang}": len(t) for lang, t in texts.items()} | {f"vocab_{lang}": len(v) for lang, v in vocabs.items()}
     _print_table("xtream train", summary)
     print(json.dumps(summary, ensure_ascii=False))
+
+
+def _corpora(files: dict[str, Path], *, max_vocab: int, min_df: float, max_df_ratio: float):
+    """``(texts, bags of words, vocabularies)`` per language; documents without a vocabulary word
+    are left out (they teach nothing)."""
+    from xtream.model.vocabulary import Vocabulary
+
+    texts, bows, vocabs = {}, {}, {}
+    for lang, path in files.items():
+        lines = [t for t in _read_lines(path) if t.strip()]
+        tokens = _tokenize(lines, lang)
+        vocab = Vocabulary(max_size=max_vocab, min_df=min_df, max_df_ratio=max_df_ratio)
+        vocab.learn_many(tokens)
+        vocab.refresh()
+        if len(vocab) == 0:
+            raise typer.BadParameter(f"{path}: no word reaches min_df={min_df}")
+        bow = vocab.transform(tokens)
+        keep = np.flatnonzero(bow.getnnz(axis=1) > 0)
+        if len(keep) < len(lines):
+            logger.info("lang=%s dropped=%d docs without vocabulary words", lang, len(lines) - len(keep))
+        texts[lang], bows[lang], vocabs[lang] = [lines[i] for i in keep], bow[keep], vocab.words
+    return texts, bows, vocabs
 
 
 def _read_labels(path: Path, n: int, what: str) -> np.ndarray:

@@ -148,7 +148,7 @@ class TopicPublisher:
         sink = self.outbox.sink("snapshots")
         if sink is not None:
             try:
-                value = snap.fitted_json_bytes(getattr(sink, "max_value_bytes", None))
+                value = snap.fitted_json_bytes(sink.max_value_bytes)
             except RecordTooLarge as exc:
                 logger.error("snapshot not published to Kafka (kept in the local store): %s", exc)
                 self.metrics.output_rejected.labels("snapshots").inc()

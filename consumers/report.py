@@ -89,6 +89,17 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
     top += [col[e.topic_id] for e in events if e.kind != "died" and col[e.topic_id] not in top][:4]
     alerted = np.nan_to_num(drift).max(axis=1) > drift_alert
 
+    _plot_prevalence(plt, out / "prevalence.png", times, prev, langs, top, events, row, col, ids, latest,
+                     alerted, drift_alert)
+    _plot_drift(plt, out / "drift.png", times, drift)
+    lines = _markdown(snaps, events, row, drift, ids, top_topics)
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _plot_prevalence(plt, path: Path, times, prev, langs, top, events, row, col, ids, latest, alerted,
+                     drift_alert: float) -> None:
     panels = langs if any(prev[lang].any() for lang in langs) else ["all"]
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.2 * len(panels)), sharex=True, squeeze=False)
     for ax, lang in zip(axes[:, 0], panels):
@@ -110,9 +121,12 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
     axes[0, 0].legend(fontsize=7, ncol=2, loc="upper left")
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(out / "prevalence.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+
+def _plot_drift(plt, path: Path, times, drift) -> None:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7), gridspec_kw={"height_ratios": [1, 2]})
     has = ~np.isnan(drift).all(axis=1)   # the first snapshot has nothing to drift from
     filled = np.nan_to_num(drift)
@@ -127,10 +141,15 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
     ax2.set_ylabel("topic (stable id order)")
     fig.colorbar(im, ax=ax2, label="JS divergence")
     fig.tight_layout()
-    fig.savefig(out / "drift.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
-    lines = [f"# xtream topic report", "",
+
+
+def _markdown(snaps, events, row, drift, ids, top_topics: int) -> list[str]:
+    """The report's lines: the snapshots' span, topics now, events, representative documents, drift."""
+    latest = snaps[-1]
+    lines = ["# xtream topic report", "",
              f"{len(snaps)} snapshots from {snaps[0].created_at:%Y-%m-%d %H:%M} to {latest.created_at:%Y-%m-%d %H:%M} UTC; "
              f"latest model version {latest.model_version}, {latest.documents_seen} documents, "
              f"languages {', '.join(latest.languages)}.", "",
@@ -159,6 +178,4 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
         lines += ["", "## Most drifting topics in the last snapshot", ""]
         for j in np.argsort(-np.nan_to_num(last_drift))[:5]:
             lines.append(f"- topic {ids[j]} ({_label(latest, ids[j], 'en', 6)}): JS divergence {last_drift[j]:.3f}")
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return lines

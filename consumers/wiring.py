@@ -18,7 +18,7 @@ from xtream.stream.transactions import OutputTransactions, covered_by
 from xtream.consumers.checkpoint import CheckpointStore, CheckpointsUnreadable
 from xtream.consumers.config import Settings
 from xtream.consumers.embedding_worker import EmbeddingWorker
-from xtream.consumers.intake import TextIntake
+from xtream.consumers.intake import EmbeddedIntake, TextIntake
 from xtream.consumers.metrics import ServiceMetrics
 from xtream.consumers.service import TopicService
 
@@ -170,7 +170,8 @@ def _assemble_service(settings: Settings, embedder: Embedder, checkpoints: Check
                      dead_letters=JsonlSink(data / "dead_letters.jsonl", envelope=True), snapshots=None,
                      lineage=JsonlSink(data / "lineage.jsonl"))
     service = TopicService(settings, source, embedder, snapshot_store=store, checkpoints=checkpoints,
-                           start_offsets=start_offsets, role=role, transactions=transactions, **sinks)
+                           start_offsets=start_offsets, transactions=transactions, **sinks,
+                           intake=EmbeddedIntake(embedder.dim) if role == "trainer" else None)
     if resumed:
         service.load_state_dict(resumed[1])
     return service

@@ -192,12 +192,8 @@ def _release(*segments: SharedMemory | None) -> None:
             shm.unlink()
 
 
-def _serve(conn: Connection, spec: str, threads: int, batch_size: int, device: str) -> None:
-    """The child: load the model, then answer ``texts -> ("ok", vectors) | ("error", message)``."""
-    # Ctrl-C, and a SIGTERM sent to the whole group (systemd, ``kill -- -pgid``), reach this process
-    # too: the parent decides, finishes its batch with this child's help, and closes it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _load(conn: Connection, spec: str, threads: int, batch_size: int, device: str) -> Embedder | None:
+    """Load the embedder in the child and tell the parent ("ready", ...) or ("error", message)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from threadpoolctl import threadpool_limits
@@ -208,8 +204,20 @@ def _serve(conn: Connection, spec: str, threads: int, batch_size: int, device: s
             sys.modules["torch"].set_num_threads(threads)
     except Exception as exc:   # reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        return
+        return None
     conn.send(("ready", embedder.name, embedder.dim, embedder.max_chars))
+    return embedder
+
+
+def _serve(conn: Connection, spec: str, threads: int, batch_size: int, device: str) -> None:
+    """The child: load the model, then answer ``texts -> ("ok", vectors) | ("error", message)``."""
+    # Ctrl-C, and a SIGTERM sent to the whole group (systemd, ``kill -- -pgid``), reach this process
+    # too: the parent decides, finishes its batch with this child's help, and closes it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    embedder = _load(conn, spec, threads, batch_size, device)
+    if embedder is None:
+        return
     n, busy, cpu0, wall0 = 0, 0.0, time.process_time(), time.perf_counter()
     attached: dict[str, SharedMemory] = {}
 

@@ -105,7 +105,15 @@ class TopicTracker:
                 parent = prev_ids[r]
                 if sim[r, c] >= self.related_threshold and parent in ids and parent != ids[c]:
                     events.append(LineageEvent("split_from", ids[c], parent, words=tuple(words[c])))
-        # Life: births, deaths after the horizon, renames.
+        self._live(ids, alive, words, vectors, events)
+        self.slot_ids = ids
+        for tid in [i for i, t in self.tracked.items() if t.retired]:
+            del self.tracked[tid]
+        return ids, events
+
+    def _live(self, ids: list[int], alive: np.ndarray, words: list[tuple[str, ...]], vectors: np.ndarray,
+              events: list[LineageEvent]) -> None:
+        """Life of the matched slots: births, deaths after the horizon, renames."""
         for c, tid in enumerate(ids):
             t = self.tracked[tid]
             new_words = tuple(words[c])
@@ -123,10 +131,6 @@ class TopicTracker:
                 if t.not_alive_streak >= self.death_horizon:
                     events.append(LineageEvent("died", tid, previous_words=new_words))
                     t.alive = False
-        self.slot_ids = ids
-        for tid in [i for i, t in self.tracked.items() if t.retired]:
-            del self.tracked[tid]
-        return ids, events
 
     def alive_ids(self) -> list[int]:
         return [i for i in self.slot_ids if self.tracked[i].alive]

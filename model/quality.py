@@ -355,14 +355,22 @@ def quality_metrics(
         a, b = dictionary_langs  # checked above
         out["dict_alignment"] = dictionary_alignment(tops[a], tops[b], dictionary, top_n=dict_top)
     if classification:
-        if len(classification) == 1:  # one language: there is nothing to cross to
-            ((lang, args),) = classification.items()
-            scores = {f"intra_{lang}": classification_scores(*args, model=classifier)}  # type: ignore[arg-type]
-        else:
-            scores = crosslingual_classification(classification, model=classifier)  # type: ignore[arg-type]
-        for lang in classification:
-            for kind in ("intra", "cross"):
-                if f"{kind}_{lang}" in scores:
-                    out[f"clf_{kind}_{lang}"] = scores[f"{kind}_{lang}"]["accuracy"]
-                    out[f"clf_{kind}_{lang}_f1"] = scores[f"{kind}_{lang}"]["macro_f1"]
+        out.update(_classification_metrics(classification, classifier))
+    return out
+
+
+def _classification_metrics(classification: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+                            classifier: str) -> dict[str, float]:
+    """``clf_intra_<lang>``, ``clf_cross_<lang>`` (accuracy) and their ``_f1`` (macro-F1)."""
+    if len(classification) == 1:  # one language: there is nothing to cross to
+        ((lang, args),) = classification.items()
+        scores = {f"intra_{lang}": classification_scores(*args, model=classifier)}  # type: ignore[arg-type]
+    else:
+        scores = crosslingual_classification(classification, model=classifier)  # type: ignore[arg-type]
+    out: dict[str, float] = {}
+    for lang in classification:
+        for kind in ("intra", "cross"):
+            if f"{kind}_{lang}" in scores:
+                out[f"clf_{kind}_{lang}"] = scores[f"{kind}_{lang}"]["accuracy"]
+                out[f"clf_{kind}_{lang}_f1"] = scores[f"{kind}_{lang}"]["macro_f1"]
     return out

@@ -25,6 +25,14 @@ logger = logging.getLogger(__name__)
 
 
 class Sink(ABC):
+    """Where one output goes: :meth:`add` queues a record, :meth:`flush` makes everything added durable."""
+
+    #: The largest value the sink takes, in bytes (None: no limit).
+    max_value_bytes: int | None = None
+    #: The Kafka producer this sink shares with other sinks (None: none); :func:`close_sinks` closes
+    #: each shared producer once, after every sink that uses it.
+    producer: object | None = None
+
     @abstractmethod
     def add(self, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None) -> None: ...
 
@@ -275,7 +283,7 @@ def close_sinks(*sinks: Sink | None, timeout: float = 8.0) -> list[SinkError]:
             sink.close()
         except SinkError as exc:
             errors.append(exc)
-        producer = getattr(sink, "producer", None)
+        producer = sink.producer
         if producer is not None and all(producer is not p for p in producers):
             producers.append(producer)
     from kafka.errors import KafkaError

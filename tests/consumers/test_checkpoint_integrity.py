@@ -81,7 +81,7 @@ def three_checkpoints(folder: Path) -> tuple[CheckpointStore, list[Path]]:
 
 def damage_errors(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records
-            if r.name == "consumers.checkpoint" and r.levelno == logging.ERROR]
+            if r.name == "xtream.consumers.checkpoint" and r.levelno == logging.ERROR]
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=lambda f: f.__name__)
