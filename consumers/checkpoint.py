@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ import numpy as np
 import torch
 
 from xtream.errors import XtreamError
+from xtream.model.atomic import atomic_write
 from xtream.stream.errors import SinkError, SourceUnavailable, TransactionFailed
 
 if TYPE_CHECKING:
@@ -183,24 +183,10 @@ class CheckpointStore:
         files = self._files()
         seq = int(files[-1].stem.split("-")[1]) + 1 if files else 1
         final = self.directory / f"ckpt-{seq:09d}.xck"
-        tmp = None
         try:
-            fd, name = tempfile.mkstemp(prefix=f"ckpt-{seq:09d}.", suffix=".tmp", dir=self.directory)
-            tmp = Path(name)
-            with open(fd, "wb") as f:
-                f.write(MAGIC + json.dumps(header).encode() + b"\n" + payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            tmp = None
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            atomic_write(final, lambda f: f.write(MAGIC + json.dumps(header).encode() + b"\n" + payload),
+                         prefix=f"ckpt-{seq:09d}.")
         except OSError as exc:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
             raise CheckpointWriteError(f"checkpoint {final.name} not written ({exc.strerror or exc}); "
                                        f"the previous checkpoints are kept") from exc
         for old in self._files()[: -self.keep]:

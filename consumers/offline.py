@@ -93,8 +93,7 @@ def train(
     checkpoint_every: Annotated[int, typer.Option(help="epochs between checkpoints")] = 10,
 ) -> None:
     """Train XTRA on text files (one per language) and save it with its vocabularies."""
-    import torch
-    from threadpoolctl import threadpool_limits
+    from xtream.model.threads import pin_threads
 
     from xtream.model.allocator import retain_freed_memory
     from xtream.model.embedding import load_embedder
@@ -106,19 +105,18 @@ def train(
     if not files:
         raise typer.BadParameter("give at least one --input lang=path")
     retain_freed_memory()
-    torch.set_num_threads(threads)
+    pin_threads(threads)
     started = time.perf_counter()
-    with threadpool_limits(limits=threads):
-        emb = load_embedder(embedder, threads=threads)
-        texts, bows, vocabs = _corpora(files, max_vocab=max_vocab, min_df=min_df, max_df_ratio=max_df_ratio)
-        doc_emb = {lang: embed_cached(emb, t, cache_file(content_key(f"docs-{lang}", t), emb.name), desc=f"embedding {lang}")
-                   for lang, t in texts.items()}
-        word_emb = {lang: embed_cached(emb, v, cache_file(content_key(f"vocab-{lang}", v), emb.name), desc=f"words {lang}")
-                    for lang, v in vocabs.items()}
-        clusters = joint_kmeans(doc_emb, n_clusters=topics, n_init=n_init, seed=seed)
-        corpora = {lang: LanguageCorpus(bows[lang], doc_emb[lang], clusters[lang]) for lang in files}
-        trained = fit_xtra(corpora, epochs=epochs, num_topics=topics, word_embeddings=word_emb, seed=seed,
-                           beta_alignment=beta_alignment, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    emb = load_embedder(embedder, threads=threads)
+    texts, bows, vocabs = _corpora(files, max_vocab=max_vocab, min_df=min_df, max_df_ratio=max_df_ratio)
+    doc_emb = {lang: embed_cached(emb, t, cache_file(content_key(f"docs-{lang}", t), emb.name), desc=f"embedding {lang}")
+               for lang, t in texts.items()}
+    word_emb = {lang: embed_cached(emb, v, cache_file(content_key(f"vocab-{lang}", v), emb.name), desc=f"words {lang}")
+                for lang, v in vocabs.items()}
+    clusters = joint_kmeans(doc_emb, n_clusters=topics, n_init=n_init, seed=seed)
+    corpora = {lang: LanguageCorpus(bows[lang], doc_emb[lang], clusters[lang]) for lang in files}
+    trained = fit_xtra(corpora, epochs=epochs, num_topics=topics, word_embeddings=word_emb, seed=seed,
+                       beta_alignment=beta_alignment, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     metadata = {"embedder": emb.name, "epochs": epochs, "date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "train_docs": {lang: len(t) for lang, t in texts.items()}, "inputs": {k: str(v) for k, v in files.items()},
                 "clustering": f"sklearn KMeans over all languages jointly, K={topics}, n_init={n_init}, seed={seed}",
@@ -185,7 +183,7 @@ def evaluate(
 ) -> None:
     """Score a saved model: TU, NPMI per language, dictionary alignment, classification."""
     import torch
-    from threadpoolctl import threadpool_limits
+    from xtream.model.threads import pin_threads
 
     from xtream.model.evaluation import load_bilingual_dictionary
     from xtream.model.persistence import load_xtra
@@ -201,33 +199,32 @@ def evaluate(
     unknown = [lang for lang in tests if lang not in vocab_words]
     if unknown or not tests:
         raise typer.BadParameter(f"--input languages {unknown or 'none'}; the model knows {sorted(vocab_words)}")
-    torch.set_num_threads(threads)
+    pin_threads(threads)
     vocabs = {lang: Vocabulary(words=w) for lang, w in vocab_words.items()}
 
     def theta_of(path: Path, lang: str) -> tuple[np.ndarray, list[list[str]]]:
         tokens = _tokenize(_read_lines(path), lang)  # no line dropped: labels align by line
         return infer_theta(net, vocabs[lang].transform(tokens), lang), tokens
 
-    with threadpool_limits(limits=threads):
-        thetas, refs = {}, {}
-        for lang, path in tests.items():
-            thetas[lang], refs[lang] = theta_of(path, lang)
-        clf = {}
-        for lang in test_labels:
-            if lang not in tests or lang not in train_files or lang not in train_label_files:
-                raise typer.BadParameter(f"classification of {lang!r} needs --input, --labels, --train-input "
-                                         "and --train-labels for it")
-            theta_tr, _ = theta_of(train_files[lang], lang)
-            clf[lang] = (theta_tr, _read_labels(train_label_files[lang], len(theta_tr), "--train-labels"),
-                         thetas[lang], _read_labels(test_labels[lang], len(thetas[lang]), "--labels"))
-        pairs = langs = None
-        if dictionary is not None:
-            langs = _dictionary_langs(dictionary, dictionary_langs, sorted(vocab_words))
-            pairs = load_bilingual_dictionary(dictionary)
-        with torch.no_grad():
-            topic_word = {lang: net.topic_word(lang).numpy() for lang in vocab_words}
-        metrics = quality_metrics(topic_word, vocab_words, refs, dictionary=pairs, dictionary_langs=langs,
-                                  classification=clf or None, classifier=classifier)
+    thetas, refs = {}, {}
+    for lang, path in tests.items():
+        thetas[lang], refs[lang] = theta_of(path, lang)
+    clf = {}
+    for lang in test_labels:
+        if lang not in tests or lang not in train_files or lang not in train_label_files:
+            raise typer.BadParameter(f"classification of {lang!r} needs --input, --labels, --train-input "
+                                     "and --train-labels for it")
+        theta_tr, _ = theta_of(train_files[lang], lang)
+        clf[lang] = (theta_tr, _read_labels(train_label_files[lang], len(theta_tr), "--train-labels"),
+                     thetas[lang], _read_labels(test_labels[lang], len(thetas[lang]), "--labels"))
+    pairs = langs = None
+    if dictionary is not None:
+        langs = _dictionary_langs(dictionary, dictionary_langs, sorted(vocab_words))
+        pairs = load_bilingual_dictionary(dictionary)
+    with torch.no_grad():
+        topic_word = {lang: net.topic_word(lang).numpy() for lang in vocab_words}
+    metrics = quality_metrics(topic_word, vocab_words, refs, dictionary=pairs, dictionary_langs=langs,
+                              classification=clf or None, classifier=classifier)
     summary = {"model": str(model), "embedder": meta.get("embedder"), "epochs": meta.get("epochs")} | metrics
     _print_table(f"xtream evaluate {model}", summary)
     print(json.dumps(summary, ensure_ascii=False))

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from xtream.model.online import OnlineTopicModel
-from xtream.model.readout import relevance, topic_labels
+from xtream.model.readout import ranked_words, relevance, topic_labels
 from xtream.stream.schemas import SnapshotTopic, TopicDocument, TopicSnapshot, TopicWords
 
 __all__ = ["DriftBaseline", "build_snapshot", "js_divergence", "top_word_divergence"]
@@ -129,8 +129,7 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
         vocab, dist = model.topic_word_distribution(lang)
         dist = dist.astype(np.float64)
         dists[lang] = (vocab, dist)
-        idx = np.argsort(-relevance(dist, word_relevance), axis=1, kind="stable")[:, :top_n]
-        words_by_lang[lang] = ([[vocab[i] for i in row] for row in idx], np.take_along_axis(dist, idx, 1))
+        words_by_lang[lang] = ranked_words(dist, vocab, top_n, score=relevance(dist, word_relevance))
         labels_by_lang[lang] = topic_labels(dist, vocab)
         if previous and lang in previous:
             drift_by_lang[lang] = top_word_divergence(dist, _align(*previous[lang], vocab))

@@ -33,14 +33,11 @@ DEMO_STREAM = Path(__file__).resolve().parent / "demo" / "news.jsonl"
 def set_threads(n: int) -> None:
     """Pin torch and BLAS thread pools (oversubscribed BLAS on 2 cores was measured 28-45x slower)
     and keep freed training buffers in the heap (:mod:`model.allocator`)."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
     from xtream.model.allocator import retain_freed_memory
+    from xtream.model.threads import pin_threads
 
     retain_freed_memory()
-    torch.set_num_threads(n)
-    threadpool_limits(n)
+    pin_threads(n)
 
 
 def service_embedder(settings: Settings) -> Embedder:

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from xtream.model.vectors import unit_rows
+
 __all__ = ["MiniBatchKMeans"]
 
 #: Cosine above which a pooled document counts as a copy of another (a theme is many documents,
 #: not one document many times).
 DUPLICATE = 0.95
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 class MiniBatchKMeans:
@@ -104,7 +102,7 @@ class MiniBatchKMeans:
 
     # -- learning ------------------------------------------------------------------------------
     def learn_many(self, x: np.ndarray) -> None:
-        x = _unit(np.asarray(x, dtype=np.float32))
+        x = unit_rows(np.asarray(x, dtype=np.float32))
         if len(x) == 0:
             return
         if self.centers is None:
@@ -130,7 +128,7 @@ class MiniBatchKMeans:
         step[hit] = batch_counts[hit] / np.maximum(self.counts[hit], batch_counts[hit])
         batch_means = sums[hit] / batch_counts[hit, None]
         moved = (1.0 - step[hit, None]) * self.centers[hit] + step[hit, None] * batch_means
-        self.centers[hit] = _unit(moved).astype(np.float32)
+        self.centers[hit] = unit_rows(moved).astype(np.float32)
         self.n_seen += len(x)
         self._reassign_dead(x, labels)
 
@@ -183,9 +181,9 @@ class MiniBatchKMeans:
         seed = int(np.argmax(neighbours))
         if neighbours[seed] < self.min_novel:
             return
-        centre = _unit(pool[near[seed]].mean(axis=0))
+        centre = unit_rows(pool[near[seed]].mean(axis=0))
         members = pool @ centre >= 0.8 * self.fit_typical
-        centre = _unit(pool[members].mean(axis=0))
+        centre = unit_rows(pool[members].mean(axis=0))
         own = float((pool[members] @ centre).mean())
         current = float((pool[members] @ self.centers.T).max(axis=1).mean())
         if members.sum() < self.min_novel or own - current < self.novelty_margin:
@@ -223,7 +221,7 @@ class MiniBatchKMeans:
         """Cosine similarity of each document to each centre, shape (n, K)."""
         if self.centers is None:
             raise ValueError("MiniBatchKMeans is not initialised: learn at least n_clusters documents first")
-        return _unit(np.asarray(x, dtype=np.float32)) @ self.centers.T
+        return unit_rows(np.asarray(x, dtype=np.float32)) @ self.centers.T
 
     def predict_many(self, x: np.ndarray) -> np.ndarray:
         """Index of the nearest centre for each document (int64)."""

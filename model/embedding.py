@@ -25,6 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from xtream.model.vectors import unit_rows
+
 __all__ = [
     "DEFAULT_EMBEDDER",
     "Embedder",
@@ -41,9 +43,7 @@ DEFAULT_EMBEDDER = "use-multilingual-v3"
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    return unit_rows(np.asarray(x, dtype=np.float32))
 
 
 class Embedder(ABC):

@@ -24,7 +24,6 @@ import logging
 import multiprocessing as mp
 import os
 import signal
-import sys
 import time
 import weakref
 from multiprocessing.connection import Connection
@@ -34,6 +33,7 @@ import numpy as np
 from xtream.errors import ModelError
 
 from xtream.model.embedding import Embedder, load_embedder
+from xtream.model.threads import pin_threads
 
 __all__ = ["EmbedderProcessError", "ProcessEmbedder"]
 
@@ -196,12 +196,9 @@ def _load(conn: Connection, spec: str, threads: int, batch_size: int, device: st
     """Load the embedder in the child and tell the parent ("ready", ...) or ("error", message)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(threads)
+        pin_threads(threads, torch=False)
         embedder = load_embedder(spec, threads=threads, batch_size=batch_size, device=device)
-        if "torch" in sys.modules:   # a sentence-transformers model
-            sys.modules["torch"].set_num_threads(threads)
+        pin_threads(threads, torch=False)   # a sentence-transformers model has loaded torch now
     except Exception as exc:   # reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return None

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from xtream.model.vectors import unit_rows
+
 __all__ = ["TopicExemplars"]
 
 
@@ -55,11 +57,11 @@ class TopicExemplars:
         """Offer a batch of documents; every language's reservoir is re-scored against ``centres``."""
         if not (len(ids) == len(texts) == len(embeddings) == len(langs)):
             raise ValueError("ids, texts, embeddings and langs must have the same length")
-        centres = _unit(np.asarray(centres, dtype=np.float32))
+        centres = unit_rows(np.asarray(centres, dtype=np.float32))
         if centres.shape[0] != self.num_topics:
             raise ValueError(f"expected {self.num_topics} centres, got {centres.shape[0]}")
         langs_arr = np.asarray(langs)
-        emb = _unit(np.asarray(embeddings, dtype=np.float32))
+        emb = unit_rows(np.asarray(embeddings, dtype=np.float32))
         for lang in sorted(set(langs_arr.tolist()) | set(self._kept)):
             rows = np.flatnonzero(langs_arr == lang)
             kept_ids, kept_texts, kept_emb, _ = self._kept.get(lang, ([], [], np.zeros((0, emb.shape[1]), np.float32), None))
@@ -98,7 +100,3 @@ class TopicExemplars:
         self.__init__(int(state["num_topics"]), int(state["per_topic"]), int(state["prefix_chars"]))
         self._kept = {lang: (list(p["ids"]), list(p["texts"]), np.asarray(p["emb"], dtype=np.float32),
                              np.asarray(p["topic"], dtype=np.int64)) for lang, p in state["kept"].items()}
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from xtream.model.vectors import unit_rows
 from scipy.optimize import linear_sum_assignment
 
 __all__ = ["LineageEvent", "TopicTracker"]
@@ -45,10 +47,6 @@ class _Tracked:
     retired: bool = False
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 @dataclass
 class TopicTracker:
     """Assigns stable ids to topic slots snapshot after snapshot; ``update`` returns the events."""
@@ -66,7 +64,7 @@ class TopicTracker:
 
         Returns the stable id of every slot and the lineage events of this step.
         """
-        vectors = _unit(np.asarray(vectors, dtype=np.float64))
+        vectors = unit_rows(np.asarray(vectors, dtype=np.float64))
         alive = np.asarray(alive, dtype=bool)
         k = len(vectors)
         events: list[LineageEvent] = []

@@ -52,7 +52,7 @@ from xtream.model.network_surgery import (
 from xtream.model.online_state import dump_state, load_state
 from xtream.model.online_training import TrainedSlice, run_slice
 from xtream.model.prevalence import TopicPrevalence
-from xtream.model.readout import bag_of_words, cluster_words, top_words
+from xtream.model.readout import bag_of_words, cluster_words, ranked_words
 from xtream.model.replay_buffer import ReplayBuffer
 from xtream.model.serving import ServingNetwork, serving_copy
 from xtream.model.training import XTRATrainer
@@ -336,7 +336,7 @@ class OnlineTopicModel:
     def topic_words(self, lang: str, top_n: int = 15) -> tuple[list[list[str]], np.ndarray]:
         """Top words per topic for ``lang`` and their probabilities (K, top_n)."""
         words, dist = self.topic_word_distribution(lang)
-        return top_words(dist, words, top_n)
+        return ranked_words(dist, words, top_n)
 
     def topic_word_distribution(self, lang: str) -> tuple[list[str], np.ndarray]:
         """``(words, (K, V) distributions)``: XTRA's once it is warm, the clusters' words before.

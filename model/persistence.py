@@ -11,7 +11,6 @@ It is written to a temporary sibling and renamed into place, so a crash never le
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import fields
@@ -20,6 +19,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from xtream.errors import ModelError
 
+from xtream.model.atomic import atomic_write, fsync_path
 from xtream.model.xtra import XTRA, XTRAConfig
 
 __all__ = ["FORMAT_VERSION", "IncompatibleModel", "load_xtra", "save_xtra"]
@@ -41,14 +41,10 @@ def save_xtra(path: str | Path, model: XTRA, vocabularies: dict[str, list[str]],
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
-        _fsync(tmp / "model.safetensors")   # save_file does not: a crash could keep the rename, not the data
+        fsync_path(tmp / "model.safetensors")   # save_file does not: a crash could keep the rename, not the data
         meta = {"format_version": FORMAT_VERSION, "config": model.cfg.to_dict(),
                 "vocabularies": vocabularies, "metadata": metadata or {}}
-        with open(tmp / "model.json", "w", encoding="utf-8") as f:
-            json.dump(meta, f, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync(tmp)
+        atomic_write(tmp / "model.json", lambda f: f.write(json.dumps(meta, ensure_ascii=False).encode("utf-8")))
         if path.exists():
             old = path.with_name(path.name + ".old")
             shutil.rmtree(old, ignore_errors=True)
@@ -57,20 +53,11 @@ def save_xtra(path: str | Path, model: XTRA, vocabularies: dict[str, list[str]],
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(path)
-        _fsync(path.parent)
+        fsync_path(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's data, or a directory's entries, to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_xtra(path: str | Path) -> tuple[XTRA, dict[str, list[str]], dict]:

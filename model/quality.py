@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ import numpy as np
 
 from xtream.errors import ModelError
 
+from xtream.model.atomic import atomic_write
 from xtream.model.embedding import Embedder
 from xtream.model.evaluation import (
     Docs,
@@ -97,16 +96,7 @@ def content_key(prefix: str, texts: Sequence[str]) -> str:
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     """Write ``array`` to a temporary sibling then rename, so an interrupted run leaves no bad cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.chmod(tmp, 0o644)  # mkstemp files are private; a cache is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.save(f, array), durable=False, mode=0o644)   # a cache is meant to be shared
 
 
 def embed_cached(embedder: Embedder, texts: Sequence[str], cache: str | Path | None = None,
@@ -276,15 +266,7 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     """``torch.save`` to a temporary sibling then rename: a kill mid-write keeps the last checkpoint."""
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 # -- metrics ---------------------------------------------------------------------------------------

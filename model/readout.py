@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["bag_of_words", "blend_theta", "cluster_memberships", "cluster_words", "relevance", "top_words",
+__all__ = ["bag_of_words", "blend_theta", "cluster_memberships", "cluster_words", "ranked_words", "relevance",
            "topic_labels"]
 
 
@@ -115,7 +115,7 @@ def bag_of_words(tokens: Sequence[list[str]]) -> tuple[list[str], sp.csr_matrix]
     return words, sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(tokens), len(words)))
 
 
-def top_words(dist: np.ndarray, words: Sequence[str], top_n: int,
+def ranked_words(dist: np.ndarray, words: Sequence[str], top_n: int,
               score: np.ndarray | None = None) -> tuple[list[list[str]], np.ndarray]:
     """Each row's ``top_n`` words by ``score`` (default: ``dist`` itself; ties keep vocabulary
     order) and their ``dist`` values, (K, top_n)."""
