@@ -153,7 +153,7 @@ class ModelSettings(_Section):
     embed_batch_size: int = 64
     embedder_process: bool = Field(True, description=(
         "run the embedder in a child process: in the service's own process it shares the GIL with the "
-        "loop and the trainer, which slowed USE by ~25% (bench.stream_ecnews)"))
+        "loop and the trainer"))
     threads: int = Field(1, ge=1, description="torch and BLAS threads; 1 is safest next to a broker on 2 cores")
     language_centering: bool = Field(False, description="subtract per-language mean embeddings (e5-style models)")
     languages: list[str] = Field(
@@ -194,9 +194,7 @@ class ModelSettings(_Section):
         "most of the wall time training may take (a duty cycle); below 1 it leaves CPU to ingestion"))
     train_nice: int = Field(19, ge=0, le=19, description=(
         "niceness added to the training thread (Linux), so ingestion gets the CPU first and training "
-        "takes what is left (an idle host loses nothing). bench.stream_ecnews, 2 cores, embedder in its "
-        "own process: service/embedder 0.870 at 19 vs 0.79-0.83 at 0, with ~10% fewer training steps; "
-        "bench.contention --hogs 1: embedder at 0.96 of its speed instead of 0.62"))
+        "takes what is left (an idle host loses nothing)"))
     seed: int = 0
 
 

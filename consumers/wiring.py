@@ -31,8 +31,8 @@ DEMO_STREAM = Path(__file__).resolve().parent / "demo" / "news.jsonl"
 
 
 def set_threads(n: int) -> None:
-    """Pin torch and BLAS thread pools (oversubscribed BLAS on 2 cores was measured 28-45x slower)
-    and keep freed training buffers in the heap (:mod:`model.allocator`)."""
+    """Pin torch and BLAS thread pools (oversubscribed BLAS threads slow every product down) and
+    keep freed training buffers in the heap (:mod:`model.allocator`)."""
     from xtream.model.allocator import retain_freed_memory
     from xtream.model.threads import pin_threads
 

@@ -9,7 +9,7 @@ Two implementations behind one small interface:
 - :class:`SentenceTransformerEmbedder` — any sentence-transformers model name or local path
   (e.g. ``BAAI/bge-m3``). Models trained with per-language offsets (e5-style) cluster by language
   rather than topic; :class:`LanguageCentering` removes the per-language mean to fix that.
-- :class:`HashingEmbedder` (``"hashing:512"``) — hashed character n-grams, ~50x faster than USE and
+- :class:`HashingEmbedder` (``"hashing:512"``) — hashed character n-grams, far cheaper than USE and
   *not* cross-lingual: for load, soak and fault tests of everything around the embedder.
 
 :func:`load_embedder` picks one from a string so configuration stays a plain setting;
@@ -88,7 +88,7 @@ class UniversalSentenceEncoder(Embedder):
     ----------
     threads
         BLAS threads for its matrix products. On a 2-core host shared with a Kafka broker, 1 is
-        the safe choice: oversubscribed BLAS threads were measured 28-45x slower.
+        the safe choice: oversubscribed BLAS threads slow every product down.
     batch_size
         Texts per forward pass; larger batches amortise weight streaming.
     """

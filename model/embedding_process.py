@@ -2,10 +2,9 @@
 
 Why: multilingual USE runs as thousands of small numpy calls per batch, and each one gives the GIL
 up and must win it back. In one process with the service's loop and trainer threads (both doing
-Python-level work between their own numpy/torch calls) the embedder ran ~25% slower than alone
-(``bench.stream_ecnews``, session 6); a probe measured 1,007 docs/s alone, 978 beside a torch
-*process*, and 44 beside a thread that holds the GIL. In its own process the embedder competes only
-for a core, which the operating system shares fairly.
+Python-level work between their own numpy/torch calls) the embedder waits for the GIL after each
+of them; beside a thread that holds the GIL it all but stops. In its own process the embedder
+competes only for a core, which the operating system shares fairly.
 
 :class:`ProcessEmbedder` is an :class:`~model.embedding.Embedder` like any other: texts go to the
 child and unit vectors come back through shared memory (only lengths and short replies use the
@@ -13,7 +12,7 @@ pipe). The child is started with ``spawn`` (never ``fork``: the parent holds tor
 threads), loads the model named by the same spec string
 :func:`~model.embedding.load_embedder` takes, and exits when its pipe closes, so a ``kill -9`` of
 the service leaves no orphan behind. If the child dies (killed, out of memory), the call that saw
-it starts a new one and retries once; a second death is reported as a :class:`RuntimeError`, which
+it starts a new one and retries once; a second death is reported as an :class:`EmbedderProcessError`, which
 the intake treats like any embedding failure (documents retried one by one, the culprit
 dead-lettered).
 """
@@ -139,9 +138,7 @@ class ProcessEmbedder(Embedder):
 
         Why not the pipe: a 256-document batch is ~0.5 MB each way, pickled and moved through a
         64 KiB socket buffer a piece at a time, and between pieces this process's thread must win
-        the GIL back from the loop and the trainer. (Measured on the whole EC News stream, the
-        difference was within run-to-run noise: the child was busy 92-93% of the time either way,
-        its idle time being start-up, the clean stop and stalls of the loop.)
+        the GIL back from the loop and the trainer.
         """
         data = [t.encode("utf-8", "surrogatepass") for t in texts]
         lengths = np.fromiter(map(len, data), np.int64, len(data))

@@ -309,9 +309,9 @@ def classification_scores(
     """Accuracy and macro-F1 of an SVM trained on document-topic vectors.
 
     ``model="svc"`` is ``sklearn.svm.SVC()`` with defaults (RBF, gamma='scale'), the classifier of
-    the InfoCTM/XTRA evaluation code, so numbers are comparable with the papers; it takes ~1 s on
-    37k well-separated docs but ~60 s on 37k overlapping ones. ``model="linear"`` is
-    ``LinearSVC(dual="auto")``, ~1 s either way, for quick checks. Macro-F1 counts a class that is
+    the InfoCTM/XTRA evaluation code, so numbers are comparable with the papers; it slows down
+    sharply on overlapping classes. ``model="linear"`` is ``LinearSVC(dual="auto")``, for quick
+    checks. Macro-F1 counts a class that is
     never predicted as F1 = 0.
     """
     x_tr, y_tr = _check_xy(theta_train, y_train, "train")

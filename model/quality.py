@@ -4,8 +4,8 @@ Three steps have to be done identically wherever a topic model is trained and ju
 otherwise benchmark numbers and CLI numbers stop being comparable:
 
 - :func:`embed_cached` embeds texts in chunks behind a progress bar and keeps the result as an
-  ``.npy`` file, because embedding is the slowest step (USE runs at ~300-500 texts/s on one core)
-  and reruns of a benchmark should not pay for it again;
+  ``.npy`` file, because embedding is the slowest step and reruns of a benchmark should not pay
+  for it again;
 - :func:`joint_kmeans` clusters the documents of *all* languages together, as the streaming
   service does, so a cluster id means the same topic in every language (the XTRA reference code
   instead clusters English only and assigns the other language to the nearest English centroid);
@@ -141,8 +141,8 @@ def joint_kmeans(embeddings: Mapping[str, np.ndarray], n_clusters: int = 50, n_i
     re-normalised so Euclidean k-means approximates cosine (spherical) k-means.
 
     With ``cache_dir`` the labels are kept under a key of the vectors' bytes and the parameters:
-    a resumed long training must cluster exactly as the run it continues, and on EC News
-    (77,480 x 512, K=50, 3 restarts) clustering took 25 s on a quiet core and 17 minutes on a busy host.
+    a resumed long training must cluster exactly as the run it continues, and clustering a large
+    corpus is slow on a busy host.
     """
     from sklearn.cluster import KMeans
 
