@@ -7,9 +7,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from xtream.stream.schemas import Assignment
-
 from xtream.consumers.intake import PreparedItem
+from xtream.stream.schemas import Assignment
 
 __all__ = ["assignments", "latest_event_time", "utc_from_ms"]
 

@@ -49,12 +49,11 @@ from xtream.model.atomic import atomic_write
 from xtream.stream.errors import SinkError, SourceUnavailable, TransactionFailed
 
 if TYPE_CHECKING:
-    from xtream.stream.sources import Source
-    from xtream.stream.transactions import OutputTransactions
-
     from xtream.consumers.config import CheckpointSettings
     from xtream.consumers.metrics import ServiceMetrics
     from xtream.consumers.outbox import Outbox
+    from xtream.stream.sources import Source
+    from xtream.stream.transactions import OutputTransactions
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "CheckpointWriteError", "CheckpointsUnreadable",
            "DataDirectoryLocked", "IncompatibleCheckpoint"]

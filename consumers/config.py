@@ -126,6 +126,12 @@ class KafkaSettings(_Section):
                                  f"{exc.strerror}") from None
         return None
 
+    def servers(self) -> str:
+        """``bootstrap_servers``, which the caller needs set."""
+        if not self.bootstrap_servers:
+            raise ValueError("kafka.bootstrap_servers is not set")
+        return self.bootstrap_servers
+
     def client_config(self) -> dict[str, Any]:
         """kafka-python keyword arguments for security; the password is revealed only here."""
         cfg: dict[str, Any] = {"security_protocol": self.security_protocol}
@@ -149,7 +155,8 @@ class BatchSettings(_Section):
 
 
 class ModelSettings(_Section):
-    embedder: str = Field("use-multilingual-v3", description="'use-multilingual-v3' or a sentence-transformers name/path")
+    embedder: str = Field("use-multilingual-v3",
+                          description="'use-multilingual-v3' or a sentence-transformers name/path")
     embed_batch_size: int = 64
     embedder_process: bool = Field(True, description=(
         "run the embedder in a child process: in the service's own process it shares the GIL with the "
@@ -169,7 +176,8 @@ class ModelSettings(_Section):
     vocab_max_size: int = 5000
     vocab_min_df: float = 3
     vocab_refresh_every: int = 5000
-    vocab_max_df_ratio: float = Field(0.3, gt=0, le=1, description="words in more than this share of documents are left out")
+    vocab_max_df_ratio: float = Field(0.3, gt=0, le=1,
+                                      description="words in more than this share of documents are left out")
     theta_cluster_weight: float = Field(0.5, ge=0, le=1, description=(
         "weight of the softmax cluster memberships mixed into XTRA's theta (0 = theta alone); see bench/README.md"))
     theta_cluster_temperature: float = Field(0.1, gt=0, description="temperature of those memberships (cosine / t)")

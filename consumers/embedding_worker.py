@@ -20,16 +20,15 @@ import signal
 import threading
 import time
 
+from xtream.consumers.intake import PreparedBatch, TextIntake
+from xtream.consumers.metrics import ServiceMetrics
+from xtream.consumers.poll_loop import PollLoop
 from xtream.stream.dead_letter import dead_letter_headers
 from xtream.stream.errors import SinkError, SourceUnavailable
 from xtream.stream.records import Record, offset_key
 from xtream.stream.schemas import EmbeddedDocument
 from xtream.stream.sinks import Sink, close_sinks
 from xtream.stream.sources import Source
-
-from xtream.consumers.intake import PreparedBatch, TextIntake
-from xtream.consumers.metrics import ServiceMetrics
-from xtream.consumers.poll_loop import PollLoop
 
 __all__ = ["EmbeddingWorker"]
 
@@ -110,7 +109,7 @@ class EmbeddingWorker:
                 self.embedded.flush()
                 self.dead_letters.flush()
                 # Step 4
-                offsets = {}
+                offsets: dict[str, int] = {}
                 for rec in records:
                     offsets[rec.position] = max(offsets.get(rec.position, 0), rec.offset + 1)
                 self.source.commit(offsets)

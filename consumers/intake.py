@@ -23,12 +23,11 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import ValidationError
 
+from xtream.consumers.metrics import ServiceMetrics
 from xtream.model.embedding import Embedder
 from xtream.model.text import Tokenizer, detect_language
 from xtream.stream.records import Record, offset_key
 from xtream.stream.schemas import Document, EmbeddedDocument, InvalidRecord, parse_document
-
-from xtream.consumers.metrics import ServiceMetrics
 
 __all__ = ["EmbeddedIntake", "Intake", "PreparedBatch", "PreparedItem", "TextIntake"]
 
@@ -56,7 +55,7 @@ class PreparedItem:
 class PreparedBatch:
     items: list[PreparedItem] = field(default_factory=list)
     tokens: list[list[str]] = field(default_factory=list)
-    embeddings: np.ndarray | None = None
+    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     dead: list[tuple[Record, str, str]] = field(default_factory=list)
     #: The consumed record each item came from (for an embedded record, not the original input).
     records: list[Record] = field(default_factory=list)
@@ -68,7 +67,7 @@ class PreparedBatch:
         """The part of the batch whose consumed records ``keep(record)`` accepts."""
         idx = [i for i, rec in enumerate(self.records) if keep(rec)]
         return PreparedBatch(items=[self.items[i] for i in idx], tokens=[self.tokens[i] for i in idx],
-                             embeddings=None if self.embeddings is None else self.embeddings[idx],
+                             embeddings=self.embeddings[idx],
                              dead=[d for d in self.dead if keep(d[0])], records=[self.records[i] for i in idx])
 
 
@@ -162,7 +161,7 @@ class TextIntake:
             embeddings = np.concatenate(rows) if rows else np.zeros((0, self.embedder.dim), np.float32)
         batch.embeddings = embeddings
         batch.tokens = tokens
-        batch.items = [PreparedItem(docs[i].id, docs[i].lang, docs[i].timestamp, good[i].topic, good[i].partition,
+        batch.items = [PreparedItem(docs[i].id, docs[i].lang or "", docs[i].timestamp, good[i].topic, good[i].partition,
                                     good[i].offset, good[i].timestamp_ms, docs[i].text[:TEXT_PREFIX_CHARS])
                        for i in keep]
         batch.records = [good[i] for i in keep]
@@ -206,7 +205,8 @@ class EmbeddedIntake:
                 batch.dead.append((rec, "invalid_embedded_record", str(exc)[:500]))
                 continue
             if vec.shape != (self.dim,):
-                batch.dead.append((rec, "invalid_embedded_record", f"embedding has dim {vec.shape}, expected {self.dim}"))
+                batch.dead.append((rec, "invalid_embedded_record",
+                                   f"embedding has dim {vec.shape}, expected {self.dim}"))
                 continue
             key = offset_key(doc.source_topic, doc.source_partition)
             if doc.source_offset <= self.source_hwm.get(key, -1):

@@ -14,6 +14,10 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from xtream.consumers.assignments import assignments, latest_event_time, record_times
+from xtream.consumers.intake import PreparedBatch, PreparedItem
+from xtream.consumers.metrics import ServiceMetrics
+from xtream.consumers.outbox import Outbox
 from xtream.errors import ModelError
 from xtream.model.embedding import Embedder, LanguageCentering
 from xtream.model.online import MaintenanceFailed, OnlineTopicModel
@@ -21,11 +25,6 @@ from xtream.model.prevalence_shift import PrevalenceShift
 from xtream.model.text import Tokenizer
 from xtream.stream.dead_letter import dead_letter_headers
 from xtream.stream.records import Record
-
-from xtream.consumers.assignments import assignments, latest_event_time, record_times
-from xtream.consumers.intake import PreparedBatch, PreparedItem
-from xtream.consumers.metrics import ServiceMetrics
-from xtream.consumers.outbox import Outbox
 
 __all__ = ["BatchLearner"]
 

@@ -49,7 +49,9 @@ class ServiceMetrics:
         self.batch_records_limit = Gauge("xtream_batch_records_limit",
                                          "Records asked for per poll (shrinks when processing slows, to stay "
                                          "within max.poll.interval.ms)", registry=r)
-        self.stage_seconds = Histogram("xtream_stage_seconds", "Time per batch spent in each stage (embed runs ahead of the loop on a worker; embed_wait is the loop waiting for it)", ["stage"],
+        self.stage_seconds = Histogram("xtream_stage_seconds",
+                                       "Time per batch spent in each stage (embed runs ahead of the loop on a "
+                                       "worker; embed_wait is the loop waiting for it)", ["stage"],
                                        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
                                        registry=r)
         self.consumer_lag = Gauge("xtream_consumer_lag_records", "Records behind the end of each input partition",
@@ -64,7 +66,8 @@ class ServiceMetrics:
                                           "Embedded records skipped as re-deliveries of learned documents",
                                           registry=r)
         self.ready = Gauge("xtream_ready", "1 when consuming with a warm model", registry=r)
-        self.source_up = Gauge("xtream_source_up", "1 when polls succeed and the group coordinator answers heartbeats", registry=r)
+        self.source_up = Gauge("xtream_source_up",
+                               "1 when polls succeed and the group coordinator answers heartbeats", registry=r)
 
     def _model_series(self, r: CollectorRegistry) -> None:
         self.buffer_documents = Gauge("xtream_replay_buffer_documents", "Documents held in the replay buffer",
@@ -91,7 +94,8 @@ class ServiceMetrics:
     def _topic_series(self, r: CollectorRegistry) -> None:
         self.drift_max = Gauge("xtream_topic_drift_max", "Largest per-topic JS divergence vs the previous snapshot",
                                registry=r)
-        self.drift_quantile = Gauge("xtream_topic_drift", "Quantiles of per-topic JS divergence vs the previous snapshot",
+        self.drift_quantile = Gauge("xtream_topic_drift",
+                                    "Quantiles of per-topic JS divergence vs the previous snapshot",
                                     ["quantile"], registry=r)
         self.drifting_ratio = Gauge("xtream_topics_drifting_ratio", "Share of topics whose drift exceeds the threshold",
                                     registry=r)

@@ -77,7 +77,8 @@ def _print_table(title: str, rows: dict[str, object]) -> None:
 
 
 def train(
-    input: Annotated[list[str], typer.Option("--input", "-i", help="lang=path of a text file, one document per line; repeat per language")],
+    input: Annotated[list[str], typer.Option(
+        "--input", "-i", help="lang=path of a text file, one document per line; repeat per language")],
     out: Annotated[Path, typer.Option("--out", "-o", help="directory to save the model in")],
     topics: Annotated[int, typer.Option(help="number of topics K (= k-means clusters)")] = 50,
     epochs: Annotated[int, typer.Option(help="passes over the largest language (the paper uses 800)")] = 100,
@@ -89,16 +90,17 @@ def train(
     n_init: Annotated[int, typer.Option(help="k-means restarts")] = 3,
     threads: Annotated[int, typer.Option(help="torch and BLAS threads")] = 1,
     seed: Annotated[int, typer.Option(help="seed of k-means, initialisation and batching")] = 0,
-    checkpoint: Annotated[Path | None, typer.Option(help="file to save training state in every --checkpoint-every epochs; a rerun with the same inputs resumes from it")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="file to save training state in every --checkpoint-every epochs; a rerun with the same inputs "
+             "resumes from it")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="epochs between checkpoints")] = 10,
 ) -> None:
     """Train XTRA on text files (one per language) and save it with its vocabularies."""
-    from xtream.model.threads import pin_threads
-
     from xtream.model.allocator import retain_freed_memory
     from xtream.model.embedding import load_embedder
     from xtream.model.persistence import save_xtra
     from xtream.model.quality import cache_file, content_key, embed_cached, fit_xtra, joint_kmeans
+    from xtream.model.threads import pin_threads
     from xtream.model.training import LanguageCorpus
 
     files = parse_lang_paths(input, "--input")
@@ -109,7 +111,8 @@ def train(
     started = time.perf_counter()
     emb = load_embedder(embedder, threads=threads)
     texts, bows, vocabs = _corpora(files, max_vocab=max_vocab, min_df=min_df, max_df_ratio=max_df_ratio)
-    doc_emb = {lang: embed_cached(emb, t, cache_file(content_key(f"docs-{lang}", t), emb.name), desc=f"embedding {lang}")
+    doc_emb = {lang: embed_cached(emb, t, cache_file(content_key(f"docs-{lang}", t), emb.name),
+                                  desc=f"embedding {lang}")
                for lang, t in texts.items()}
     word_emb = {lang: embed_cached(emb, v, cache_file(content_key(f"vocab-{lang}", v), emb.name), desc=f"words {lang}")
                 for lang, v in vocabs.items()}
@@ -118,7 +121,8 @@ def train(
     trained = fit_xtra(corpora, epochs=epochs, num_topics=topics, word_embeddings=word_emb, seed=seed,
                        beta_alignment=beta_alignment, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     metadata = {"embedder": emb.name, "epochs": epochs, "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "train_docs": {lang: len(t) for lang, t in texts.items()}, "inputs": {k: str(v) for k, v in files.items()},
+                "train_docs": {lang: len(t) for lang, t in texts.items()},
+                "inputs": {k: str(v) for k, v in files.items()},
                 "clustering": f"sklearn KMeans over all languages jointly, K={topics}, n_init={n_init}, seed={seed}",
                 "train_seconds": round(trained.train_seconds, 1), "final_loss": trained.history[-1]}
     save_xtra(out, trained.model, vocabs, metadata)
@@ -174,7 +178,8 @@ def evaluate(
     model: Annotated[Path, typer.Option("--model", "-m", help="directory written by `xtream train`")],
     input: Annotated[list[str], typer.Option("--input", "-i", help="lang=path of test texts; also the NPMI reference")],
     labels: Annotated[list[str] | None, typer.Option(help="lang=path of test labels, one per line")] = None,
-    train_input: Annotated[list[str] | None, typer.Option(help="lang=path of training texts for the classifier")] = None,
+    train_input: Annotated[list[str] | None, typer.Option(
+        help="lang=path of training texts for the classifier")] = None,
     train_labels: Annotated[list[str] | None, typer.Option(help="lang=path of their labels")] = None,
     dictionary: Annotated[Path | None, typer.Option(help="bilingual dictionary, src<TAB>tgt per line")] = None,
     dictionary_langs: Annotated[str | None, typer.Option(help="src,tgt of the dictionary (default: file stem)")] = None,
@@ -183,11 +188,11 @@ def evaluate(
 ) -> None:
     """Score a saved model: TU, NPMI per language, dictionary alignment, classification."""
     import torch
-    from xtream.model.threads import pin_threads
 
     from xtream.model.evaluation import load_bilingual_dictionary
     from xtream.model.persistence import load_xtra
     from xtream.model.quality import quality_metrics
+    from xtream.model.threads import pin_threads
     from xtream.model.training import infer_theta
     from xtream.model.vocabulary import Vocabulary
 

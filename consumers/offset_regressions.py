@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from xtream.stream.records import Record
-
 from xtream.consumers.intake import PreparedBatch
 from xtream.consumers.metrics import ServiceMetrics
+from xtream.stream.records import Record
 
 __all__ = ["OffsetRegressions"]
 

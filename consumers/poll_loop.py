@@ -10,13 +10,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from xtream.stream.errors import SourceUnavailable
-from xtream.stream.records import Record
-from xtream.stream.sources import Source
-
 from xtream.consumers.backpressure import AdaptiveBatchSize
 from xtream.consumers.metrics import ServiceMetrics
 from xtream.consumers.outbox import Outbox
+from xtream.stream.errors import SourceUnavailable
+from xtream.stream.records import Record
+from xtream.stream.sources import Source
 
 __all__ = ["PollLoop"]
 

@@ -18,18 +18,17 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from xtream.consumers.config import Settings
+from xtream.consumers.metrics import ServiceMetrics
+from xtream.consumers.outbox import Outbox
+from xtream.consumers.snapshots import DriftBaseline, build_snapshot
+from xtream.consumers.training_runner import observe_model
 from xtream.model.lineage import LineageEvent, TopicTracker
 from xtream.model.online import OnlineTopicModel
 from xtream.model.prevalence_shift import PrevalenceShift
 from xtream.stream.errors import RecordTooLarge
 from xtream.stream.schemas import LineageRecord, TopicSnapshot
 from xtream.stream.snapshot_store import SnapshotStore
-
-from xtream.consumers.config import Settings
-from xtream.consumers.metrics import ServiceMetrics
-from xtream.consumers.outbox import Outbox
-from xtream.consumers.snapshots import DriftBaseline, build_snapshot
-from xtream.consumers.training_runner import observe_model
 
 __all__ = ["TopicPublisher"]
 
@@ -108,7 +107,8 @@ class TopicPublisher:
                 self._warm_ids = self.tracker.next_id
             self.metrics.topic_emergences.labels("born").inc(
                 sum(r.kind == "born" and r.topic_id >= self._warm_ids for r in records))
-            self.metrics.topic_emergences.labels("prevalence_jump").inc(sum(r.kind == "prevalence_jump" for r in records))
+            jumps = sum(r.kind == "prevalence_jump" for r in records)
+            self.metrics.topic_emergences.labels("prevalence_jump").inc(jumps)
         self.metrics.topics_alive.set(int(alive.sum()))
         self.version = snap.model_version
         self._docs = snap.documents_seen
@@ -132,7 +132,10 @@ class TopicPublisher:
             signature = [tuple(w for lang in model.languages for w in model.topic_words(lang, 5)[0][k])
                          for k in range(model.cfg.num_topics)]
             previous_ids = list(self.tracker.slot_ids)
-            ids, events = self.tracker.update(model.cluster_centers, alive, signature)
+            centers = model.cluster_centers
+            if centers is None:
+                raise ValueError("no snapshot before the first topics are clustered")
+            ids, events = self.tracker.update(centers, alive, signature)
             events += self.prevalence_shift.events(previous_ids, ids, signature)
             now = datetime.now(timezone.utc)
             at = (stream_time or now).timestamp()

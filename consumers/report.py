@@ -70,12 +70,12 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
     import matplotlib.pyplot as plt
     from matplotlib import font_manager
 
-    snaps = [store.get(v) for v in store.versions()]
-    snaps = [s for s in snaps if s is not None]
+    snaps = [s for s in (store.get(v) for v in store.versions()) if s is not None]
     if not snaps:
         raise ValueError(f"the snapshot store {store.path} is empty: run the service first")
     out.mkdir(parents=True, exist_ok=True)
-    cjk = [f.name for f in font_manager.fontManager.ttflist if any(x in f.name for x in ("CJK", "Noto Sans JP", "WenQuanYi"))]
+    cjk = [f.name for f in font_manager.fontManager.ttflist
+           if any(x in f.name for x in ("CJK", "Noto Sans JP", "WenQuanYi"))]
     if cjk:
         plt.rcParams["font.family"] = [cjk[0], "DejaVu Sans"]
     times, langs, prev, drift, ids = _series(snaps)
@@ -150,7 +150,8 @@ def _markdown(snaps, events, row, drift, ids, top_topics: int) -> list[str]:
     """The report's lines: the snapshots' span, topics now, events, representative documents, drift."""
     latest = snaps[-1]
     lines = ["# xtream topic report", "",
-             f"{len(snaps)} snapshots from {snaps[0].created_at:%Y-%m-%d %H:%M} to {latest.created_at:%Y-%m-%d %H:%M} UTC; "
+             f"{len(snaps)} snapshots from {snaps[0].created_at:%Y-%m-%d %H:%M} "
+             f"to {latest.created_at:%Y-%m-%d %H:%M} UTC; "
              f"latest model version {latest.model_version}, {latest.documents_seen} documents, "
              f"languages {', '.join(latest.languages)}.", "",
              "![prevalence](prevalence.png)", "", "![drift](drift.png)", "",
@@ -162,7 +163,8 @@ def _markdown(snaps, events, row, drift, ids, top_topics: int) -> list[str]:
                  if lang in t.words else "" for lang in latest.languages]
         lines.append(f"| {t.topic_id} | {t.prevalence:.3f} | " + " | ".join(words) + " |")
     if events:
-        lines += ["", "## Topic events", "", "| snapshot | documents | event | topic | words |", "|---:|---:|---|---:|---|"]
+        lines += ["", "## Topic events", "", "| snapshot | documents | event | topic | words |",
+                  "|---:|---:|---|---:|---|"]
         for e in events:
             s = snaps[row[e.model_version]]
             lines.append(f"| v{s.model_version} | {s.documents_seen} | {e.kind} | {e.topic_id} | "
@@ -172,7 +174,8 @@ def _markdown(snaps, events, row, drift, ids, top_topics: int) -> list[str]:
         lines += ["", "## Representative documents", ""]
         for t in shown:
             lines.append(f"- topic {t.topic_id} ({' / '.join(v for v in t.labels.values() if v)})")
-            lines += [f"  - [{lang}] `{_md(d.id)}`: {_md(d.text)}" for lang in sorted(t.documents) for d in t.documents[lang]]
+            lines += [f"  - [{lang}] `{_md(d.id)}`: {_md(d.text)}"
+                      for lang in sorted(t.documents) for d in t.documents[lang]]
     last_drift = drift[-1]
     if not np.isnan(last_drift).all():
         lines += ["", "## Most drifting topics in the last snapshot", ""]

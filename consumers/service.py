@@ -22,16 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from xtream.model.embedding import Embedder, LanguageCentering
-from xtream.model.online import OnlineConfig, OnlineTopicModel
-from xtream.model.text import Tokenizer
-from xtream.stream.records import Record
-from xtream.stream.schemas import TopicSnapshot
-from xtream.stream.sinks import Sink, close_sinks
-from xtream.stream.snapshot_store import SnapshotStore
-from xtream.stream.sources import Source
-from xtream.stream.transactions import OutputTransactions
-
 from xtream.consumers.checkpoint import Checkpoint, CheckpointStore
 from xtream.consumers.config import Settings
 from xtream.consumers.intake import Intake, PreparedBatch, PreparedItem, TextIntake
@@ -44,6 +34,15 @@ from xtream.consumers.prefetch import BatchPrefetcher
 from xtream.consumers.publisher import TopicPublisher
 from xtream.consumers.training_debt import TrainingDebt
 from xtream.consumers.training_runner import TrainingRunner
+from xtream.model.embedding import Embedder, LanguageCentering
+from xtream.model.online import OnlineConfig, OnlineTopicModel
+from xtream.model.text import Tokenizer
+from xtream.stream.records import Record
+from xtream.stream.schemas import TopicSnapshot
+from xtream.stream.sinks import Sink, close_sinks
+from xtream.stream.snapshot_store import SnapshotStore
+from xtream.stream.sources import Source
+from xtream.stream.transactions import OutputTransactions
 
 __all__ = ["ServiceStats", "TopicService"]
 
@@ -259,6 +258,8 @@ class TopicService:
         return len(self._prefetch) if self._prefetch is not None else 0
 
     def _process_prefetched(self) -> int:
+        if self._prefetch is None:
+            return 0
         with self.metrics.stage_seconds.labels("embed_wait").time():
             records, batch = self._prefetch.take()
         self.process_batch(records, batch)

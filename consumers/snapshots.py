@@ -4,15 +4,17 @@ Drift of topic k in language l is the Jensen-Shannon divergence (base 2, so in [
 word distribution now and in the snapshot in force ``window`` seconds of stream time earlier
 (:class:`DriftBaseline`), over the words that lead the topic in either (:func:`top_word_divergence`):
 a topic is what its leading words say, and mass shuffled among thousands of tail words of a
-quiet topic is not a change anyone reading the topic would see. Measuring against consecutive snapshots would make the figure depend on the
-snapshot cadence: the same change spread over ten snapshots looks ten times smaller, and no alert
-threshold would fit both cadences. Vocabularies change between snapshots, so the baseline
-distribution is re-indexed onto the current words first (words new since then get 0).
+quiet topic is not a change anyone reading the topic would see. Measuring against consecutive
+snapshots would make the figure depend on the snapshot cadence: the same change spread over ten
+snapshots looks ten times smaller, and no alert threshold would fit both cadences. Vocabularies
+change between snapshots, so the baseline distribution is re-indexed onto the current words first
+(words new since then get 0).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from datetime import datetime, timezone
 
 import numpy as np
@@ -107,7 +109,7 @@ def _align(prev_words: list[str], prev: np.ndarray, words: list[str]) -> np.ndar
     return out
 
 
-def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets: dict[str, int],
+def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets: Mapping[str, int],
                    top_n: int = 15, now: datetime | None = None, stream_time: datetime | None = None,
                    topic_ids: list[int] | None = None, alive: np.ndarray | None = None,
                    new_slots: frozenset[int] = frozenset(),

@@ -15,13 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from xtream.errors import ModelError
-from xtream.model.online import OnlineTopicModel
-
 from xtream.consumers.backpressure import DutyCycle
 from xtream.consumers.config import Settings
 from xtream.consumers.metrics import ServiceMetrics
 from xtream.consumers.training_debt import TrainingDebt
+from xtream.errors import ModelError
+from xtream.model.online import OnlineTopicModel
 
 __all__ = ["TrainingRunner", "observe_model"]
 

@@ -20,7 +20,7 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, durable: bool = True,
+def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, durable: bool = True,
                  mode: int | None = None, prefix: str | None = None) -> None:
     """``write(f)`` to a temporary sibling of ``path``, then rename it into place.
 

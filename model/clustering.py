@@ -16,6 +16,8 @@ the documents' fit), because what cosine similarity a good fit has depends on th
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from xtream.model.vectors import unit_rows
@@ -151,17 +153,20 @@ class MiniBatchKMeans:
         The seed group is the pooled document with the most pooled neighbours at least as close as
         a fit halfway between a poor and a typical one, widened to the pooled documents near the
         group's mean. It becomes a centre only if its members are ``novelty_margin`` closer to that
-        mean than to their current centres, and the mean is farther from every centre than most centres are from their nearest
-        other centre (the worst-fitted tail of a broad cluster is near that cluster; a new theme is
-        not). Copies of a pooled document are not pooled. The batch's documents are relabelled
-        against the moved centre in place.
+        mean than to their current centres, and the mean is farther from every centre than most
+        centres are from their nearest other centre (the worst-fitted tail of a broad cluster is
+        near that cluster; a new theme is not). Copies of a pooled document are not pooled. The
+        batch's documents are relabelled against the moved centre in place.
         """
+        centers = self.centers
+        if centers is None:
+            return
         if self.novelty_quantile is None or self.n_seen < 10 * self.n_clusters:
             return
         best = sims.max(axis=1)
         weight = 1.0 - 0.999 ** len(x)   # a memory of about a thousand documents
         low, typical = np.quantile(best, [self.novelty_quantile, 0.5])
-        if self.fit_low is None:
+        if self.fit_low is None or self.fit_typical is None:
             self.fit_low, self.fit_typical = float(low), float(typical)
         else:
             self.fit_low += weight * (float(low) - self.fit_low)
@@ -185,32 +190,35 @@ class MiniBatchKMeans:
         members = pool @ centre >= 0.8 * self.fit_typical
         centre = unit_rows(pool[members].mean(axis=0))
         own = float((pool[members] @ centre).mean())
-        current = float((pool[members] @ self.centers.T).max(axis=1).mean())
+        current = float((pool[members] @ centers.T).max(axis=1).mean())
         if members.sum() < self.min_novel or own - current < self.novelty_margin:
             return
-        between = self.centers @ self.centers.T
+        between = centers @ centers.T
         np.fill_diagonal(between, -1.0)
-        if float((self.centers @ centre).max()) >= float(np.median(between.max(axis=1))):
+        if float((centers @ centre).max()) >= float(np.median(between.max(axis=1))):
             return
         weakest = int(np.argmin(self.counts))
-        self.centers[weakest] = centre.astype(np.float32)
+        centers[weakest] = centre.astype(np.float32)
         self.reseeded.add(weakest)
         others = np.delete(self.counts, weakest)
         self.counts[weakest] = others.min() if len(others) else 1.0
         self._pool = pool[~members]
-        sims[:, weakest] = x @ self.centers[weakest]
+        sims[:, weakest] = x @ centers[weakest]
         labels[:] = np.argmax(sims, axis=1)
 
     def _reassign_dead(self, x: np.ndarray, labels: np.ndarray) -> None:
+        centers = self.centers
+        if centers is None:
+            return
         if self.reassign_ratio is None or self.n_seen < 10 * self.n_clusters:
             return
         dead = np.flatnonzero(self.counts < self.reassign_ratio * self.counts.mean())
         if len(dead) == 0:
             return
-        fit = np.einsum("nd,nd->n", x, self.centers[labels])
+        fit = np.einsum("nd,nd->n", x, centers[labels])
         worst = np.argsort(fit)[: len(dead)]
         alive = np.delete(self.counts, dead)
-        self.centers[dead[: len(worst)]] = x[worst]
+        centers[dead[: len(worst)]] = x[worst]
         self.reseeded.update(dead[: len(worst)].tolist())
         # As sklearn does: start at the smallest live count, not 1, or the next batch finds the
         # centre dead again unless its theme alone fills ``reassign_ratio`` of a mean count at once.
@@ -228,7 +236,7 @@ class MiniBatchKMeans:
         return np.argmax(self.similarities(x), axis=1)
 
     # -- persistence ---------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "n_clusters": self.n_clusters, "decay": self.decay, "max_count": self.max_count,
             "reassign_ratio": self.reassign_ratio, "seed": self.seed, "n_seen": self.n_seen,
@@ -241,7 +249,7 @@ class MiniBatchKMeans:
             "rng": self._rng.bit_generator.state,
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.n_clusters = state["n_clusters"]
         self.decay = state["decay"]
         self.max_count = state["max_count"]

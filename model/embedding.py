@@ -22,6 +22,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -202,11 +203,11 @@ class LanguageCentering:
                 out[langs_arr == lang] -= mean
         return _normalise(out)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"momentum": self.momentum, "min_count": self.min_count,
                 "means": {k: v.tolist() for k, v in self.means.items()}, "counts": dict(self.counts)}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.momentum = state["momentum"]
         self.min_count = state["min_count"]
         self.means = {k: np.asarray(v, dtype=np.float32) for k, v in state["means"].items()}

@@ -27,10 +27,11 @@ import time
 import weakref
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
+from typing import Any
 
 import numpy as np
-from xtream.errors import ModelError
 
+from xtream.errors import ModelError
 from xtream.model.embedding import Embedder, load_embedder
 from xtream.model.threads import pin_threads
 
@@ -130,10 +131,16 @@ class ProcessEmbedder(Embedder):
                 raise EmbedderProcessError(payload)
             if kind == "inline":
                 return payload
-            return np.ndarray((payload, self.dim), np.float32, buffer=self._reply.buf).copy()
+            return np.ndarray((payload, self.dim), np.float32, buffer=self._segments()[1].buf).copy()
         raise AssertionError("unreachable")
 
-    def _write_request(self, texts: list[str]) -> tuple:
+    def _segments(self) -> tuple[SharedMemory, SharedMemory]:
+        """The request and reply segments (created with the embedder, released by close)."""
+        if self._request is None or self._reply is None:
+            raise EmbedderProcessError("the embedder process was closed")
+        return self._request, self._reply
+
+    def _write_request(self, texts: list[str]) -> tuple[Any, ...]:
         """Texts as UTF-8 in shared memory (one copy, no pickling); only lengths go through the pipe.
 
         Why not the pipe: a 256-document batch is ~0.5 MB each way, pickled and moved through a
@@ -143,11 +150,12 @@ class ProcessEmbedder(Embedder):
         data = [t.encode("utf-8", "surrogatepass") for t in texts]
         lengths = np.fromiter(map(len, data), np.int64, len(data))
         size = int(lengths.sum())
-        if len(texts) > self.chunk or size > self._request.size:
+        request, reply = self._segments()
+        if len(texts) > self.chunk or size > request.size:
             raise ValueError(f"{len(texts)} texts of {size} bytes exceed one request; call encode(), "
                              "which clips and chunks them")
-        self._request.buf[:size] = b"".join(data)
-        return self._request.name, lengths, self._reply.name
+        _view(request)[:size] = b"".join(data)
+        return request.name, lengths, reply.name
 
     def _reap(self) -> int | None:
         """Forget a dead (or dying) child and return its exit code."""
@@ -189,6 +197,13 @@ def _release(*segments: SharedMemory | None) -> None:
             shm.unlink()
 
 
+def _view(shm: SharedMemory) -> memoryview:
+    """The segment's bytes (None only once it is closed)."""
+    if shm.buf is None:
+        raise EmbedderProcessError(f"shared memory {shm.name} is closed")
+    return shm.buf
+
+
 def _load(conn: Connection, spec: str, threads: int, batch_size: int, device: str) -> Embedder | None:
     """Load the embedder in the child and tell the parent ("ready", ...) or ("error", message)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -228,9 +243,10 @@ def _serve(conn: Connection, spec: str, threads: int, batch_size: int, device: s
         if request is None:
             break
         started = time.perf_counter()
+        reply: tuple[Any, ...]
         try:
             name, lengths, reply_name = request
-            blob = bytes(segment(name).buf[: int(lengths.sum())])
+            blob = bytes(_view(segment(name))[: int(lengths.sum())])
             ends = np.cumsum(lengths).tolist()
             texts = [blob[e - k:e].decode("utf-8", "surrogatepass") for e, k in zip(ends, lengths.tolist())]
             vectors = embedder.encode(texts)

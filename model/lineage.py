@@ -19,11 +19,12 @@ of the stream. Events:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from xtream.model.vectors import unit_rows
-from scipy.optimize import linear_sum_assignment
 
 __all__ = ["LineageEvent", "TopicTracker"]
 
@@ -59,7 +60,8 @@ class TopicTracker:
     slot_ids: list[int] = field(default_factory=list)
     tracked: dict[int, _Tracked] = field(default_factory=dict)
 
-    def update(self, vectors: np.ndarray, alive: np.ndarray, words: list[tuple[str, ...]]) -> tuple[list[int], list[LineageEvent]]:
+    def update(self, vectors: np.ndarray, alive: np.ndarray,
+               words: list[tuple[str, ...]]) -> tuple[list[int], list[LineageEvent]]:
         """``vectors`` (K, d) topic vectors, ``alive`` (K,) bools, ``words`` top words per slot.
 
         Returns the stable id of every slot and the lineage events of this step.
@@ -133,7 +135,7 @@ class TopicTracker:
     def alive_ids(self) -> list[int]:
         return [i for i in self.slot_ids if self.tracked[i].alive]
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"match_threshold": self.match_threshold, "related_threshold": self.related_threshold,
                 "death_horizon": self.death_horizon, "rename_jaccard": self.rename_jaccard,
                 "next_id": self.next_id, "slot_ids": list(self.slot_ids),
@@ -141,7 +143,7 @@ class TopicTracker:
                                      "ever_alive": t.ever_alive, "not_alive_streak": t.not_alive_streak}
                             for i, t in self.tracked.items()}}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.match_threshold = state["match_threshold"]
         self.related_threshold = state["related_threshold"]
         self.death_horizon = state["death_horizon"]

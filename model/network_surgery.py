@@ -16,12 +16,13 @@ The online model (:mod:`xtream.model.online`) calls these under both of its lock
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from xtream.errors import ModelError
 from xtream.model.replay_buffer import ReplayBuffer
 from xtream.model.training import LanguageCorpus, XTRATrainer, build_xtra
 from xtream.model.vocabulary import Vocabulary, VocabularyChange
@@ -30,10 +31,18 @@ from xtream.model.xtra import XTRA, init_beta_from_clusters
 if TYPE_CHECKING:
     from xtream.model.online import OnlineTopicModel
 
-__all__ = ["WordEmbeddingQueue", "add_language", "admit_new_languages", "initialise", "refresh_vocabularies",
+__all__ = ["WordEmbeddingQueue", "add_language", "admit_new_languages", "initialise", "live_network",
+           "refresh_vocabularies",
            "remap_vocabulary", "restart_topics"]
 
 logger = logging.getLogger(__name__)
+
+
+def live_network(model: OnlineTopicModel) -> tuple[XTRA, XTRATrainer]:
+    """The model's live network and its trainer; for code that runs only once XTRA exists."""
+    if model.xtra is None or model.trainer is None:
+        raise ModelError("XTRA is not initialised yet")
+    return model.xtra, model.trainer
 
 
 def initialise(model: OnlineTopicModel) -> None:
@@ -80,13 +89,14 @@ def _initialise_from_pending(model: OnlineTopicModel) -> None:
                 model.n_docs, sorted(corpora), {lang: len(model.vocabs[lang]) for lang in corpora},
                 model._warmup_left)
 
-def _word_embeddings(model: OnlineTopicModel, langs) -> dict[str, np.ndarray] | None:
+def _word_embeddings(model: OnlineTopicModel, langs: Iterable[str]) -> dict[str, np.ndarray] | None:
     if model._words is None:
         return None
     return {lang: model._words.zeros(lang, model.vocabs[lang].words) for lang in langs}
 
 def admit_new_languages(model: OnlineTopicModel) -> None:
     """Join the held languages with ``min_docs_new_language`` documents and a vocabulary."""
+    xtra, trainer = live_network(model)
     for lang in [lang for lang, held in model._pending.items() if len(held) >= model.cfg.min_docs_new_language]:
         held = model._pending.pop(lang)
         vocab = model.vocabs[lang]
@@ -95,28 +105,29 @@ def admit_new_languages(model: OnlineTopicModel) -> None:
             model._pending[lang] = held
             continue
         emb = np.stack([e for _, e in held])
-        add_language(model.xtra, model.buffer, lang, vocab, vocab.transform([t for t, _ in held]), emb,
+        add_language(xtra, model.buffer, lang, vocab, vocab.transform([t for t, _ in held]), emb,
                      model.kmeans.predict_many(emb),
                      None if model._words is None else model._words.zeros(lang, vocab.words))
-        model.trainer.reset_optimizer()
+        trainer.reset_optimizer()
         model._shape_generation += 1
 
 def refresh_vocabularies(model: OnlineTopicModel) -> None:
     """Admit/retire words in every language XTRA knows; the network and buffer follow."""
+    xtra, trainer = live_network(model)
     changes = {}
-    for lang in list(model.xtra.cfg.vocab_sizes):
+    for lang in list(xtra.cfg.vocab_sizes):
         change = model.vocabs[lang].refresh()
         if change.changed:
-            remap_vocabulary(model.xtra, model.buffer, lang, change, model.vocabs[lang].words, model._words)
+            remap_vocabulary(xtra, model.buffer, lang, change, model.vocabs[lang].words, model._words)
             changes[lang] = (len(change.added), len(change.removed))
     if changes:
-        model.trainer.reset_optimizer()
+        trainer.reset_optimizer()
         model._shape_generation += 1
         logger.info("vocabulary refresh: %s", changes)
     model._since_refresh = 0
 
 
-def restart_topics(beta: torch.Tensor, slots: list[int], bow, clusters: np.ndarray, num_topics: int) -> bool:
+def restart_topics(beta: torch.Tensor, slots: list[int], bow: Any, clusters: np.ndarray, num_topics: int) -> bool:
     """Restart the ``beta`` rows of re-seeded ``slots`` from their documents' words; False if no slot
     has two documents in ``bow``.
 
@@ -136,7 +147,7 @@ def restart_topics(beta: torch.Tensor, slots: list[int], bow, clusters: np.ndarr
     return True
 
 
-def add_language(xtra: XTRA, buffer: ReplayBuffer, lang: str, vocab: Vocabulary, bow, embeddings: np.ndarray,
+def add_language(xtra: XTRA, buffer: ReplayBuffer, lang: str, vocab: Vocabulary, bow: Any, embeddings: np.ndarray,
                  clusters: np.ndarray, word_embeddings: np.ndarray | None) -> None:
     """Join ``lang`` to the network (beta from its documents' clusters) and its documents to the buffer."""
     xtra.add_language(lang, len(vocab), beta=init_beta_from_clusters(bow, clusters, xtra.cfg.num_topics),

@@ -35,6 +35,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,7 +129,8 @@ class OnlineTopicModel:
         self.n_docs = 0                  # documents learned (the exactly-once count)
         self.docs_by_lang: dict[str, int] = {}
         self._prevalence = TopicPrevalence(cfg.num_topics, cfg.prevalence_momentum)
-        self._pending: dict[str, list[tuple[list[str], np.ndarray]]] = {}   # tokens+embedding before XTRA knows the lang
+        #: tokens and embedding of each document whose language XTRA does not know yet
+        self._pending: dict[str, list[tuple[list[str], np.ndarray]]] = {}
         self._since_refresh = 0
         self.last_losses: dict[str, float] = {}
         # torch draws (weight init, dropout, reparameterisation) come from this model's own stream
@@ -226,23 +228,25 @@ class OnlineTopicModel:
                              f"and {len(langs)} languages")
         rows = [i for i, (_, text) in enumerate(documents) if text]
         with self._data_lock, map_numerical_errors("remembering the batch's documents failed"):
-            if rows and self.kmeans.is_initialised:
+            centers = self.kmeans.centers
+            if rows and centers is not None:
                 self.exemplars.learn_many([documents[i][0] for i in rows], [documents[i][1] for i in rows],
-                                          np.asarray(embeddings)[rows], [langs[i] for i in rows], self.kmeans.centers)
+                                          np.asarray(embeddings)[rows], [langs[i] for i in rows], centers)
 
     def _learn_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray, langs: Sequence[str]) -> None:
         langs_arr = np.asarray(langs)
         restarted = False
         failed: Exception | None = None
         self.kmeans.learn_many(embeddings)
-        clusters = self.kmeans.predict_many(embeddings) if self.kmeans.is_initialised else np.zeros(len(tokens), np.int64)
+        clusters = (self.kmeans.predict_many(embeddings) if self.kmeans.is_initialised
+                    else np.zeros(len(tokens), np.int64))
         reseeded = sorted(self.kmeans.reseeded)
         self.kmeans.reseeded.clear()
         if self.xtra is not None:
             self._serving.fresh.update((k, 0.0) for k in reseeded)
         for lang in np.unique(langs_arr).tolist():
             rows = np.flatnonzero(langs_arr == lang)
-            lang_tokens = [tokens[i] for i in rows]
+            lang_tokens = [tokens[i] for i in rows.tolist()]
             self._vocab(lang).learn_many(lang_tokens)
             self.docs_by_lang[lang] = self.docs_by_lang.get(lang, 0) + len(rows)
             if self.xtra is not None and lang in self.xtra.cfg.vocab_sizes:
@@ -318,16 +322,11 @@ class OnlineTopicModel:
                      langs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(clusters (n,), theta (n, K))``. Before XTRA is warm, theta is the cluster one-hot."""
         with self._data_lock, map_numerical_errors("assigning the batch failed"):
-            return self._predict_many(tokens, embeddings, langs)
-
-    def _predict_many(self, tokens: Sequence[list[str]], embeddings: np.ndarray,
-                      langs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        known = self.kmeans.is_initialised
-        clusters = self.kmeans.predict_many(embeddings) if known else np.full(len(tokens), -1)
-        theta = self._serving.theta(tokens, embeddings, langs, clusters, self.cfg.num_topics, self.vocabs,
-                                    self.kmeans.centers, self.cfg.theta_cluster_weight,
-                                    self.cfg.theta_cluster_temperature)
-        return clusters, theta
+            known = self.kmeans.is_initialised
+            clusters = self.kmeans.predict_many(embeddings) if known else np.full(len(tokens), -1)
+            return clusters, self._serving.theta(tokens, embeddings, langs, clusters, self.cfg.num_topics,
+                                                 self.vocabs, self.kmeans.centers, self.cfg.theta_cluster_weight,
+                                                 self.cfg.theta_cluster_temperature)
 
     def observe_topics(self, theta: np.ndarray, langs: Sequence[str] | None = None) -> None:
         """Fold a batch's topic mixtures into the running prevalence, overall and per language."""
@@ -383,11 +382,11 @@ class OnlineTopicModel:
             return sorted(lang for lang, held in self._pending.items() if len(held) >= 2)
 
     # -- persistence ---------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         with self._data_lock, self._params_lock:
             return dump_state(self)
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         with self._data_lock, self._params_lock:
             self.embedding_dim = int(state["embedding_dim"])
             self._reset(OnlineConfig(**state["cfg"]))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from xtream.model.network_surgery import live_network
 from xtream.model.serving import serving_copy
 from xtream.model.training import LanguageCorpus, corpus_batch
 from xtream.model.xtra import XTRA
@@ -54,7 +55,7 @@ def _embed_queued_words(model: OnlineTopicModel) -> None:
         return
     vectors = queue.embed(todo)   # the slow part, outside both locks
     with model._data_lock, model._params_lock:
-        queue.fill(model.xtra, model.vocabs, todo, vectors)
+        queue.fill(live_network(model)[0], model.vocabs, todo, vectors)
 
 
 def _steps(model: OnlineTopicModel, steps: int, stop: Callable[[], bool] | None) -> tuple[int, dict[str, float]]:
@@ -72,7 +73,7 @@ def _steps(model: OnlineTopicModel, steps: int, stop: Callable[[], bool] | None)
             if generation != model._shape_generation:
                 continue   # the vocabulary changed after the draw: its columns no longer match
             with model._own_torch_rng():
-                parts = model.trainer.step(batch)
+                parts = live_network(model)[1].step(batch)
             model._warmup_left = max(0, model._warmup_left - 1)
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v
@@ -81,7 +82,7 @@ def _steps(model: OnlineTopicModel, steps: int, stop: Callable[[], bool] | None)
 
 
 def _sample_batch(model: OnlineTopicModel) -> dict[str, dict[str, torch.Tensor]]:
-    sample = model.buffer.sample(model.cfg.batch_size, languages=list(model.xtra.cfg.vocab_sizes))
+    sample = model.buffer.sample(model.cfg.batch_size, languages=list(live_network(model)[0].cfg.vocab_sizes))
     batch = {}
     for lang, (bow, emb, _) in sample.items():
         if bow.shape[0] < 2:

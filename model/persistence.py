@@ -15,10 +15,11 @@ import shutil
 import tempfile
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import load_file, save_file
-from xtream.errors import ModelError
 
+from xtream.errors import ModelError
 from xtream.model.atomic import atomic_write, fsync_path
 from xtream.model.xtra import XTRA, XTRAConfig
 
@@ -31,11 +32,13 @@ class IncompatibleModel(ModelError, ValueError):
     """The saved model was written by a format this code cannot read."""
 
 
-def save_xtra(path: str | Path, model: XTRA, vocabularies: dict[str, list[str]], metadata: dict | None = None) -> Path:
+def save_xtra(path: str | Path, model: XTRA, vocabularies: dict[str, list[str]],
+              metadata: dict[str, Any] | None = None) -> Path:
     path = Path(path)
     for lang, size in model.cfg.vocab_sizes.items():
         if len(vocabularies.get(lang, ())) != size:
-            raise ValueError(f"vocabulary of {lang!r} has {len(vocabularies.get(lang, ()))} words, model expects {size}")
+            raise ValueError(f"vocabulary of {lang!r} has {len(vocabularies.get(lang, ()))} words, "
+                             f"model expects {size}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -60,7 +63,7 @@ def save_xtra(path: str | Path, model: XTRA, vocabularies: dict[str, list[str]],
     return path
 
 
-def load_xtra(path: str | Path) -> tuple[XTRA, dict[str, list[str]], dict]:
+def load_xtra(path: str | Path) -> tuple[XTRA, dict[str, list[str]], dict[str, Any]]:
     """Returns ``(model in eval mode, vocabularies, metadata)``."""
     path = Path(path)
     meta = json.loads((path / "model.json").read_text(encoding="utf-8"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,10 +57,10 @@ class TopicPrevalence:
         m = self.momentum ** len(rows)
         return m * prev + (1 - m) * rows.mean(axis=0)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"prevalence": self.overall.copy(),
                 "prevalence_by_lang": {k: v.copy() for k, v in self.by_lang.items()}}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.overall = np.asarray(state["prevalence"], dtype=np.float64)
         self.by_lang = {k: np.asarray(v, dtype=np.float64) for k, v in state.get("prevalence_by_lang", {}).items()}

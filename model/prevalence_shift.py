@@ -10,6 +10,9 @@ restarted service starts them afresh), as monitoring state, not model state.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
 
 from xtream.model.lineage import LineageEvent
@@ -51,7 +54,7 @@ class PrevalenceShift:
         self._detectors = [self._detector() for _ in range(n_topics)]
         self._jumped: set[int] = set()
 
-    def _detector(self):
+    def _detector(self) -> Any:
         from river.drift import PageHinkley
 
         return PageHinkley(min_instances=self.min_instances, delta=self.delta, threshold=self.threshold, mode="up")
@@ -77,7 +80,7 @@ class PrevalenceShift:
         self._counts[:] = 0
         self.windows += 1
 
-    def reset(self, slots) -> None:
+    def reset(self, slots: Iterable[int]) -> None:
         """Forget the history of ``slots`` (they hold another topic now)."""
         for k in slots:
             self._detectors[k] = self._detector()

@@ -25,11 +25,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from xtream.errors import ModelError
-
 from xtream.model.atomic import atomic_write
 from xtream.model.embedding import Embedder
 from xtream.model.evaluation import (
@@ -245,7 +245,7 @@ def fit_xtra(corpora: Mapping[str, LanguageCorpus], epochs: int, num_topics: int
     return TrainedXTRA(model=model, history=list(trainer.history), train_seconds=seconds, epochs=epochs)
 
 
-def _load_checkpoint(path: Path) -> dict:
+def _load_checkpoint(path: Path) -> dict[str, Any]:
     """The state :func:`_save_checkpoint` wrote, loaded with ``weights_only=True``: tensors and plain
     containers only, so a file that holds pickled objects (which could run code) is refused."""
     import pickle
@@ -262,7 +262,7 @@ def _load_checkpoint(path: Path) -> dict:
     return state
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary sibling then rename: a kill mid-write keeps the last checkpoint."""
     import torch
 
@@ -334,7 +334,7 @@ def quality_metrics(
         out["npmi0"] = float(np.mean([out[f"npmi0_{lang}"] for lang in full_reference]))
         out["tq"] = topic_quality(out["tu"], out["npmi0"])
     if dictionary is not None:
-        a, b = dictionary_langs  # checked above
+        a, b = dictionary_langs or ("", "")  # checked above
         out["dict_alignment"] = dictionary_alignment(tops[a], tops[b], dictionary, top_n=dict_top)
     if classification:
         out.update(_classification_metrics(classification, classifier))

@@ -11,6 +11,7 @@ each topic by its most distinctive words. All functions take and return arrays.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -95,7 +96,7 @@ def _is_cjk(word: str) -> bool:
                for ch in word)
 
 
-def cluster_words(bow, clusters: np.ndarray, num_topics: int) -> np.ndarray:
+def cluster_words(bow: Any, clusters: np.ndarray, num_topics: int) -> np.ndarray:
     """(K, V) idf-weighted word distributions of each cluster's documents (uniform for an empty one)."""
     x = sp.csr_matrix(bow, dtype=np.float64)
     n = x.shape[0]

@@ -61,7 +61,7 @@ class ServingNetwork:
         langs_arr = np.asarray(langs)
         for lang in set(langs_arr.tolist()) & set(self.network.cfg.vocab_sizes):
             rows = np.flatnonzero(langs_arr == lang)
-            bow = vocabs[lang].transform([tokens[i] for i in rows])
+            bow = vocabs[lang].transform([tokens[i] for i in rows.tolist()])
             has_words = np.asarray(bow.sum(axis=1)).ravel() > 0
             if has_words.any():
                 rows = rows[has_words]

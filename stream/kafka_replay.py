@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from xtream.stream.kafka_source import position, wait_for
 from xtream.stream.records import Record, offset_key
@@ -22,7 +23,7 @@ class KafkaReplaySource(Source):
     """
 
     def __init__(self, bootstrap_servers: str, topic: str, group_id: str, start: dict[int, int],
-                 stop: dict[int, int], client_config: dict | None = None,
+                 stop: dict[int, int], client_config: dict[str, Any] | None = None,
                  isolation_level: str = "read_committed") -> None:
         from kafka import KafkaConsumer, TopicPartition
 
@@ -83,7 +84,7 @@ class KafkaReplaySource(Source):
 
 
 def resolve_replay_window(bootstrap_servers: str, topic: str, start: str, stop: str | None = None,
-                          client_config: dict | None = None) -> tuple[dict[int, int], dict[int, int]]:
+                          client_config: dict[str, Any] | None = None) -> tuple[dict[int, int], dict[int, int]]:
     """Turn ``--from``/``--to`` specs into offsets per partition.
 
     A spec is an ISO 8601 time (via ``offsets_for_times``: the first record at or after it), an
@@ -102,7 +103,7 @@ def resolve_replay_window(bootstrap_servers: str, topic: str, start: str, stop: 
         ends = consumer.end_offsets(tps)
         begins = consumer.beginning_offsets(tps)
 
-        def resolve(spec: str | None, default: dict) -> dict[int, int]:
+        def resolve(spec: str | None, default: dict[str, Any]) -> dict[int, int]:
             if spec is None:
                 return {tp.partition: default[tp] for tp in tps}
             spec = spec.strip()
@@ -110,7 +111,8 @@ def resolve_replay_window(bootstrap_servers: str, topic: str, start: str, stop: 
                 if ":" not in spec:
                     return {tp.partition: min(max(int(spec), begins[tp]), ends[tp]) for tp in tps}
                 given = {int(p): int(o) for p, o in (x.split(":") for x in spec.split(","))}
-                return {tp.partition: min(max(given.get(tp.partition, default[tp]), begins[tp]), ends[tp]) for tp in tps}
+                return {tp.partition: min(max(given.get(tp.partition, default[tp]), begins[tp]), ends[tp])
+                        for tp in tps}
             when = datetime.fromisoformat(spec.replace("Z", "+00:00"))
             if when.tzinfo is None:
                 when = when.replace(tzinfo=timezone.utc)

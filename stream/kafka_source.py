@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from xtream.stream.errors import SourceUnavailable, map_kafka_errors
 from xtream.stream.records import Record, offset_key
@@ -48,7 +49,7 @@ class KafkaSource(Source):
                  on_revoke: Callable[[list[str]], None] | None = None,
                  auto_offset_reset: str = "earliest", max_poll_interval_ms: int = 300_000,
                  session_timeout_ms: int = 45_000, group_instance_id: str | None = None,
-                 isolation_level: str = "read_committed", client_config: dict | None = None) -> None:
+                 isolation_level: str = "read_committed", client_config: dict[str, Any] | None = None) -> None:
         from kafka import ConsumerRebalanceListener, KafkaConsumer
 
         self.start_offsets = dict(start_offsets or {})
@@ -70,14 +71,14 @@ class KafkaSource(Source):
                 logger.warning("topic %s has no partition metadata yet; joining anyway", topic)
         source = self
 
-        class _Listener(ConsumerRebalanceListener):
+        class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             # kafka-python 3 calls these on its IO thread: nothing here may block on the network
             # (a commit or a producer flush from here deadlocks), so they only seek.
-            def on_partitions_revoked(self, revoked):
+            def on_partitions_revoked(self, revoked: Any) -> None:
                 if revoked and source._on_revoke is not None:
                     source._on_revoke([offset_key(tp.topic, tp.partition) for tp in revoked])
 
-            def on_partitions_assigned(self, assigned):
+            def on_partitions_assigned(self, assigned: Any) -> None:
                 source.rebalances += 1
                 for tp in assigned:
                     key = offset_key(tp.topic, tp.partition)
@@ -153,7 +154,7 @@ class KafkaSource(Source):
         out = {offset_key(tp.topic, tp.partition): position(self._consumer, tp) for tp in self._consumer.assignment()}
         return {k: v for k, v in out.items() if v is not None}
 
-    def group_metadata(self):
+    def group_metadata(self) -> Any:
         """The consumer's group metadata, for a transactional producer's ``send_offsets_to_transaction``."""
         return self._consumer.group_metadata()
 
@@ -174,7 +175,7 @@ class KafkaSource(Source):
 
 
 def committed_offsets(bootstrap_servers: str, topic: str, group_id: str,
-                      client_config: dict | None = None) -> dict[str, int]:
+                      client_config: dict[str, Any] | None = None) -> dict[str, int]:
     """The group's committed offset per ``topic:partition`` (partitions without one are left out)."""
     from kafka import KafkaConsumer, TopicPartition
 
@@ -193,7 +194,7 @@ def committed_offsets(bootstrap_servers: str, topic: str, group_id: str,
         consumer.close()
 
 
-def position(consumer, tp) -> int | None:
+def position(consumer: Any, tp: Any) -> int | None:
     """The consumer's next offset for ``tp``, without waiting on the network (None if unknown)."""
     from kafka.errors import KafkaError
 

@@ -13,6 +13,7 @@ offsets when told; it never commits on its own.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 from xtream.stream.records import Record
 
@@ -50,6 +51,10 @@ class Source(ABC):
     def exhausted(self) -> bool:
         """True when a finite source has nothing more (files); a Kafka topic never is."""
         return False
+
+    def group_metadata(self) -> Any:
+        """The consumer group's metadata, for a transactional producer (a source in a group only)."""
+        raise NotImplementedError(f"{type(self).__name__} reads in no consumer group")
 
     def close(self) -> None:
         pass

@@ -8,9 +8,9 @@ import json
 import numpy as np
 
 from xtream.consumers.config import Settings
-from xtream.errors import BatchRefused
 from xtream.consumers.intake import EmbeddedIntake
 from xtream.consumers.wiring import DEMO_STREAM, build_service
+from xtream.errors import BatchRefused
 from xtream.stream.records import Record
 from xtream.stream.schemas import EmbeddedDocument
 
