@@ -16,6 +16,9 @@ seeks to) and the header's shape, and falls back to the previous good file; payl
 One process at a time: :meth:`CheckpointStore.acquire` takes an exclusive ``flock`` on the
 directory's ``LOCK`` file, held until :meth:`~CheckpointStore.release` or the process ends.
 
+:class:`Checkpoint` is the service's side: when a checkpoint is due (:meth:`Checkpoint.expired`)
+and the numbered steps that make the state durable and commit its offsets (:meth:`Checkpoint.commit`).
+
 Errors::
 
     CheckpointError
