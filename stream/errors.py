@@ -7,8 +7,10 @@ The whole tree is drawn in :mod:`xtream.errors`; this package's part of it::
     ├── SinkError           a publish did not reach the broker in time
     │   ├── RecordTooLarge  a record over the output topic's size limit: it can never be delivered
     │   └── TransactionFailed  an output transaction did not commit: its outputs are void
-    ├── InvalidRecord       (xtream.stream.schemas) a record that cannot become a document
     └── KafkaSetupError     (xtream.stream.kafka_broker) the local broker could not be started
+
+:class:`~xtream.stream.schemas.InvalidRecord` (a record that cannot become a document) is not a
+failure of the stream: it sits directly under :class:`~xtream.errors.XtreamError`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Third-party errors are translated where they enter: kafka-python's in ``xtream.stream``
 (:func:`xtream.stream.errors.map_kafka_errors`), torch's and numpy's numerical failures at the
-model's learn, predict and train entry points (:mod:`xtream.model.online`). A caller that means
+model's learn, predict and train entry points (:func:`map_numerical_errors`, used by
+:mod:`xtream.model.online`). A caller that means
 "the model could not take this batch" catches :class:`ModelError`; one that means "the broker did
 not answer" catches :class:`~xtream.stream.errors.SourceUnavailable`; neither catches the other.
 
@@ -22,13 +23,14 @@ caught them by (``ValueError`` for refused input, ``RuntimeError`` for failures)
     │   ├── SinkError                       a publish did not reach the broker in time
     │   │   ├── RecordTooLarge              over the output topic's size limit: never deliverable
     │   │   └── TransactionFailed           an output transaction did not commit: its outputs are void
-    │   ├── InvalidRecord (ValueError)      xtream.stream.schemas: a record that is not a document
     │   └── KafkaSetupError                 xtream.stream.kafka_broker: the local broker did not start
-    └── CheckpointError                     xtream.consumers.checkpoint: the service's state on disk
-        ├── IncompatibleCheckpoint          written with another model/config
-        ├── DataDirectoryLocked             another process holds the directory
-        ├── CheckpointsUnreadable           checkpoints exist but none verifies
-        └── CheckpointWriteError            a save failed (e.g. no space left)
+    ├── InvalidRecord (ValueError)          xtream.stream.schemas: a record that is not a document
+    ├── CheckpointError                     xtream.consumers.checkpoint: the service's state on disk
+    │   ├── IncompatibleCheckpoint          written with another model/config
+    │   ├── DataDirectoryLocked             another process holds the directory
+    │   ├── CheckpointsUnreadable           checkpoints exist but none verifies
+    │   └── CheckpointWriteError            a save failed (e.g. no space left)
+    └── Busy                                xtream.consumers.ratelimit: an API request refused for now
 """
 
 from __future__ import annotations
