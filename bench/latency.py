@@ -34,7 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import DATA, FILE_LANG, RESULTS, embedder_process_peak_mib, emit, peak_rss_mib, read_lines, print_table, setup_logging, write_json
+from bench._common import (
+    DATA,
+    FILE_LANG,
+    RESULTS,
+    embedder_process_peak_mib,
+    emit,
+    peak_rss_mib,
+    print_table,
+    read_lines,
+    setup_logging,
+    write_json,
+)
 
 logger = logging.getLogger("bench.latency")
 TOPIC = "bench.latency.documents"

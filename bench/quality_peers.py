@@ -75,9 +75,24 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from bench._common import (DATA, RESULTS, VocabularyWordEmbedder, discover_languages, emit,
-                           file_code, load_split, load_stream, peak_rss_mib, pin_threads, print_table, read_lines,
-                           service_defaults, setup_logging, split_by_script, write_json)
+from bench._common import (
+    DATA,
+    RESULTS,
+    VocabularyWordEmbedder,
+    discover_languages,
+    emit,
+    file_code,
+    load_split,
+    load_stream,
+    peak_rss_mib,
+    pin_threads,
+    print_table,
+    read_lines,
+    service_defaults,
+    setup_logging,
+    split_by_script,
+    write_json,
+)
 
 logger = logging.getLogger("bench.quality_peers")
 
@@ -143,9 +158,8 @@ def run_raw_embeddings(data: Data, args) -> dict:
 
 def run_kmeans(data: Data, args) -> tuple[dict, dict]:
     """The floor (soft memberships) and the k-means + c-TF-IDF topic model, on the same clusters."""
-    from xtream.model.quality import joint_kmeans
-
     from bench.baselines import cluster_centres, ctfidf, soft_memberships
+    from xtream.model.quality import joint_kmeans
 
     emb = {lang: data.train_embeddings(lang) for lang in data.langs}
     started = time.perf_counter()
@@ -202,10 +216,9 @@ def run_xtream_stream(data: Data, args) -> dict:
 def run_xtream_offline(data: Data, args) -> dict:
     import torch
 
+    from bench.baselines import cluster_centres
     from xtream.model.quality import fit_xtra, joint_kmeans
     from xtream.model.training import LanguageCorpus, infer_theta
-
-    from bench.baselines import cluster_centres
 
     emb = {lang: data.train_embeddings(lang) for lang in data.langs}
     words = VocabularyWordEmbedder(data.root)
@@ -242,9 +255,8 @@ def blended(result: dict, data: Data) -> dict:
 
 
 def run_bertopic(data: Data, args) -> tuple[dict, dict]:
-    from xtream.model.text import Tokenizer
-
     from bench.cost import make_bertopic
+    from xtream.model.text import Tokenizer
 
     scripts = [lang for lang in data.langs if lang in ("zh", "ja", "ko")]
     if len(data.langs) != 2 or len(scripts) != 1:

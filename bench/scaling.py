@@ -31,8 +31,19 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import (RESULTS, VocabularyWordEmbedder, cpu_seconds, emit, load_stream, pin_threads,
-                           print_table, rss_mib, service_defaults, setup_logging, write_json)
+from bench._common import (
+    RESULTS,
+    VocabularyWordEmbedder,
+    cpu_seconds,
+    emit,
+    load_stream,
+    pin_threads,
+    print_table,
+    rss_mib,
+    service_defaults,
+    setup_logging,
+    write_json,
+)
 
 logger = logging.getLogger("bench.scaling")
 

@@ -203,7 +203,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     setup_logging()
     pin_threads(args.threads)
-    import xtream.model.training
     from bench._baseline import load_baseline
     from xtream import model as current
     baseline = load_baseline(args.baseline)

@@ -84,7 +84,7 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from xtream.consumers.config import Settings
-    from xtream.consumers.wiring import build_service, set_threads
+    from xtream.consumers.wiring import set_threads
     from xtream.model.embedding import load_embedder
     from xtream.model.evaluation import load_bilingual_dictionary
     from xtream.model.quality import quality_metrics

@@ -16,13 +16,14 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
 from xtream.consumers.config import MIN_TOKEN_CHARS
@@ -155,10 +156,8 @@ def create_app(service) -> FastAPI:
     http = service.settings.http
     app = FastAPI(title="xtream", version="0.1.0",
                   description="Streaming cross-lingual topics (XTRA). Read-only unless a token is configured.")
-
     app.add_middleware(BodyLimit, max_bytes=http.max_body_bytes)
     limiter = ClientRateLimiter(http.rate_per_second, http.rate_burst)
-    queue = AssignmentQueue(http.assign_concurrency, http.assign_queue_depth, http.assign_max_share)
 
     def rate_limited(request: Request) -> None:
         try:
@@ -166,17 +165,7 @@ def create_app(service) -> FastAPI:
         except Busy as exc:
             raise HTTPException(429, exc.detail, headers={"Retry-After": str(exc.retry_after)}) from None
 
-    @app.get("/healthz", tags=["health"])
-    def healthz():
-        """Live while the processing loop keeps turning."""
-        stalled = time.monotonic() - service.heartbeat
-        if stalled > LIVENESS_STALL_SECONDS:
-            raise HTTPException(503, f"processing loop stalled for {stalled:.0f}s")
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["health"])
-    def readyz():
-        """Ready when the broker answers, partitions are assigned and the model is warm."""
+    def not_ready() -> list[str]:
         reasons = []
         if not service.source_reachable:
             reasons.append("source unreachable")
@@ -184,16 +173,47 @@ def create_app(service) -> FastAPI:
             reasons.append("no partitions assigned")
         if not service.model.is_warm:
             reasons.append("model warming up")
+        return reasons
+
+    _health_routes(app, lambda: service.heartbeat, not_ready, service.metrics.registry,
+                   ready=lambda: {"status": "ready", "model_version": service.model.version})
+    _topic_routes(app, service.store, http, rate_limited)
+    _assign_route(app, service, http, rate_limited)
+    if http.token is not None:
+        _admin_routes(app, service, http.token.get_secret_value().encode())
+    return app
+
+
+def _health_routes(app: FastAPI, heartbeat: Callable[[], float], not_ready: Callable[[], list[str]],
+                   registry: CollectorRegistry, ready: Callable[[], dict]) -> None:
+    """``/healthz`` (the loop keeps turning), ``/readyz`` (no reason not to be) and ``/metrics``."""
+
+    @app.get("/healthz", tags=["health"])
+    def healthz():
+        """Live while the processing loop keeps turning."""
+        stalled = time.monotonic() - heartbeat()
+        if stalled > LIVENESS_STALL_SECONDS:
+            raise HTTPException(503, f"processing loop stalled for {stalled:.0f}s")
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz():
+        """Ready when the broker answers, partitions are assigned and the model is warm."""
+        reasons = not_ready()
         if reasons:
             return JSONResponse({"status": "not ready", "reasons": reasons}, status_code=503)
-        return {"status": "ready", "model_version": service.model.version}
+        return ready()
 
     @app.get("/metrics", tags=["health"])
     def metrics():
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _topic_routes(app: FastAPI, store, http, rate_limited: Callable[[Request], None]) -> None:
+    """The snapshots: the latest, a topic with its history, the one in force at a time or offset."""
 
     def latest() -> TopicSnapshot:
-        snap = service.store.latest()
+        snap = store.latest()
         if snap is None:
             raise HTTPException(404, "no snapshot yet: the model is still warming up")
         return snap
@@ -215,17 +235,8 @@ def create_app(service) -> FastAPI:
         current = {t.topic_id: t for t in snap.topics}
         if topic_id not in current:
             raise HTTPException(404, f"topic {topic_id} is not in the latest snapshot (see /topics)")
-        entries = []
-        for version in service.store.versions()[-history:] if history else []:
-            s = service.store.get(version)
-            t = None if s is None else next((x for x in s.topics if x.topic_id == topic_id), None)
-            if t is None:
-                continue
-            entries.append(TopicHistoryEntry(model_version=s.model_version, created_at=s.created_at,
-                                             prevalence=t.prevalence, drift=t.drift,
-                                             words={lang: w.words for lang, w in t.words.items()}))
-        return TopicDetail(topic=current[topic_id], model_version=snap.model_version, history=entries,
-                           lineage=service.store.lineage(topic_id))
+        return TopicDetail(topic=current[topic_id], model_version=snap.model_version,
+                           history=_history(store, topic_id, history), lineage=store.lineage(topic_id))
 
     @app.get("/snapshots", response_model=TopicSnapshot, tags=["topics"])
     def snapshot_at(at: Annotated[str, Query(description="ISO 8601 time, or an input offset "
@@ -235,19 +246,37 @@ def create_app(service) -> FastAPI:
         offset = _OFFSET.fullmatch(at)
         if offset:
             part, off = int(offset["partition"] or 0), int(offset["offset"])
-            for version, offsets in service.store.offsets_by_version():
+            for version, offsets in store.offsets_by_version():
                 covered = [o for key, o in offsets.items() if _partition_of(key) == part]
                 if covered and covered[0] <= off:
-                    found = service.store.get(version)
+                    found = store.get(version)
                     break
         else:
             when = _parse_time(at)
             if when is None:
                 raise HTTPException(422, f"'at' must be an ISO 8601 time or an offset, got {at[:64]!r}")
-            found = service.store.as_of(when)
+            found = store.as_of(when)
         if found is None:
             raise HTTPException(404, f"no snapshot in force at {at}")
         return found
+
+
+def _history(store, topic_id: int, history: int) -> list[TopicHistoryEntry]:
+    """The topic in each of the last ``history`` snapshots that hold it."""
+    entries = []
+    for version in store.versions()[-history:] if history else []:
+        s = store.get(version)
+        t = None if s is None else next((x for x in s.topics if x.topic_id == topic_id), None)
+        if t is None:
+            continue
+        entries.append(TopicHistoryEntry(model_version=s.model_version, created_at=s.created_at,
+                                         prevalence=t.prevalence, drift=t.drift,
+                                         words={lang: w.words for lang, w in t.words.items()}))
+    return entries
+
+
+def _assign_route(app: FastAPI, service, http, rate_limited: Callable[[Request], None]) -> None:
+    queue = AssignmentQueue(http.assign_concurrency, http.assign_queue_depth, http.assign_max_share)
 
     @app.post("/documents:assign", response_model=AssignResponse, tags=["topics"])
     def assign(request: Request, body: AssignRequest):
@@ -262,51 +291,44 @@ def create_app(service) -> FastAPI:
             raise HTTPException(503, "model warming up")
         try:
             with queue.admit():
-                return _assign(body)
+                return _assign(service, body)
         except Busy as exc:
             raise HTTPException(429, exc.detail, headers={"Retry-After": str(exc.retry_after)}) from None
 
-    def _assign(body: AssignRequest) -> AssignResponse:
-        from xtream.model.text import detect_language
 
-        accepted = sorted(service.settings.model.languages)
-        langs = []
-        for d in body.documents:
-            lang = (d.lang or detect_language(d.text, accepted)).lower()
-            if lang not in accepted:
-                raise HTTPException(422, f"language {lang!r} is not one of {accepted}")
-            langs.append(lang)
-        texts = [d.text for d in body.documents]
-        embeddings = service.embedder.encode(texts)
-        tokens = service.tokenizer.tokenize_many(texts, langs)
-        with service.lock:
-            if service.centering is not None:
-                embeddings = service.centering.transform_many(embeddings, langs)
-            clusters, theta = service.model.predict_many(tokens, embeddings, langs)
-            version = service.model.version
-        top = np.argsort(-theta, axis=1)[:, :5]
-        return AssignResponse(model_version=version, documents=[
-            AssignedDocument(lang=langs[i], cluster=int(clusters[i]), theta=[round(float(x), 6) for x in theta[i]],
-                             top_topics=[(int(t), round(float(theta[i, t]), 6)) for t in top[i]])
-            for i in range(len(texts))])
+def _assign(service, body: AssignRequest) -> AssignResponse:
+    from xtream.model.text import detect_language
 
-    if http.token is not None:
-        expected = http.token.get_secret_value().encode()
-        if len(expected) < MIN_TOKEN_CHARS:   # settings copied without validation
-            raise ValueError(f"http.token must be at least {MIN_TOKEN_CHARS} characters")
+    accepted = sorted(service.settings.model.languages)
+    langs = []
+    for d in body.documents:
+        lang = (d.lang or detect_language(d.text, accepted)).lower()
+        if lang not in accepted:
+            raise HTTPException(422, f"language {lang!r} is not one of {accepted}")
+        langs.append(lang)
+    clusters, theta, version = service.assign_texts([d.text for d in body.documents], langs)
+    top = np.argsort(-theta, axis=1)[:, :5]
+    return AssignResponse(model_version=version, documents=[
+        AssignedDocument(lang=langs[i], cluster=int(clusters[i]), theta=[round(float(x), 6) for x in theta[i]],
+                         top_topics=[(int(t), round(float(theta[i, t]), 6)) for t in top[i]])
+        for i in range(len(langs))])
 
-        def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
-            scheme, _, given = (authorization or "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
-                raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
 
-        @app.post("/admin/snapshot", tags=["admin"], dependencies=[Depends(require_token)])
-        def force_snapshot():
-            """Ask the service for a snapshot at its next loop turn."""
-            service.request_snapshot()
-            return JSONResponse({"status": "snapshot requested"}, status_code=202)
+def _admin_routes(app: FastAPI, service, expected: bytes) -> None:
+    """``POST /admin/snapshot`` behind a bearer token, compared in constant time."""
+    if len(expected) < MIN_TOKEN_CHARS:   # settings copied without validation
+        raise ValueError(f"http.token must be at least {MIN_TOKEN_CHARS} characters")
 
-    return app
+    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
+            raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.post("/admin/snapshot", tags=["admin"], dependencies=[Depends(require_token)])
+    def force_snapshot():
+        """Ask the service for a snapshot at its next loop turn."""
+        service.request_snapshot()
+        return JSONResponse({"status": "snapshot requested"}, status_code=202)
 
 
 class ApiServer:
@@ -342,22 +364,7 @@ class ApiServer:
 def create_worker_app(worker) -> FastAPI:
     """Health and metrics of a stateless ``--role embedder`` worker (it holds no topics)."""
     app = FastAPI(title="xtream embedder", version="0.1.0")
-
-    @app.get("/healthz", tags=["health"])
-    def healthz():
-        stalled = time.monotonic() - worker.heartbeat
-        if stalled > LIVENESS_STALL_SECONDS:
-            raise HTTPException(503, f"processing loop stalled for {stalled:.0f}s")
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["health"])
-    def readyz():
-        if not worker.source_reachable:
-            return JSONResponse({"status": "not ready", "reasons": ["source unreachable"]}, status_code=503)
-        return {"status": "ready"}
-
-    @app.get("/metrics", tags=["health"])
-    def metrics():
-        return Response(generate_latest(worker.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
+    _health_routes(app, lambda: worker.heartbeat,
+                   lambda: [] if worker.source_reachable else ["source unreachable"], worker.metrics.registry,
+                   ready=lambda: {"status": "ready"})
     return app

@@ -16,6 +16,9 @@ seeks to) and the header's shape, and falls back to the previous good file; payl
 One process at a time: :meth:`CheckpointStore.acquire` takes an exclusive ``flock`` on the
 directory's ``LOCK`` file, held until :meth:`~CheckpointStore.release` or the process ends.
 
+:class:`Checkpoint` is the service's side: when a checkpoint is due (:meth:`Checkpoint.expired`)
+and the numbered steps that make the state durable and commit its offsets (:meth:`Checkpoint.commit`).
+
 Errors::
 
     CheckpointError
@@ -35,16 +38,27 @@ import json
 import logging
 import os
 import pickle
-import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "CheckpointStore", "CheckpointWriteError", "CheckpointsUnreadable",
+from xtream.errors import XtreamError
+from xtream.model.atomic import atomic_write
+from xtream.stream.errors import SinkError, SourceUnavailable, TransactionFailed
+
+if TYPE_CHECKING:
+    from xtream.consumers.config import CheckpointSettings
+    from xtream.consumers.metrics import ServiceMetrics
+    from xtream.consumers.outbox import Outbox
+    from xtream.stream.sources import Source
+    from xtream.stream.transactions import OutputTransactions
+
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "CheckpointWriteError", "CheckpointsUnreadable",
            "DataDirectoryLocked", "IncompatibleCheckpoint"]
 
 logger = logging.getLogger(__name__)
@@ -59,7 +73,7 @@ def _header_digest(header: dict) -> str:
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(XtreamError, RuntimeError):
     """Root of checkpoint store errors."""
 
 
@@ -171,24 +185,10 @@ class CheckpointStore:
         files = self._files()
         seq = int(files[-1].stem.split("-")[1]) + 1 if files else 1
         final = self.directory / f"ckpt-{seq:09d}.xck"
-        tmp = None
         try:
-            fd, name = tempfile.mkstemp(prefix=f"ckpt-{seq:09d}.", suffix=".tmp", dir=self.directory)
-            tmp = Path(name)
-            with open(fd, "wb") as f:
-                f.write(MAGIC + json.dumps(header).encode() + b"\n" + payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            tmp = None
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            atomic_write(final, lambda f: f.write(MAGIC + json.dumps(header).encode() + b"\n" + payload),
+                         prefix=f"ckpt-{seq:09d}.")
         except OSError as exc:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
             raise CheckpointWriteError(f"checkpoint {final.name} not written ({exc.strerror or exc}); "
                                        f"the previous checkpoints are kept") from exc
         for old in self._files()[: -self.keep]:
@@ -240,3 +240,130 @@ class CheckpointStore:
             logger.info("resuming from checkpoint %s (%d documents)", path.name, header.get("n_docs", -1))
             return header, state
         return None
+
+
+class Checkpoint:
+    """When the service's state is made durable (:meth:`expired`) and the steps that do it (:meth:`commit`).
+
+    Parameters
+    ----------
+    settings
+        The cadence: every ``every_docs`` documents or ``every_seconds`` seconds, whichever comes first.
+    source
+        Returns the source whose offsets step 3 commits (asked at each commit: it may be swapped).
+    capture
+        Called (by the loop's thread) for ``(state, offsets, compat, info)``: the whole state, the
+        offsets it covers, what a checkpoint must match, and header fields (``n_docs``, ``model_version``).
+    stopping
+        Set when the service is stopping: no new transaction begins, and a failed write waits on it.
+
+    Attributes
+    ----------
+    dirty
+        Something was learned, trained or published since the last checkpoint.
+    """
+
+    def __init__(self, settings: CheckpointSettings, store: CheckpointStore, outbox: Outbox,
+                 source: Callable[[], Source],
+                 metrics: ServiceMetrics, transactions: OutputTransactions | None,
+                 capture: Callable[[], tuple[dict, dict[str, int], dict[str, Any], dict[str, Any]]],
+                 stopping: threading.Event) -> None:
+        self.settings = settings
+        self.store = store
+        self.outbox = outbox
+        self.source = source
+        self.metrics = metrics
+        self.transactions = transactions
+        self.capture = capture
+        self.stopping = stopping
+        self.dirty = False
+        self.docs_since = 0
+        self.last = time.monotonic()
+        self.count = 0
+
+    def learned(self, documents: int) -> None:
+        self.docs_since += documents
+        self.dirty = True
+
+    def expired(self) -> bool:
+        """Dirty, and ``every_docs`` documents or ``every_seconds`` seconds since the last one."""
+        return self.dirty and (self.docs_since >= self.settings.every_docs
+                               or time.monotonic() - self.last >= self.settings.every_seconds)
+
+    def commit(self, flush_timeout: float | None = None) -> bool:
+        """Make everything processed so far durable, then commit its offsets; False if postponed.
+
+        Step 0: every output of a learned batch was handed to its sink (else: postponed).
+        Step 1: flush the sinks (assignments, dead letters, snapshots): outputs of covered records
+                are on the broker/disk (within ``flush_timeout`` seconds if given, else postponed).
+        Step 2: write the checkpoint (model + offsets it covers) atomically.
+        Step 3: commit those offsets to the consumer group (exactly-once: inside the open output
+                transaction, which then commits, and the next one begins).
+
+        At least once: a crash before step 2 replays the records from the previous checkpoint
+        (outputs may repeat, the model counts each record once); a crash between 2 and 3 resumes
+        from the checkpoint's offsets, which the source seeks to, so nothing is lost or counted twice.
+        Exactly once: a crash before step 3 aborts the transaction, and on start the checkpoint of
+        step 2 is skipped as not covered by the group's committed offsets, so the records since the
+        last committed transaction are learned and their outputs produced again, once.
+        A transaction that fails raises :class:`TransactionFailed`: the process must restart.
+        """
+        # Step 0
+        if not self.outbox.drain():
+            logger.error("checkpoint postponed: %d outputs not accepted by their sinks", len(self.outbox))
+            return False
+        # Step 1
+        if not self._flush_outputs(flush_timeout):
+            return False
+        # Step 2
+        offsets = self._save()
+        if offsets is None:
+            return False
+        # Step 3
+        self._commit_offsets(offsets)
+        self.metrics.checkpointed()
+        self.dirty = False
+        self.docs_since = 0
+        self.last = time.monotonic()
+        self.count += 1
+        return True
+
+    def _flush_outputs(self, flush_timeout: float | None) -> bool:
+        """Step 1; False if a sink could not flush (exactly once: the transaction fails)."""
+        try:
+            self.outbox.flush(flush_timeout)
+        except SinkError as exc:
+            if self.transactions is not None:   # a send of the open transaction failed: it cannot commit
+                self.transactions.abort()
+                raise TransactionFailed(f"outputs of the open transaction not delivered: {exc}") from exc
+            logger.error("checkpoint postponed, sinks not flushed: %s", exc)
+            return False
+        return True
+
+    def _save(self) -> dict[str, int] | None:
+        """Step 2; the offsets saved, or None if the write failed (then, far enough behind, consumption waits)."""
+        try:
+            with self.metrics.stage_seconds.labels("checkpoint").time():
+                state, offsets, compat, info = self.capture()
+                self.store.save(state, offsets, compat, **info)
+        except CheckpointWriteError as exc:   # nothing committed: a restart resumes from the last good one
+            self.metrics.checkpoint_failures.inc()
+            logger.error("%s (%d documents since the last good checkpoint)", exc, self.docs_since)
+            self.last = time.monotonic()
+            if self.docs_since >= self.settings.max_docs_unsaved:   # consume only as far as we can save
+                self.stopping.wait(min(self.settings.every_seconds, 30.0))
+            return None
+        return offsets
+
+    def _commit_offsets(self, offsets: dict[str, int]) -> None:
+        """Step 3; a commit the broker did not take is logged (the checkpoint holds the offsets)."""
+        try:
+            with self.metrics.stage_seconds.labels("commit").time():
+                if self.transactions is not None:
+                    self.transactions.commit(offsets, self.source().group_metadata())
+                    if not self.stopping.is_set():
+                        self.transactions.begin()
+                else:
+                    self.source().commit(offsets)
+        except SourceUnavailable as exc:
+            logger.warning("offset commit failed (checkpoint is durable): %s", exc)

@@ -48,7 +48,8 @@ def _enable_stack_dumps() -> None:
 def _configure_logging(level: str, json_logs: bool) -> None:
     _enable_stack_dumps()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if json_logs else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    plain = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(_JsonFormatter() if json_logs else plain)
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     for noisy in ("kafka", "sentence_transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -73,7 +74,8 @@ def _print_topics(snapshot, top: int = 6, limit: int = 20) -> None:
     for lang in snapshot.languages:
         table.add_column(lang)
     for t in sorted(snapshot.topics, key=lambda t: -t.prevalence)[:limit]:
-        table.add_row(str(t.topic_id), f"{t.prevalence:.3f}", *[_topic_cell(t, lang, top) for lang in snapshot.languages])
+        table.add_row(str(t.topic_id), f"{t.prevalence:.3f}",
+                      *[_topic_cell(t, lang, top) for lang in snapshot.languages])
     console.print(table)
 
 
@@ -111,11 +113,29 @@ def run(
     if role not in ("all", "embedder", "trainer"):
         raise typer.BadParameter("must be all, embedder or trainer", param_hint="--role")
     from xtream.consumers.config import Settings
-    from xtream.consumers.wiring import build_service
 
+    settings, demo = _run_settings(_load_settings(Settings, config), input=input, follow=follow, bootstrap=bootstrap,
+                                   data_dir=data_dir, topics=topics, accept_model_loss=accept_model_loss)
+    _configure_logging(settings.log_level, json_logs)
+    if demo:
+        shutil.rmtree(settings.data_dir, ignore_errors=True)
+        console.print(f"[bold]xtream demo[/bold]: no Kafka configured, streaming the bundled demo "
+                      f"(en/zh/ja news) through the service; outputs in {settings.data_dir}")
+    # A SIGTERM while the process is still starting (imports, model load, group join) must not
+    # kill it mid-way with -15: note it, and stop cleanly as soon as the loop could start.
+    early_stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: early_stop.set())
+    if role == "embedder":
+        _run_embedder(settings, early_stop)
+    else:
+        _run_service(settings, role, demo, early_stop)
+
+
+def _run_settings(settings, *, input, follow, bootstrap, data_dir, topics, accept_model_loss):
+    """``settings`` with the command line's options over them, and whether this is the bundled demo."""
     overrides: dict = {}
     demo = False
-    settings = _load_settings(Settings, config)
     if bootstrap:
         overrides["kafka"] = settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})
     if input:
@@ -136,38 +156,33 @@ def run(
         overrides["batch"] = settings.batch.model_copy(update=dict(max_records=30))
     elif topics:
         overrides["model"] = settings.model.model_copy(update={"num_topics": topics})
-    settings = settings.model_copy(update=overrides)
-    _configure_logging(settings.log_level, json_logs)
-    if demo:
-        shutil.rmtree(settings.data_dir, ignore_errors=True)
-        console.print(f"[bold]xtream demo[/bold]: no Kafka configured, streaming the bundled demo "
-                      f"(en/zh/ja news) through the service; outputs in {settings.data_dir}")
-    # A SIGTERM while the process is still starting (imports, model load, group join) must not
-    # kill it mid-way with -15: note it, and stop cleanly as soon as the loop could start.
-    early_stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: early_stop.set())
-    if role == "embedder":
-        from xtream.consumers.wiring import build_embedding_worker
+    return settings.model_copy(update=overrides), demo
 
-        worker = build_embedding_worker(settings)
-        worker.install_signal_handlers()
-        if early_stop.is_set():
-            worker.stop()
-        api = None
-        if settings.http.enabled:
-            from xtream.consumers.api import ApiServer, create_worker_app
 
-            api = ApiServer(worker, http=settings.http, app=create_worker_app(worker)).start()
-        try:
-            worker.run()
-        finally:
-            if api is not None:
-                api.stop()
-            worker.close()
-        console.print(f"embedder stopped after {worker.documents} documents ({worker.records} records)")
-        return
+def _run_embedder(settings, early_stop: threading.Event) -> None:
+    from xtream.consumers.wiring import build_embedding_worker
+
+    worker = build_embedding_worker(settings)
+    worker.install_signal_handlers()
+    if early_stop.is_set():
+        worker.stop()
+    api = None
+    if settings.http.enabled:
+        from xtream.consumers.api import ApiServer, create_worker_app
+
+        api = ApiServer(worker, http=settings.http, app=create_worker_app(worker)).start()
+    try:
+        worker.run()
+    finally:
+        if api is not None:
+            api.stop()
+        worker.close()
+    console.print(f"embedder stopped after {worker.documents} documents ({worker.records} records)")
+
+
+def _run_service(settings, role: str, demo: bool, early_stop: threading.Event) -> None:
     from xtream.consumers.checkpoint import CheckpointError
+    from xtream.consumers.wiring import build_service
 
     try:
         service = build_service(settings, role=role)
@@ -197,7 +212,8 @@ def run(
         service.close()
     console.print(f"processed {stats.documents} documents ({stats.records} records, "
                   f"{sum(stats.dead_letters.values())} dead-lettered) in {stats.batches} batches; "
-                  f"{stats.snapshots} snapshots, {stats.checkpoints} checkpoints; model has {service.model.n_docs} documents")
+                  f"{stats.snapshots} snapshots, {stats.checkpoints} checkpoints; "
+                  f"model has {service.model.n_docs} documents")
     if latest is not None:
         _print_topics(latest)
 
@@ -223,7 +239,8 @@ def replay(
 
     settings = Settings.load(config)
     if bootstrap:
-        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})})
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})
+        settings = settings.model_copy(update={"kafka": kafka})
     if data_dir:
         settings = settings.model_copy(update={"data_dir": data_dir})
     _configure_logging(settings.log_level, json_logs)
@@ -231,7 +248,9 @@ def replay(
     settings = replay_settings(settings, namespace)
     service = build_service(settings, replay=(from_, to))
     service.install_signal_handlers()
-    total = service.source.total
+    from xtream.stream.kafka_replay import KafkaReplaySource
+
+    total = service.source.total if isinstance(service.source, KafkaReplaySource) else "?"
     console.print(f"replaying {total} records of {settings.kafka.input_topic} into namespace '{namespace}' "
                   f"(group {settings.kafka.group_id}, data {settings.data_dir})")
     worker = threading.Thread(target=service.run, name="xtream-replay")
@@ -309,12 +328,12 @@ def history(
     rows = 0
     for version in store.versions()[-limit:]:
         snap = store.get(version)
-        t = next((x for x in snap.topics if x.topic_id == topic), None)
-        if t is None:
+        t = None if snap is None else next((x for x in snap.topics if x.topic_id == topic), None)
+        if snap is None or t is None:
             continue
         langs = [lang] if lang else sorted(t.words)
-        words = " | ".join(" ".join(t.words[l].words[:6]) for l in langs if l in t.words)
-        labels = " | ".join(t.labels[l] for l in langs if t.labels.get(l))
+        words = " | ".join(" ".join(t.words[la].words[:6]) for la in langs if la in t.words)
+        labels = " | ".join(t.labels[la] for la in langs if t.labels.get(la))
         drift = max(t.drift.values()) if t.drift else 0.0
         table.add_row(str(version), f"{(snap.stream_time or snap.created_at):%Y-%m-%d %H:%M:%S}",
                       f"{t.prevalence:.3f}", f"{drift:.3f}", escape(labels), escape(words))
@@ -323,9 +342,9 @@ def history(
     if rows == 0:
         raise typer.BadParameter(f"topic {topic} is in none of the last {limit} snapshots", param_hint="--topic")
     console.print(table)
-    for l in langs:
-        for d in latest.documents.get(l, []):
-            console.print(f"  {escape(f'[{l}]')} {escape(d.id)}: {escape(d.text[:200])}")
+    for la in langs:
+        for d in latest.documents.get(la, []):
+            console.print(f"  {escape(f'[{la}]')} {escape(d.id)}: {escape(d.text[:200])}")
     for e in store.lineage(topic):
         other = f" -> {e.related_topic_id}" if e.related_topic_id is not None else ""
         console.print(f"  v{e.model_version} {e.kind}{other} {' '.join(e.words or e.previous_words)}")
@@ -333,7 +352,8 @@ def history(
 
 @app.command()
 def report(
-    data_dir: Annotated[Path, typer.Option(help="the service's data dir (holds snapshots.sqlite)")] = Path("xtream-data"),
+    data_dir: Annotated[Path, typer.Option(help="the service's data dir (holds snapshots.sqlite)")] = Path(
+        "xtream-data"),
     out: Annotated[Path, typer.Option(help="folder for report.md and the PNG plots")] = Path("xtream-report"),
 ) -> None:
     """Render topic history (prevalence per language, drift timeline) as PNG plots and Markdown."""

@@ -126,6 +126,12 @@ class KafkaSettings(_Section):
                                  f"{exc.strerror}") from None
         return None
 
+    def servers(self) -> str:
+        """``bootstrap_servers``, which the caller needs set."""
+        if not self.bootstrap_servers:
+            raise ValueError("kafka.bootstrap_servers is not set")
+        return self.bootstrap_servers
+
     def client_config(self) -> dict[str, Any]:
         """kafka-python keyword arguments for security; the password is revealed only here."""
         cfg: dict[str, Any] = {"security_protocol": self.security_protocol}
@@ -149,11 +155,12 @@ class BatchSettings(_Section):
 
 
 class ModelSettings(_Section):
-    embedder: str = Field("use-multilingual-v3", description="'use-multilingual-v3' or a sentence-transformers name/path")
+    embedder: str = Field("use-multilingual-v3",
+                          description="'use-multilingual-v3' or a sentence-transformers name/path")
     embed_batch_size: int = 64
     embedder_process: bool = Field(True, description=(
         "run the embedder in a child process: in the service's own process it shares the GIL with the "
-        "loop and the trainer, which slowed USE by ~25% (bench.stream_ecnews)"))
+        "loop and the trainer"))
     threads: int = Field(1, ge=1, description="torch and BLAS threads; 1 is safest next to a broker on 2 cores")
     language_centering: bool = Field(False, description="subtract per-language mean embeddings (e5-style models)")
     languages: list[str] = Field(
@@ -169,7 +176,8 @@ class ModelSettings(_Section):
     vocab_max_size: int = 5000
     vocab_min_df: float = 3
     vocab_refresh_every: int = 5000
-    vocab_max_df_ratio: float = Field(0.3, gt=0, le=1, description="words in more than this share of documents are left out")
+    vocab_max_df_ratio: float = Field(0.3, gt=0, le=1,
+                                      description="words in more than this share of documents are left out")
     theta_cluster_weight: float = Field(0.5, ge=0, le=1, description=(
         "weight of the softmax cluster memberships mixed into XTRA's theta (0 = theta alone); see bench/README.md"))
     theta_cluster_temperature: float = Field(0.1, gt=0, description="temperature of those memberships (cosine / t)")
@@ -194,9 +202,7 @@ class ModelSettings(_Section):
         "most of the wall time training may take (a duty cycle); below 1 it leaves CPU to ingestion"))
     train_nice: int = Field(19, ge=0, le=19, description=(
         "niceness added to the training thread (Linux), so ingestion gets the CPU first and training "
-        "takes what is left (an idle host loses nothing). bench.stream_ecnews, 2 cores, embedder in its "
-        "own process: service/embedder 0.870 at 19 vs 0.79-0.83 at 0, with ~10% fewer training steps; "
-        "bench.contention --hogs 1: embedder at 0.96 of its speed instead of 0.62"))
+        "takes what is left (an idle host loses nothing)"))
     seed: int = 0
 
 

@@ -20,16 +20,15 @@ import signal
 import threading
 import time
 
+from xtream.consumers.intake import PreparedBatch, TextIntake
+from xtream.consumers.metrics import ServiceMetrics
+from xtream.consumers.poll_loop import PollLoop
 from xtream.stream.dead_letter import dead_letter_headers
 from xtream.stream.errors import SinkError, SourceUnavailable
-from xtream.stream.records import offset_key
+from xtream.stream.records import Record, offset_key
 from xtream.stream.schemas import EmbeddedDocument
 from xtream.stream.sinks import Sink, close_sinks
 from xtream.stream.sources import Source
-
-from xtream.consumers.backpressure import AdaptiveBatchSize
-from xtream.consumers.intake import TextIntake
-from xtream.consumers.metrics import ServiceMetrics
 
 __all__ = ["EmbeddingWorker"]
 
@@ -44,20 +43,22 @@ class EmbeddingWorker:
         self.intake = intake
         self.embedded = embedded
         self.dead_letters = dead_letters
-        self.sizing = AdaptiveBatchSize.for_poll_interval(max_records, max_poll_interval_ms)
-        self.max_wait_ms = max_wait_ms
         self.metrics = metrics
         self.documents = 0
         self.records = 0
-        self.heartbeat = time.monotonic()
-        self.healthy_source = True
         self._stop = threading.Event()
+        self.poller = PollLoop(lambda: self.source, metrics, self._stop, max_wait_ms)
+        self.sizing = self.poller.sizing(max_records, max_poll_interval_ms)
         metrics.source_up.set_function(lambda: float(self.source_reachable))
+
+    @property
+    def heartbeat(self) -> float:
+        return self.poller.heartbeat
 
     @property
     def source_reachable(self) -> bool:
         """The last poll did not fail and the broker answers now (see TopicService.source_reachable)."""
-        return self.healthy_source and self.source.reachable()
+        return self.poller.healthy and self.source.reachable()
 
     def stop(self, *_args) -> None:
         self._stop.set()
@@ -67,58 +68,55 @@ class EmbeddingWorker:
         signal.signal(signal.SIGINT, self.stop)
 
     def run(self) -> None:
-        m = self.metrics
         while not self._stop.is_set():
-            self.heartbeat = time.monotonic()
-            try:
-                records = self.source.poll_batch(self.sizing.next(), self.max_wait_ms)
-                self.healthy_source = True
-                turn_started = time.perf_counter()
-            except SourceUnavailable as exc:
-                self.healthy_source = False
-                logger.warning("source unavailable: %s", exc)
-                time.sleep(1.0)
-                continue
+            self.poller.turn()
+            records = self.poller.poll(self.sizing.next())
             if not records:
-                if self.source.exhausted():
+                if records is not None and self.source.exhausted():
                     break
                 continue
-            # Step 1
-            with m.stage_seconds.labels("embed").time():
-                batch = self.intake.prepare(records)
-            # Step 2
-            for rec, reason, detail in batch.dead:
-                self.dead_letters.add(rec.value or b"", key=rec.key, headers=dead_letter_headers(rec, reason, detail))
-                m.dead_lettered.labels(reason).inc()
-            for i, item in enumerate(batch.items):
-                doc = EmbeddedDocument(id=item.id, lang=item.lang, tokens=batch.tokens[i],
-                                       embedding=EmbeddedDocument.encode_vector(batch.embeddings[i]),
-                                       dim=batch.embeddings.shape[1], timestamp=item.timestamp,
-                                       source_topic=item.source_topic, source_partition=item.source_partition,
-                                       source_offset=item.source_offset, source_timestamp_ms=item.source_timestamp_ms,
-                                       text_prefix=item.text_prefix or None)
-                self.embedded.add(doc.model_dump_json().encode(),
-                                  key=offset_key(item.source_topic, item.source_partition).encode())
-                m.documents_processed.labels(item.lang).inc()
-            # Step 3
-            try:
-                with m.stage_seconds.labels("commit").time():
-                    self.embedded.flush()
-                    self.dead_letters.flush()
-                    # Step 4
-                    offsets = {}
-                    for rec in records:
-                        offsets[rec.position] = max(offsets.get(rec.position, 0), rec.offset + 1)
-                    self.source.commit(offsets)
-            except (SinkError, SourceUnavailable) as exc:
-                # Not committed: this batch will be read again (here or by whoever gets the partition).
-                logger.error("batch not committed, it will be re-read: %s", exc)
-            self.sizing.observe(len(records), time.perf_counter() - turn_started)
-            m.batch_records_limit.set(self.sizing.next())
+            turn_started = time.perf_counter()
+            batch = self._publish(records)
+            self.poller.observe_turn(self.sizing, len(records), time.perf_counter() - turn_started)
             self.records += len(records)
             self.documents += len(batch)
-            m.records_consumed.inc(len(records))
-            m.batches.inc()
+            self.metrics.batch_done(len(records))
+
+    def _publish(self, records: list[Record]) -> PreparedBatch:
+        """Steps 1 to 4 for one batch; a batch whose outputs or offsets did not reach the broker is
+        left uncommitted, to be read again (here or by whoever gets the partition)."""
+        m = self.metrics
+        # Step 1
+        with m.stage_seconds.labels("embed").time():
+            batch = self.intake.prepare(records)
+        # Step 2
+        for rec, reason, detail in batch.dead:
+            self.dead_letters.add(rec.value or b"", key=rec.key, headers=dead_letter_headers(rec, reason, detail))
+            m.dead_letter(reason)
+        for i, item in enumerate(batch.items):
+            doc = EmbeddedDocument(id=item.id, lang=item.lang, tokens=batch.tokens[i],
+                                   embedding=EmbeddedDocument.encode_vector(batch.embeddings[i]),
+                                   dim=batch.embeddings.shape[1], timestamp=item.timestamp,
+                                   source_topic=item.source_topic, source_partition=item.source_partition,
+                                   source_offset=item.source_offset, source_timestamp_ms=item.source_timestamp_ms,
+                                   text_prefix=item.text_prefix or None)
+            self.embedded.add(doc.model_dump_json().encode(),
+                              key=offset_key(item.source_topic, item.source_partition).encode())
+            m.documents_processed.labels(item.lang).inc()
+        # Step 3
+        try:
+            with m.stage_seconds.labels("commit").time():
+                self.embedded.flush()
+                self.dead_letters.flush()
+                # Step 4
+                offsets: dict[str, int] = {}
+                for rec in records:
+                    offsets[rec.position] = max(offsets.get(rec.position, 0), rec.offset + 1)
+                self.source.commit(offsets)
+        except (SinkError, SourceUnavailable) as exc:
+            # Not committed: this batch will be read again (here or by whoever gets the partition).
+            logger.error("batch not committed, it will be re-read: %s", exc)
+        return batch
 
     def close(self) -> None:
         for exc in close_sinks(self.embedded, self.dead_letters):

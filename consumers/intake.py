@@ -8,25 +8,28 @@ Two intakes, one product, so the single-process service and the scale-out topolo
   that embedders publish, dropping re-deliveries by the source offsets already learned
   (``--role trainer``).
 
-Both return a :class:`PreparedBatch`; records that cannot be used come back in ``dead`` with a
-reason for the dead-letter topic. Neither ever raises on bad input.
+Both implement :class:`Intake` and return a :class:`PreparedBatch`; records that cannot be used
+come back in ``dead`` with a reason for the dead-letter topic. Neither ever raises on bad input.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic import ValidationError
 
+from xtream.consumers.metrics import ServiceMetrics
 from xtream.model.embedding import Embedder
 from xtream.model.text import Tokenizer, detect_language
 from xtream.stream.records import Record, offset_key
 from xtream.stream.schemas import Document, EmbeddedDocument, InvalidRecord, parse_document
 
-__all__ = ["EmbeddedIntake", "PreparedBatch", "PreparedItem", "TextIntake"]
+__all__ = ["EmbeddedIntake", "Intake", "PreparedBatch", "PreparedItem", "TextIntake"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ class PreparedItem:
 class PreparedBatch:
     items: list[PreparedItem] = field(default_factory=list)
     tokens: list[list[str]] = field(default_factory=list)
-    embeddings: np.ndarray | None = None
+    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     dead: list[tuple[Record, str, str]] = field(default_factory=list)
     #: The consumed record each item came from (for an embedded record, not the original input).
     records: list[Record] = field(default_factory=list)
@@ -64,12 +67,33 @@ class PreparedBatch:
         """The part of the batch whose consumed records ``keep(record)`` accepts."""
         idx = [i for i, rec in enumerate(self.records) if keep(rec)]
         return PreparedBatch(items=[self.items[i] for i in idx], tokens=[self.tokens[i] for i in idx],
-                             embeddings=None if self.embeddings is None else self.embeddings[idx],
+                             embeddings=self.embeddings[idx],
                              dead=[d for d in self.dead if keep(d[0])], records=[self.records[i] for i in idx])
+
+
+class Intake(Protocol):
+    """Records in, a :class:`PreparedBatch` out; touches neither the model nor the consumer."""
+
+    #: Worth preparing ahead of the loop, on the prefetch worker (its state, if any, is not read
+    #: by a checkpoint while a batch is in flight).
+    prefetch: bool
+
+    def prepare(self, records: list[Record], metrics: ServiceMetrics | None = None) -> PreparedBatch:
+        """The batch, timing its stages (and counting skipped records) in ``metrics`` if given."""
+        ...
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """What a checkpoint must keep of the intake (None: nothing)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ...
 
 
 class TextIntake:
     """Parse -> language check -> embed + tokenise, batched."""
+
+    prefetch = True
 
     def __init__(self, embedder: Embedder, tokenizer: Tokenizer, languages: frozenset[str],
                  max_record_bytes: int) -> None:
@@ -100,8 +124,22 @@ class TextIntake:
         langs = [d.lang for d in docs]
         return self.embedder.encode(texts), self.tokenizer.tokenize_many(texts, langs)
 
-    def prepare(self, records: list[Record], parsed=None) -> PreparedBatch:
-        docs, good, dead = parsed or self.parse(records)
+    def prepare(self, records: list[Record], metrics: ServiceMetrics | None = None) -> PreparedBatch:
+        started = time.perf_counter()
+        docs, good, dead = self.parse(records)
+        if metrics is not None:
+            metrics.stage_seconds.labels("parse").observe(time.perf_counter() - started)
+            with metrics.stage_seconds.labels("embed").time():
+                return self._embedded(docs, good, dead)
+        return self._embedded(docs, good, dead)
+
+    def state_dict(self) -> None:
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def _embedded(self, docs: list[Document], good: list[Record], dead: list[tuple[Record, str, str]]) -> PreparedBatch:
         batch = PreparedBatch(dead=list(dead))
         if not docs:
             return batch
@@ -123,7 +161,7 @@ class TextIntake:
             embeddings = np.concatenate(rows) if rows else np.zeros((0, self.embedder.dim), np.float32)
         batch.embeddings = embeddings
         batch.tokens = tokens
-        batch.items = [PreparedItem(docs[i].id, docs[i].lang, docs[i].timestamp, good[i].topic, good[i].partition,
+        batch.items = [PreparedItem(docs[i].id, docs[i].lang or "", docs[i].timestamp, good[i].topic, good[i].partition,
                                     good[i].offset, good[i].timestamp_ms, docs[i].text[:TEXT_PREFIX_CHARS])
                        for i in keep]
         batch.records = [good[i] for i in keep]
@@ -140,12 +178,23 @@ class EmbeddedIntake:
     ``source_hwm`` is part of the trainer's checkpoint.
     """
 
+    #: Decoding is cheap, and ``source_hwm`` must match what the checkpoint covers.
+    prefetch = False
+
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self.source_hwm: dict[str, int] = {}
         self.duplicates = 0
 
-    def prepare(self, records: list[Record]) -> PreparedBatch:
+    def prepare(self, records: list[Record], metrics: ServiceMetrics | None = None) -> PreparedBatch:
+        started, before = time.perf_counter(), self.duplicates
+        batch = self._decode(records)
+        if metrics is not None:
+            metrics.duplicates_skipped.inc(self.duplicates - before)
+            metrics.stage_seconds.labels("parse").observe(time.perf_counter() - started)
+        return batch
+
+    def _decode(self, records: list[Record]) -> PreparedBatch:
         batch = PreparedBatch()
         rows = []
         for rec in records:
@@ -156,7 +205,8 @@ class EmbeddedIntake:
                 batch.dead.append((rec, "invalid_embedded_record", str(exc)[:500]))
                 continue
             if vec.shape != (self.dim,):
-                batch.dead.append((rec, "invalid_embedded_record", f"embedding has dim {vec.shape}, expected {self.dim}"))
+                batch.dead.append((rec, "invalid_embedded_record",
+                                   f"embedding has dim {vec.shape}, expected {self.dim}"))
                 continue
             key = offset_key(doc.source_topic, doc.source_partition)
             if doc.source_offset <= self.source_hwm.get(key, -1):

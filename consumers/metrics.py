@@ -10,8 +10,11 @@ flat line instead of "no data" before the first event.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import ProcessCollector, PlatformCollector
+import time
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 __all__ = ["STAGES", "ServiceMetrics"]
 
@@ -30,6 +33,13 @@ class ServiceMetrics:
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        self._intake_series(r)
+        self._model_series(r)
+        self._topic_series(r)
+        self._output_series(r)
+        self._create_labels(languages)
+
+    def _intake_series(self, r: CollectorRegistry) -> None:
         self.records_consumed = Counter("xtream_records_consumed_total", "Records polled from the source", registry=r)
         self.documents_processed = Counter("xtream_documents_processed_total",
                                            "Valid documents learned and assigned", ["lang"], registry=r)
@@ -41,7 +51,9 @@ class ServiceMetrics:
         self.batch_records_limit = Gauge("xtream_batch_records_limit",
                                          "Records asked for per poll (shrinks when processing slows, to stay "
                                          "within max.poll.interval.ms)", registry=r)
-        self.stage_seconds = Histogram("xtream_stage_seconds", "Time per batch spent in each stage (embed runs ahead of the loop on a worker; embed_wait is the loop waiting for it)", ["stage"],
+        self.stage_seconds = Histogram("xtream_stage_seconds",
+                                       "Time per batch spent in each stage (embed runs ahead of the loop on a "
+                                       "worker; embed_wait is the loop waiting for it)", ["stage"],
                                        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
                                        registry=r)
         self.consumer_lag = Gauge("xtream_consumer_lag_records", "Records behind the end of each input partition",
@@ -49,6 +61,17 @@ class ServiceMetrics:
         self.document_latency = Histogram("xtream_document_latency_seconds",
                                           "Record timestamp to assignment published",
                                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900), registry=r)
+        self.offset_regressions = Counter("xtream_offset_regressions_total",
+                                          "Times a partition's offsets went backwards (topic recreated, reset)",
+                                          registry=r)
+        self.duplicates_skipped = Counter("xtream_duplicates_skipped_total",
+                                          "Embedded records skipped as re-deliveries of learned documents",
+                                          registry=r)
+        self.ready = Gauge("xtream_ready", "1 when consuming with a warm model", registry=r)
+        self.source_up = Gauge("xtream_source_up",
+                               "1 when polls succeed and the group coordinator answers heartbeats", registry=r)
+
+    def _model_series(self, r: CollectorRegistry) -> None:
         self.buffer_documents = Gauge("xtream_replay_buffer_documents", "Documents held in the replay buffer",
                                       ["lang"], registry=r)
         self.vocabulary_words = Gauge("xtream_vocabulary_words", "Words in the vocabulary", ["lang"], registry=r)
@@ -67,9 +90,14 @@ class ServiceMetrics:
                                            "last good one is kept", registry=r)
         self.last_checkpoint = Gauge("xtream_last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint",
                                      registry=r)
+        self.model_version = Gauge("xtream_model_version", "Version of the topic model", registry=r)
+        self.model_documents = Gauge("xtream_model_documents", "Documents the durable model has learned", registry=r)
+
+    def _topic_series(self, r: CollectorRegistry) -> None:
         self.drift_max = Gauge("xtream_topic_drift_max", "Largest per-topic JS divergence vs the previous snapshot",
                                registry=r)
-        self.drift_quantile = Gauge("xtream_topic_drift", "Quantiles of per-topic JS divergence vs the previous snapshot",
+        self.drift_quantile = Gauge("xtream_topic_drift",
+                                    "Quantiles of per-topic JS divergence vs the previous snapshot",
                                     ["quantile"], registry=r)
         self.drifting_ratio = Gauge("xtream_topics_drifting_ratio", "Share of topics whose drift exceeds the threshold",
                                     registry=r)
@@ -94,8 +122,8 @@ class ServiceMetrics:
         self.topics_alive = Gauge("xtream_topics_alive", "Topics currently alive", registry=r)
         self.cluster_size = Gauge("xtream_cluster_size_documents", "Quantiles of cluster sizes (decayed documents)",
                                   ["quantile"], registry=r)
-        self.model_version = Gauge("xtream_model_version", "Version of the topic model", registry=r)
-        self.model_documents = Gauge("xtream_model_documents", "Documents the durable model has learned", registry=r)
+
+    def _output_series(self, r: CollectorRegistry) -> None:
         self.output_errors = Counter("xtream_output_errors_total",
                                      "Times a sink refused an output (it is kept and sent again)", ["output"],
                                      registry=r)
@@ -105,14 +133,8 @@ class ServiceMetrics:
         self.outputs_pending = Gauge("xtream_outputs_pending",
                                      "Outputs of learned batches waiting for a sink; no checkpoint meanwhile",
                                      registry=r)
-        self.offset_regressions = Counter("xtream_offset_regressions_total",
-                                          "Times a partition's offsets went backwards (topic recreated, reset)",
-                                          registry=r)
-        self.duplicates_skipped = Counter("xtream_duplicates_skipped_total",
-                                          "Embedded records skipped as re-deliveries of learned documents",
-                                          registry=r)
-        self.ready = Gauge("xtream_ready", "1 when consuming with a warm model", registry=r)
-        self.source_up = Gauge("xtream_source_up", "1 when polls succeed and the group coordinator answers heartbeats", registry=r)
+
+    def _create_labels(self, languages: list[str]) -> None:
         for lang in languages:
             self.documents_processed.labels(lang)
             self.buffer_documents.labels(lang)
@@ -135,3 +157,29 @@ class ServiceMetrics:
         for q in QUANTILES:
             self.drift_quantile.labels(q)
             self.cluster_size.labels(q)
+
+    # -- updates, once per batch or event ------------------------------------------------------
+    def batch_done(self, records: int) -> None:
+        self.records_consumed.inc(records)
+        self.batches.inc()
+
+    def documents_learned(self, langs: Sequence[str]) -> None:
+        for lang, n in zip(*np.unique(np.asarray(langs), return_counts=True)):
+            self.documents_processed.labels(str(lang)).inc(int(n))
+
+    def dead_letter(self, reason: str) -> None:
+        self.dead_lettered.labels(reason).inc()
+
+    def latencies(self, seconds: Iterable[float]) -> None:
+        """Record timestamp to assignment published, per document."""
+        for s in seconds:
+            self.document_latency.observe(s)
+
+    def partition_lag(self, lags: Mapping[str, int]) -> None:
+        """``{"topic:partition": records behind}``, labelled by partition."""
+        for part, lag in lags.items():
+            self.consumer_lag.labels(part.rsplit(":", 1)[1]).set(lag)
+
+    def checkpointed(self) -> None:
+        self.checkpoints.inc()
+        self.last_checkpoint.set(time.time())

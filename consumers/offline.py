@@ -77,7 +77,8 @@ def _print_table(title: str, rows: dict[str, object]) -> None:
 
 
 def train(
-    input: Annotated[list[str], typer.Option("--input", "-i", help="lang=path of a text file, one document per line; repeat per language")],
+    input: Annotated[list[str], typer.Option(
+        "--input", "-i", help="lang=path of a text file, one document per line; repeat per language")],
     out: Annotated[Path, typer.Option("--out", "-o", help="directory to save the model in")],
     topics: Annotated[int, typer.Option(help="number of topics K (= k-means clusters)")] = 50,
     epochs: Annotated[int, typer.Option(help="passes over the largest language (the paper uses 800)")] = 100,
@@ -89,52 +90,39 @@ def train(
     n_init: Annotated[int, typer.Option(help="k-means restarts")] = 3,
     threads: Annotated[int, typer.Option(help="torch and BLAS threads")] = 1,
     seed: Annotated[int, typer.Option(help="seed of k-means, initialisation and batching")] = 0,
-    checkpoint: Annotated[Path | None, typer.Option(help="file to save training state in every --checkpoint-every epochs; a rerun with the same inputs resumes from it")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="file to save training state in every --checkpoint-every epochs; a rerun with the same inputs "
+             "resumes from it")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="epochs between checkpoints")] = 10,
 ) -> None:
     """Train XTRA on text files (one per language) and save it with its vocabularies."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
     from xtream.model.allocator import retain_freed_memory
     from xtream.model.embedding import load_embedder
     from xtream.model.persistence import save_xtra
     from xtream.model.quality import cache_file, content_key, embed_cached, fit_xtra, joint_kmeans
+    from xtream.model.threads import pin_threads
     from xtream.model.training import LanguageCorpus
-    from xtream.model.vocabulary import Vocabulary
 
     files = parse_lang_paths(input, "--input")
     if not files:
         raise typer.BadParameter("give at least one --input lang=path")
     retain_freed_memory()
-    torch.set_num_threads(threads)
+    pin_threads(threads)
     started = time.perf_counter()
-    with threadpool_limits(limits=threads):
-        emb = load_embedder(embedder, threads=threads)
-        texts, bows, vocabs = {}, {}, {}
-        for lang, path in files.items():
-            lines = [t for t in _read_lines(path) if t.strip()]
-            tokens = _tokenize(lines, lang)
-            vocab = Vocabulary(max_size=max_vocab, min_df=min_df, max_df_ratio=max_df_ratio)
-            vocab.learn_many(tokens)
-            vocab.refresh()
-            if len(vocab) == 0:
-                raise typer.BadParameter(f"{path}: no word reaches min_df={min_df}")
-            bow = vocab.transform(tokens)
-            keep = np.flatnonzero(bow.getnnz(axis=1) > 0)  # documents with no vocabulary word teach nothing
-            if len(keep) < len(lines):
-                logger.info("lang=%s dropped=%d docs without vocabulary words", lang, len(lines) - len(keep))
-            texts[lang], bows[lang], vocabs[lang] = [lines[i] for i in keep], bow[keep], vocab.words
-        doc_emb = {lang: embed_cached(emb, t, cache_file(content_key(f"docs-{lang}", t), emb.name), desc=f"embedding {lang}")
-                   for lang, t in texts.items()}
-        word_emb = {lang: embed_cached(emb, v, cache_file(content_key(f"vocab-{lang}", v), emb.name), desc=f"words {lang}")
-                    for lang, v in vocabs.items()}
-        clusters = joint_kmeans(doc_emb, n_clusters=topics, n_init=n_init, seed=seed)
-        corpora = {lang: LanguageCorpus(bows[lang], doc_emb[lang], clusters[lang]) for lang in files}
-        trained = fit_xtra(corpora, epochs=epochs, num_topics=topics, word_embeddings=word_emb, seed=seed,
-                           beta_alignment=beta_alignment, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    emb = load_embedder(embedder, threads=threads)
+    texts, bows, vocabs = _corpora(files, max_vocab=max_vocab, min_df=min_df, max_df_ratio=max_df_ratio)
+    doc_emb = {lang: embed_cached(emb, t, cache_file(content_key(f"docs-{lang}", t), emb.name),
+                                  desc=f"embedding {lang}")
+               for lang, t in texts.items()}
+    word_emb = {lang: embed_cached(emb, v, cache_file(content_key(f"vocab-{lang}", v), emb.name), desc=f"words {lang}")
+                for lang, v in vocabs.items()}
+    clusters = joint_kmeans(doc_emb, n_clusters=topics, n_init=n_init, seed=seed)
+    corpora = {lang: LanguageCorpus(bows[lang], doc_emb[lang], clusters[lang]) for lang in files}
+    trained = fit_xtra(corpora, epochs=epochs, num_topics=topics, word_embeddings=word_emb, seed=seed,
+                       beta_alignment=beta_alignment, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     metadata = {"embedder": emb.name, "epochs": epochs, "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "train_docs": {lang: len(t) for lang, t in texts.items()}, "inputs": {k: str(v) for k, v in files.items()},
+                "train_docs": {lang: len(t) for lang, t in texts.items()},
+                "inputs": {k: str(v) for k, v in files.items()},
                 "clustering": f"sklearn KMeans over all languages jointly, K={topics}, n_init={n_init}, seed={seed}",
                 "train_seconds": round(trained.train_seconds, 1), "final_loss": trained.history[-1]}
     save_xtra(out, trained.model, vocabs, metadata)
@@ -145,6 +133,28 @@ def train(
         {f"docs_{lang}": len(t) for lang, t in texts.items()} | {f"vocab_{lang}": len(v) for lang, v in vocabs.items()}
     _print_table("xtream train", summary)
     print(json.dumps(summary, ensure_ascii=False))
+
+
+def _corpora(files: dict[str, Path], *, max_vocab: int, min_df: float, max_df_ratio: float):
+    """``(texts, bags of words, vocabularies)`` per language; documents without a vocabulary word
+    are left out (they teach nothing)."""
+    from xtream.model.vocabulary import Vocabulary
+
+    texts, bows, vocabs = {}, {}, {}
+    for lang, path in files.items():
+        lines = [t for t in _read_lines(path) if t.strip()]
+        tokens = _tokenize(lines, lang)
+        vocab = Vocabulary(max_size=max_vocab, min_df=min_df, max_df_ratio=max_df_ratio)
+        vocab.learn_many(tokens)
+        vocab.refresh()
+        if len(vocab) == 0:
+            raise typer.BadParameter(f"{path}: no word reaches min_df={min_df}")
+        bow = vocab.transform(tokens)
+        keep = np.flatnonzero(bow.getnnz(axis=1) > 0)
+        if len(keep) < len(lines):
+            logger.info("lang=%s dropped=%d docs without vocabulary words", lang, len(lines) - len(keep))
+        texts[lang], bows[lang], vocabs[lang] = [lines[i] for i in keep], bow[keep], vocab.words
+    return texts, bows, vocabs
 
 
 def _read_labels(path: Path, n: int, what: str) -> np.ndarray:
@@ -168,7 +178,8 @@ def evaluate(
     model: Annotated[Path, typer.Option("--model", "-m", help="directory written by `xtream train`")],
     input: Annotated[list[str], typer.Option("--input", "-i", help="lang=path of test texts; also the NPMI reference")],
     labels: Annotated[list[str] | None, typer.Option(help="lang=path of test labels, one per line")] = None,
-    train_input: Annotated[list[str] | None, typer.Option(help="lang=path of training texts for the classifier")] = None,
+    train_input: Annotated[list[str] | None, typer.Option(
+        help="lang=path of training texts for the classifier")] = None,
     train_labels: Annotated[list[str] | None, typer.Option(help="lang=path of their labels")] = None,
     dictionary: Annotated[Path | None, typer.Option(help="bilingual dictionary, src<TAB>tgt per line")] = None,
     dictionary_langs: Annotated[str | None, typer.Option(help="src,tgt of the dictionary (default: file stem)")] = None,
@@ -177,11 +188,11 @@ def evaluate(
 ) -> None:
     """Score a saved model: TU, NPMI per language, dictionary alignment, classification."""
     import torch
-    from threadpoolctl import threadpool_limits
 
     from xtream.model.evaluation import load_bilingual_dictionary
     from xtream.model.persistence import load_xtra
     from xtream.model.quality import quality_metrics
+    from xtream.model.threads import pin_threads
     from xtream.model.training import infer_theta
     from xtream.model.vocabulary import Vocabulary
 
@@ -193,33 +204,32 @@ def evaluate(
     unknown = [lang for lang in tests if lang not in vocab_words]
     if unknown or not tests:
         raise typer.BadParameter(f"--input languages {unknown or 'none'}; the model knows {sorted(vocab_words)}")
-    torch.set_num_threads(threads)
+    pin_threads(threads)
     vocabs = {lang: Vocabulary(words=w) for lang, w in vocab_words.items()}
 
     def theta_of(path: Path, lang: str) -> tuple[np.ndarray, list[list[str]]]:
         tokens = _tokenize(_read_lines(path), lang)  # no line dropped: labels align by line
         return infer_theta(net, vocabs[lang].transform(tokens), lang), tokens
 
-    with threadpool_limits(limits=threads):
-        thetas, refs = {}, {}
-        for lang, path in tests.items():
-            thetas[lang], refs[lang] = theta_of(path, lang)
-        clf = {}
-        for lang in test_labels:
-            if lang not in tests or lang not in train_files or lang not in train_label_files:
-                raise typer.BadParameter(f"classification of {lang!r} needs --input, --labels, --train-input "
-                                         "and --train-labels for it")
-            theta_tr, _ = theta_of(train_files[lang], lang)
-            clf[lang] = (theta_tr, _read_labels(train_label_files[lang], len(theta_tr), "--train-labels"),
-                         thetas[lang], _read_labels(test_labels[lang], len(thetas[lang]), "--labels"))
-        pairs = langs = None
-        if dictionary is not None:
-            langs = _dictionary_langs(dictionary, dictionary_langs, sorted(vocab_words))
-            pairs = load_bilingual_dictionary(dictionary)
-        with torch.no_grad():
-            topic_word = {lang: net.topic_word(lang).numpy() for lang in vocab_words}
-        metrics = quality_metrics(topic_word, vocab_words, refs, dictionary=pairs, dictionary_langs=langs,
-                                  classification=clf or None, classifier=classifier)
+    thetas, refs = {}, {}
+    for lang, path in tests.items():
+        thetas[lang], refs[lang] = theta_of(path, lang)
+    clf = {}
+    for lang in test_labels:
+        if lang not in tests or lang not in train_files or lang not in train_label_files:
+            raise typer.BadParameter(f"classification of {lang!r} needs --input, --labels, --train-input "
+                                     "and --train-labels for it")
+        theta_tr, _ = theta_of(train_files[lang], lang)
+        clf[lang] = (theta_tr, _read_labels(train_label_files[lang], len(theta_tr), "--train-labels"),
+                     thetas[lang], _read_labels(test_labels[lang], len(thetas[lang]), "--labels"))
+    pairs = langs = None
+    if dictionary is not None:
+        langs = _dictionary_langs(dictionary, dictionary_langs, sorted(vocab_words))
+        pairs = load_bilingual_dictionary(dictionary)
+    with torch.no_grad():
+        topic_word = {lang: net.topic_word(lang).numpy() for lang in vocab_words}
+    metrics = quality_metrics(topic_word, vocab_words, refs, dictionary=pairs, dictionary_langs=langs,
+                              classification=clf or None, classifier=classifier)
     summary = {"model": str(model), "embedder": meta.get("embedder"), "epochs": meta.get("epochs")} | metrics
     _print_table(f"xtream evaluate {model}", summary)
     print(json.dumps(summary, ensure_ascii=False))

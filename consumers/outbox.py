@@ -11,10 +11,9 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
+from xtream.consumers.metrics import ServiceMetrics
 from xtream.stream.errors import RecordTooLarge, SinkError
 from xtream.stream.sinks import Sink
-
-from xtream.consumers.metrics import ServiceMetrics
 
 __all__ = ["MAX_OUTPUT_RETRY_SECONDS", "OUTPUTS", "Outbox"]
 
@@ -44,7 +43,7 @@ class Outbox:
         self.retry_wait = 0.0
         for name in OUTPUTS:
             sink = self.sink(name)
-            if sink is not None and hasattr(sink, "on_rejected"):
+            if sink is not None:
                 sink.on_rejected = lambda topic, reason, name=name: self.metrics.output_rejected.labels(name).inc()
                 sink.interrupted = interrupted
 
@@ -72,8 +71,10 @@ class Outbox:
         stays queued, and the next attempt waits longer)."""
         while self._queue:
             name, value, key, headers = self._queue[0]
+            sink = self.sink(name)
             try:
-                self.sink(name).add(value, key=key, headers=headers)
+                if sink is not None:
+                    sink.add(value, key=key, headers=headers)
             except RecordTooLarge as exc:   # can never be sent: drop it loudly rather than block forever
                 logger.error("%s record dropped: %s", name, exc)
                 self.metrics.output_rejected.labels(name).inc()

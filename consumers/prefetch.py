@@ -1,8 +1,7 @@
 """Embedding the next batch while the loop finishes the current one.
 
 The embedder is most of a document's cost, but the loop also parses, assigns, publishes, snapshots
-and checkpoints (about a sixth of its wall time with USE, measured by ``bench.stream_ecnews``).
-Run in sequence, the embedder idles during that sixth. :class:`BatchPrefetcher` moves the
+and checkpoints. Run in sequence, the embedder idles during that work. :class:`BatchPrefetcher` moves the
 preparation (parse, embed, tokenise) of each polled batch onto worker threads, so the loop's own
 work for batch *n* overlaps the embedding of the batches after it.
 
@@ -21,7 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, TypeVar
 
 from xtream.stream.records import Record
 
@@ -61,10 +60,6 @@ class BatchPrefetcher(Generic[Prepared]):
         """The oldest batch and its preparation, waiting for it if need be."""
         records, future = self._queue.popleft()
         return records, future.result()
-
-    def drain(self) -> Iterator[tuple[list[Record], Prepared]]:
-        while self._queue:
-            yield self.take()
 
     def close(self) -> None:
         """Stop the worker; batches not taken are dropped (their offsets were never advanced)."""

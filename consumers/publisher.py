@@ -18,18 +18,17 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from xtream.consumers.config import Settings
+from xtream.consumers.metrics import ServiceMetrics
+from xtream.consumers.outbox import Outbox
+from xtream.consumers.snapshots import DriftBaseline, build_snapshot
+from xtream.consumers.training_runner import observe_model
 from xtream.model.lineage import LineageEvent, TopicTracker
 from xtream.model.online import OnlineTopicModel
 from xtream.model.prevalence_shift import PrevalenceShift
 from xtream.stream.errors import RecordTooLarge
 from xtream.stream.schemas import LineageRecord, TopicSnapshot
 from xtream.stream.snapshot_store import SnapshotStore
-
-from xtream.consumers.config import Settings
-from xtream.consumers.metrics import ServiceMetrics
-from xtream.consumers.outbox import Outbox
-from xtream.consumers.snapshots import DriftBaseline, build_snapshot
-from xtream.consumers.training_runner import observe_model
 
 __all__ = ["TopicPublisher"]
 
@@ -94,7 +93,7 @@ class TopicPublisher:
         """Due by documents or time, whatever training did: the clusters' topics exist from the
         first batch, XTRA's once it is warm. Nothing new learned, nothing to publish."""
         s = self.settings.snapshots
-        if not self.model.kmeans.is_initialised or (self.model.version == self.version
+        if not self.model.has_clusters or (self.model.version == self.version
                                                     and self.model.n_docs == self._docs):
             return False
         return self.docs_since >= s.every_docs or time.monotonic() - self._last >= s.every_seconds or force
@@ -141,12 +140,15 @@ class TopicPublisher:
             model = self.model
             if model.version == self.version:   # learned since, not trained: a version of its own
                 model.bump_version()
-            sizes = model.kmeans.counts
+            sizes = model.cluster_sizes
             alive = sizes >= s.alive_share * sizes.sum() / max(len(sizes), 1)
             signature = [tuple(w for lang in model.languages for w in model.topic_words(lang, 5)[0][k])
                          for k in range(model.cfg.num_topics)]
             previous_ids = list(self.tracker.slot_ids)
-            ids, events = self.tracker.update(model.kmeans.centers, alive, signature)
+            centers = model.cluster_centers
+            if centers is None:
+                raise ValueError("no snapshot before the first topics are clustered")
+            ids, events = self.tracker.update(centers, alive, signature)
             events += self.prevalence_shift.events(previous_ids, ids, signature)
             now = datetime.now(timezone.utc)
             at = (stream_time or now).timestamp()
@@ -177,7 +179,7 @@ class TopicPublisher:
         sink = self.outbox.sink("snapshots")
         if sink is not None:
             try:
-                value = snap.fitted_json_bytes(getattr(sink, "max_value_bytes", None))
+                value = snap.fitted_json_bytes(sink.max_value_bytes)
             except RecordTooLarge as exc:
                 logger.error("snapshot not published to Kafka (kept in the local store): %s", exc)
                 self.metrics.output_rejected.labels("snapshots").inc()

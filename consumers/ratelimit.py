@@ -22,11 +22,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from xtream.consumers.backpressure import DutyCycle
+from xtream.errors import XtreamError
 
 __all__ = ["AssignmentQueue", "Busy", "ClientRateLimiter"]
 
 
-class Busy(Exception):
+class Busy(XtreamError):
     """Refused for now; ``retry_after`` is the whole number of seconds after which to try again."""
 
     def __init__(self, retry_after: float, detail: str) -> None:

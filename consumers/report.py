@@ -82,12 +82,12 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
     import matplotlib.pyplot as plt
     from matplotlib import font_manager
 
-    snaps = [store.get(v) for v in store.versions()]
-    snaps = [s for s in snaps if s is not None]
+    snaps = [s for s in (store.get(v) for v in store.versions()) if s is not None]
     if not snaps:
         raise ValueError(f"the snapshot store {store.path} is empty: run the service first")
     out.mkdir(parents=True, exist_ok=True)
-    cjk = [f.name for f in font_manager.fontManager.ttflist if any(x in f.name for x in ("CJK", "Noto Sans JP", "WenQuanYi"))]
+    cjk = [f.name for f in font_manager.fontManager.ttflist
+           if any(x in f.name for x in ("CJK", "Noto Sans JP", "WenQuanYi"))]
     if cjk:
         plt.rcParams["font.family"] = [cjk[0], "DejaVu Sans"]
     times, langs, prev, drift, ids = _series(snaps)
@@ -101,6 +101,19 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
     top += [col[e.topic_id] for e in events if e.kind != "died" and col[e.topic_id] not in top][:4]
     alerted = np.nan_to_num(drift).max(axis=1) > drift_alert
 
+    _plot_prevalence(plt, out / "prevalence.png", times, prev, langs, top, events, row, col, ids, latest,
+                     alerted, drift_alert)
+    _plot_drift(plt, out / "drift.png", times, drift)
+    tu = {lang: np.array([_uniqueness(s, lang) for s in snaps]) for lang in langs}
+    _plot_quality(plt, out / "quality.png", times, tu)
+    lines = _markdown(snaps, events, row, drift, ids, top_topics, tu)
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _plot_prevalence(plt, path: Path, times, prev, langs, top, events, row, col, ids, latest, alerted,
+                     drift_alert: float) -> None:
     panels = langs if any(prev[lang].any() for lang in langs) else ["all"]
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.2 * len(panels)), sharex=True, squeeze=False)
     for ax, lang in zip(axes[:, 0], panels):
@@ -122,9 +135,12 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
     axes[0, 0].legend(fontsize=7, ncol=2, loc="upper left")
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(out / "prevalence.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+
+def _plot_drift(plt, path: Path, times, drift) -> None:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7), gridspec_kw={"height_ratios": [1, 2]})
     has = ~np.isnan(drift).all(axis=1)   # the first snapshot has nothing to drift from
     filled = np.nan_to_num(drift)
@@ -139,13 +155,15 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
     ax2.set_ylabel("topic (stable id order)")
     fig.colorbar(im, ax=ax2, label="JS divergence")
     fig.tight_layout()
-    fig.savefig(out / "drift.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
-    tu = {lang: np.array([_uniqueness(s, lang) for s in snaps]) for lang in langs}
+
+def _plot_quality(plt, path: Path, times, tu: dict[str, np.ndarray]) -> None:
+    """Topic uniqueness of each snapshot's alive topics, per language."""
     fig, ax = plt.subplots(figsize=(11, 3.2))
-    for lang in langs:
-        ax.plot(times, tu[lang], marker=".", label=lang)
+    for lang, values in tu.items():
+        ax.plot(times, values, marker=".", label=lang)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("TU (top 10 words)")
     ax.set_title("topic uniqueness of each snapshot (alive topics)")
@@ -153,11 +171,16 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
     ax.grid(alpha=0.3)
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(out / "quality.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
-    lines = [f"# xtream topic report", "",
-             f"{len(snaps)} snapshots from {snaps[0].created_at:%Y-%m-%d %H:%M} to {latest.created_at:%Y-%m-%d %H:%M} UTC; "
+
+def _markdown(snaps, events, row, drift, ids, top_topics: int, tu: dict[str, np.ndarray]) -> list[str]:
+    """The report's lines: the snapshots' span, topics now, events, representative documents, drift."""
+    latest = snaps[-1]
+    lines = ["# xtream topic report", "",
+             f"{len(snaps)} snapshots from {snaps[0].created_at:%Y-%m-%d %H:%M} "
+             f"to {latest.created_at:%Y-%m-%d %H:%M} UTC; "
              f"latest model version {latest.model_version}, {latest.documents_seen} documents, "
              f"languages {', '.join(latest.languages)}.", "",
              "![prevalence](prevalence.png)", "", "![drift](drift.png)", "", "![quality](quality.png)", "",
@@ -169,7 +192,8 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
                  if lang in t.words else "" for lang in latest.languages]
         lines.append(f"| {t.topic_id} | {t.prevalence:.3f} | " + " | ".join(words) + " |")
     if events:
-        lines += ["", "## Topic events", "", "| snapshot | documents | event | topic | words |", "|---:|---:|---|---:|---|"]
+        lines += ["", "## Topic events", "", "| snapshot | documents | event | topic | words |",
+                  "|---:|---:|---|---:|---|"]
         for e in events:
             s = snaps[row[e.model_version]]
             lines.append(f"| v{s.model_version} | {s.documents_seen} | {e.kind} | {e.topic_id} | "
@@ -179,7 +203,9 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
         lines += ["", "## Representative documents", ""]
         for t in shown:
             lines.append(f"- topic {t.topic_id} ({' / '.join(v for v in t.labels.values() if v)})")
-            lines += [f"  - [{lang}] `{_md(d.id)}`: {_md(d.text)}" for lang in sorted(t.documents) for d in t.documents[lang]]
+            lines += [f"  - [{lang}] `{_md(d.id)}`: {_md(d.text)}"
+                      for lang in sorted(t.documents) for d in t.documents[lang]]
+    langs = list(tu)
     if langs:
         lines += ["", "## Topic uniqueness over time (alive topics, top 10 words)", "",
                   "| snapshot | documents | " + " | ".join(langs) + " |", "|---:|---:|" + "---:|" * len(langs)]
@@ -192,6 +218,4 @@ def write_report(store: SnapshotStore, out: Path, top_topics: int = 8, drift_ale
         lines += ["", "## Most drifting topics in the last snapshot", ""]
         for j in np.argsort(-np.nan_to_num(last_drift))[:5]:
             lines.append(f"- topic {ids[j]} ({_label(latest, ids[j], 'en', 6)}): JS divergence {last_drift[j]:.3f}")
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return lines

@@ -4,21 +4,23 @@ Drift of topic k in language l is the Jensen-Shannon divergence (base 2, so in [
 word distribution now and in the snapshot in force ``window`` seconds of stream time earlier
 (:class:`DriftBaseline`), over the words that lead the topic in either (:func:`top_word_divergence`):
 a topic is what its leading words say, and mass shuffled among thousands of tail words of a
-quiet topic is not a change anyone reading the topic would see. Measuring against consecutive snapshots would make the figure depend on the
-snapshot cadence: the same change spread over ten snapshots looks ten times smaller, and no alert
-threshold would fit both cadences. Vocabularies change between snapshots, so the baseline
-distribution is re-indexed onto the current words first (words new since then get 0).
+quiet topic is not a change anyone reading the topic would see. Measuring against consecutive
+snapshots would make the figure depend on the snapshot cadence: the same change spread over ten
+snapshots looks ten times smaller, and no alert threshold would fit both cadences. Vocabularies
+change between snapshots, so the baseline distribution is re-indexed onto the current words first
+(words new since then get 0).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from datetime import datetime, timezone
 
 import numpy as np
 
 from xtream.model.online import OnlineTopicModel
-from xtream.model.readout import relevance, topic_labels
+from xtream.model.readout import ranked_words, relevance, topic_labels
 from xtream.stream.schemas import SnapshotTopic, TopicDocument, TopicSnapshot, TopicWords
 
 __all__ = ["DriftBaseline", "build_snapshot", "js_divergence", "top_word_divergence"]
@@ -107,7 +109,7 @@ def _align(prev_words: list[str], prev: np.ndarray, words: list[str]) -> np.ndar
     return out
 
 
-def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets: dict[str, int],
+def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets: Mapping[str, int],
                    top_n: int = 15, now: datetime | None = None, stream_time: datetime | None = None,
                    topic_ids: list[int] | None = None, alive: np.ndarray | None = None,
                    new_slots: frozenset[int] = frozenset(),
@@ -119,7 +121,7 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
     Each topic's ``top_n`` words are ranked by :func:`model.readout.relevance` with weight
     ``word_relevance`` (1 = by probability alone), their weights are their probabilities.
     """
-    if not model.kmeans.is_initialised:
+    if not model.has_clusters:
         raise ValueError("no snapshot before the first topics are clustered")
     langs = model.languages
     k = model.cfg.num_topics
@@ -129,12 +131,11 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
         vocab, dist = model.topic_word_distribution(lang)
         dist = dist.astype(np.float64)
         dists[lang] = (vocab, dist)
-        idx = np.argsort(-relevance(dist, word_relevance), axis=1, kind="stable")[:, :top_n]
-        words_by_lang[lang] = ([[vocab[i] for i in row] for row in idx], np.take_along_axis(dist, idx, 1))
+        words_by_lang[lang] = ranked_words(dist, vocab, top_n, score=relevance(dist, word_relevance))
         labels_by_lang[lang] = topic_labels(dist, vocab)
         if previous and lang in previous:
             drift_by_lang[lang] = top_word_divergence(dist, _align(*previous[lang], vocab))
-    centers = model.kmeans.centers
+    centers = model.cluster_centers
     topics = [
         SnapshotTopic(
             topic_id=t if topic_ids is None else topic_ids[t],
@@ -144,7 +145,7 @@ def build_snapshot(model: OnlineTopicModel, previous: WordDists | None, offsets:
                                     weights=[round(float(w), 6) for w in words_by_lang[lang][1][t]]) for lang in langs},
             prevalence=float(model.prevalence[t]),
             prevalence_by_lang={lang: float(p[t]) for lang, p in model.prevalence_by_lang.items()},
-            size=float(model.kmeans.counts[t]),
+            size=float(model.cluster_sizes[t]),
             embedding=None if centers is None else [round(float(x), 5) for x in centers[t]],
             drift={lang: 0.0 if t in new_slots else float(d[t]) for lang, d in drift_by_lang.items()},
             labels={lang: labels_by_lang[lang][t] for lang in langs},

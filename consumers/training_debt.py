@@ -58,9 +58,9 @@ class TrainingDebt:
 
     def steps(self, model: OnlineTopicModel) -> float:
         """Steps owed now (negative when the trainer is ahead; 0 before XTRA exists)."""
-        if not model.is_initialised or model.trainer is None:
+        if not model.is_initialised:
             return 0.0
-        done = model.trainer.steps
+        done = model.training_steps
         if self._origin is None:
             self._origin = (model.n_docs, done, model.warmup_steps_left)
         docs0, steps0, warmup0 = self._origin
@@ -78,8 +78,6 @@ class TrainingDebt:
 
     def pay(self, model: OnlineTopicModel, stop: Callable[[], bool]) -> int:
         """Train on the calling thread until nothing is owed (or ``stop()``); returns the steps run."""
-        before = model.trainer.steps
-        model.train(max(1, math.ceil(self.steps(model))), stop=lambda: stop() or self.steps(model) <= 0)
-        done = model.trainer.steps - before
+        done = model.train(max(1, math.ceil(self.steps(model))), stop=lambda: stop() or self.steps(model) <= 0).steps
         self.paid_steps += done
         return done

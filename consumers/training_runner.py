@@ -15,12 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from xtream.model.online import OnlineTopicModel
-
 from xtream.consumers.backpressure import DutyCycle
 from xtream.consumers.config import Settings
 from xtream.consumers.metrics import ServiceMetrics
 from xtream.consumers.training_debt import TrainingDebt
+from xtream.errors import ModelError
+from xtream.model.online import OnlineTopicModel
 
 __all__ = ["TrainingRunner", "observe_model"]
 
@@ -120,7 +120,7 @@ class TrainingRunner:
                 self._due.clear()
                 try:
                     self.train_slice()
-                except (RuntimeError, ValueError, FloatingPointError):
+                except ModelError:
                     logger.exception("training slice failed; the model keeps its last good state")
 
     def stop(self) -> None:
@@ -142,13 +142,11 @@ class TrainingRunner:
         with self._lock, self.metrics.stage_seconds.labels("train").time():
             started = time.monotonic()
             deadline = started + m.train_budget_seconds
-            before = self.model.trainer.steps if self.model.trainer else 0
             if pay_debt:
-                self.debt.pay(self.model, stop=lambda: self._stopping() or self.stop_event.is_set())
+                done = self.debt.pay(self.model, stop=lambda: self._stopping() or self.stop_event.is_set())
             else:
-                self.model.train(m.train_steps,
-                                 stop=lambda: time.monotonic() >= deadline or self.stop_event.is_set())
-            done = (self.model.trainer.steps if self.model.trainer else 0) - before
+                done = self.model.train(m.train_steps,
+                                        stop=lambda: time.monotonic() >= deadline or self.stop_event.is_set()).steps
         self._on_slice(done)
         if not pay_debt:
             self._duty.ran(started, time.monotonic())

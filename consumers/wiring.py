@@ -6,19 +6,21 @@ import logging
 import os
 from pathlib import Path
 
-from xtream.model.embedding import Embedder, load_embedder
-from xtream.model.embedding_process import ProcessEmbedder
-from xtream.stream.sinks import JsonlSink, KafkaSink, make_producer, topic_record_limits
-from xtream.stream.snapshot_store import SnapshotStore
-from xtream.stream.sources import JsonlFileSource, KafkaReplaySource, KafkaSource, committed_offsets, resolve_replay_window
-from xtream.stream.transactions import OutputTransactions, covered_by
-
 from xtream.consumers.checkpoint import CheckpointStore, CheckpointsUnreadable
 from xtream.consumers.config import Settings
 from xtream.consumers.embedding_worker import EmbeddingWorker
-from xtream.consumers.intake import TextIntake
+from xtream.consumers.intake import EmbeddedIntake, TextIntake
 from xtream.consumers.metrics import ServiceMetrics
 from xtream.consumers.service import TopicService
+from xtream.model.embedding import Embedder, load_embedder
+from xtream.model.embedding_process import ProcessEmbedder
+from xtream.stream.file_source import JsonlFileSource
+from xtream.stream.kafka_replay import KafkaReplaySource, resolve_replay_window
+from xtream.stream.kafka_source import KafkaSource, committed_offsets
+from xtream.stream.sinks import JsonlSink, KafkaSink, make_producer, topic_record_limits
+from xtream.stream.snapshot_store import SnapshotStore
+from xtream.stream.sources import Source
+from xtream.stream.transactions import OutputTransactions, covered_by
 
 __all__ = ["DEMO_STREAM", "build_embedding_worker", "build_service", "replay_settings", "service_embedder",
            "set_threads"]
@@ -29,16 +31,13 @@ DEMO_STREAM = Path(__file__).resolve().parent / "demo" / "news.jsonl"
 
 
 def set_threads(n: int) -> None:
-    """Pin torch and BLAS thread pools (oversubscribed BLAS on 2 cores was measured 28-45x slower)
-    and keep freed training buffers in the heap (:mod:`model.allocator`)."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
+    """Pin torch and BLAS thread pools (oversubscribed BLAS threads slow every product down) and
+    keep freed training buffers in the heap (:mod:`model.allocator`)."""
     from xtream.model.allocator import retain_freed_memory
+    from xtream.model.threads import pin_threads
 
     retain_freed_memory()
-    torch.set_num_threads(n)
-    threadpool_limits(n)
+    pin_threads(n)
 
 
 def service_embedder(settings: Settings) -> Embedder:
@@ -66,10 +65,10 @@ def replay_settings(settings: Settings, namespace: str) -> Settings:
 def _kafka_sinks(settings: Settings, client: dict, producer=None) -> dict:
     """The service's four output topics on one shared producer, each knowing its record limit."""
     k = settings.kafka
-    producer = producer or make_producer(k.bootstrap_servers, client, compression=k.compression_type)
+    producer = producer or make_producer(k.servers(), client, compression=k.compression_type)
     topics = dict(assignments=k.assignments_topic, dead_letters=k.dead_letter_topic, snapshots=k.snapshots_topic,
                   lineage=k.lineage_topic)
-    limits = topic_record_limits(k.bootstrap_servers, list(topics.values()), client)
+    limits = topic_record_limits(k.servers(), list(topics.values()), client)
     return {name: KafkaSink(producer, topic, max_record_bytes=limits[topic]) for name, topic in topics.items()}
 
 
@@ -91,7 +90,8 @@ def build_embedding_worker(settings: Settings) -> EmbeddingWorker:
                          client_config=client)
     producer = make_producer(k.bootstrap_servers, client, compression=k.compression_type)
     intake = TextIntake(embedder, Tokenizer(), frozenset(settings.model.languages), settings.batch.max_record_bytes)
-    return EmbeddingWorker(source, intake, KafkaSink(producer, k.embedded_topic), KafkaSink(producer, k.dead_letter_topic),
+    return EmbeddingWorker(source, intake, KafkaSink(producer, k.embedded_topic),
+                           KafkaSink(producer, k.dead_letter_topic),
                            settings.batch.max_records, settings.batch.max_wait_ms,
                            ServiceMetrics(sorted(settings.model.languages)), k.max_poll_interval_ms)
 
@@ -140,6 +140,7 @@ def _assemble_service(settings: Settings, embedder: Embedder, checkpoints: Check
         logger.error("no readable checkpoint among %d: starting from the committed offsets; the model lacks "
                      "the documents before them (checkpoint.accept_model_loss)", len(checkpoints.damaged))
     store = SnapshotStore(data / "snapshots.sqlite")
+    source: Source
     if replay is not None:
         if not k.bootstrap_servers:
             raise ValueError("a replay reads Kafka: set kafka.bootstrap_servers")
@@ -154,7 +155,7 @@ def _assemble_service(settings: Settings, embedder: Embedder, checkpoints: Check
         sinks = _kafka_sinks(settings, client)
     elif live_kafka:
         client = k.client_config()
-        source = KafkaSource(k.bootstrap_servers, [topic], group, start_offsets=start_offsets,
+        source = KafkaSource(k.servers(), [topic], group, start_offsets=start_offsets,
                              auto_offset_reset=k.auto_offset_reset, max_poll_interval_ms=k.max_poll_interval_ms,
                              session_timeout_ms=k.session_timeout_ms, group_instance_id=k.group_instance_id,
                              isolation_level=k.isolation_level, client_config=client)
@@ -168,7 +169,8 @@ def _assemble_service(settings: Settings, embedder: Embedder, checkpoints: Check
                      dead_letters=JsonlSink(data / "dead_letters.jsonl", envelope=True), snapshots=None,
                      lineage=JsonlSink(data / "lineage.jsonl"))
     service = TopicService(settings, source, embedder, snapshot_store=store, checkpoints=checkpoints,
-                           start_offsets=start_offsets, role=role, transactions=transactions, **sinks)
+                           start_offsets=start_offsets, transactions=transactions, **sinks,
+                           intake=EmbeddedIntake(embedder.dim) if role == "trainer" else None)
     if resumed:
         service.load_state_dict(resumed[1])
     return service
@@ -182,11 +184,11 @@ def _exactly_once_start(settings: Settings, checkpoints: CheckpointStore, compat
     k = settings.kafka
     client = k.client_config()
     tid = k.transactional_id or f"{group}-{k.group_instance_id or 0}"
-    transactions = OutputTransactions(make_producer(k.bootstrap_servers, client, compression=k.compression_type,
+    transactions = OutputTransactions(make_producer(k.servers(), client, compression=k.compression_type,
                                                     transactional_id=tid))
     try:
         transactions.init()
-        committed = committed_offsets(k.bootstrap_servers, topic, group, client)
+        committed = committed_offsets(k.servers(), topic, group, client)
     except BaseException:
         transactions.producer.close(timeout=2)
         raise

@@ -2,9 +2,7 @@
 
 A training step frees and allocates again a (V, 1000) projection gradient of ~20 MB per language.
 glibc serves blocks of that size with ``mmap`` and hands them back to the kernel on ``free``, so
-every step page-faults its gradients in again: a fresh ``torch.zeros(5000, 1000)`` took 1.7-2.1 ms
-this way and 0.5 ms from retained memory (one core of the 2-core CI host), and a whole synthetic step
-at V = 5,000 went from 65-67 to 60-62 ms. Raising the mmap threshold to glibc's maximum (32 MiB)
+every step page-faults its gradients in again. Raising the mmap threshold to glibc's maximum (32 MiB)
 and the trim threshold to 1 GiB keeps that memory in the heap, as jemalloc or tcmalloc would.
 
 The cost is that resident memory stays near its peak instead of shrinking between steps; the

@@ -16,17 +16,17 @@ the documents' fit), because what cosine similarity a good fit has depends on th
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from xtream.model.vectors import unit_rows
 
 __all__ = ["MiniBatchKMeans"]
 
 #: Cosine above which a pooled document counts as a copy of another (a theme is many documents,
 #: not one document many times).
 DUPLICATE = 0.95
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 class MiniBatchKMeans:
@@ -107,7 +107,7 @@ class MiniBatchKMeans:
 
     # -- learning ------------------------------------------------------------------------------
     def learn_many(self, x: np.ndarray) -> None:
-        x = _unit(np.asarray(x, dtype=np.float32))
+        x = unit_rows(np.asarray(x, dtype=np.float32))
         if len(x) == 0:
             return
         if self.centers is None:
@@ -121,7 +121,7 @@ class MiniBatchKMeans:
         sims = self.similarities(x)
         labels = np.argmax(sims, axis=1)
         self._seed_novel(x, sims, labels)
-        # Per-cluster sums as one (K, n) @ (n, d) product: np.add.at was 86% of the time.
+        # Per-cluster sums as one (K, n) @ (n, d) product, not a per-row np.add.at.
         onehot = np.zeros((self.n_clusters, len(x)), dtype=np.float32)
         onehot[labels, np.arange(len(x))] = 1.0
         sums = (onehot @ x).astype(np.float64)
@@ -133,7 +133,7 @@ class MiniBatchKMeans:
         step[hit] = batch_counts[hit] / np.maximum(self.counts[hit], batch_counts[hit])
         batch_means = sums[hit] / batch_counts[hit, None]
         moved = (1.0 - step[hit, None]) * self.centers[hit] + step[hit, None] * batch_means
-        self.centers[hit] = _unit(moved).astype(np.float32)
+        self.centers[hit] = unit_rows(moved).astype(np.float32)
         self.n_seen += len(x)
         self._reassign_dead(x, labels)
 
@@ -156,17 +156,20 @@ class MiniBatchKMeans:
         The seed group is the pooled document with the most pooled neighbours at least as close as
         a fit halfway between a poor and a typical one, widened to the pooled documents near the
         group's mean. It becomes a centre only if its members are ``novelty_margin`` closer to that
-        mean than to their current centres, and the mean is farther from every centre than most centres are from their nearest
-        other centre (the worst-fitted tail of a broad cluster is near that cluster; a new theme is
-        not). Copies of a pooled document are not pooled. The batch's documents are relabelled
-        against the moved centre in place.
+        mean than to their current centres, and the mean is farther from every centre than most
+        centres are from their nearest other centre (the worst-fitted tail of a broad cluster is
+        near that cluster; a new theme is not). Copies of a pooled document are not pooled. The
+        batch's documents are relabelled against the moved centre in place.
         """
+        centers = self.centers
+        if centers is None:
+            return
         if self.novelty_quantile is None or self.n_seen < 10 * self.n_clusters:
             return
         best = sims.max(axis=1)
         weight = 1.0 - 0.999 ** len(x)   # a memory of about a thousand documents
         low, typical = np.quantile(best, [self.novelty_quantile, 0.5])
-        if self.fit_low is None:
+        if self.fit_low is None or self.fit_typical is None:
             self.fit_low, self.fit_typical = float(low), float(typical)
         else:
             self.fit_low += weight * (float(low) - self.fit_low)
@@ -186,36 +189,39 @@ class MiniBatchKMeans:
         seed = int(np.argmax(neighbours))
         if neighbours[seed] < self.min_novel:
             return
-        centre = _unit(pool[near[seed]].mean(axis=0))
+        centre = unit_rows(pool[near[seed]].mean(axis=0))
         members = pool @ centre >= 0.8 * self.fit_typical
-        centre = _unit(pool[members].mean(axis=0))
+        centre = unit_rows(pool[members].mean(axis=0))
         own = float((pool[members] @ centre).mean())
-        current = float((pool[members] @ self.centers.T).max(axis=1).mean())
+        current = float((pool[members] @ centers.T).max(axis=1).mean())
         if members.sum() < self.min_novel or own - current < self.novelty_margin:
             return
-        between = self.centers @ self.centers.T
+        between = centers @ centers.T
         np.fill_diagonal(between, -1.0)
-        if float((self.centers @ centre).max()) >= float(np.median(between.max(axis=1))):
+        if float((centers @ centre).max()) >= float(np.median(between.max(axis=1))):
             return
         weakest = int(np.argmin(self.counts))
-        self.centers[weakest] = centre.astype(np.float32)
+        centers[weakest] = centre.astype(np.float32)
         self.reseeded.add(weakest)
         others = np.delete(self.counts, weakest)
         self.counts[weakest] = others.min() if len(others) else 1.0
         self._pool = pool[~members]
-        sims[:, weakest] = x @ self.centers[weakest]
+        sims[:, weakest] = x @ centers[weakest]
         labels[:] = np.argmax(sims, axis=1)
 
     def _reassign_dead(self, x: np.ndarray, labels: np.ndarray) -> None:
+        centers = self.centers
+        if centers is None:
+            return
         if self.reassign_ratio is None or self.n_seen < 10 * self.n_clusters:
             return
         dead = np.flatnonzero(self.counts < self.reassign_ratio * self.counts.mean())
         if len(dead) == 0:
             return
-        fit = np.einsum("nd,nd->n", x, self.centers[labels])
+        fit = np.einsum("nd,nd->n", x, centers[labels])
         worst = np.argsort(fit)[: len(dead)]
         alive = np.delete(self.counts, dead)
-        self.centers[dead[: len(worst)]] = x[worst]
+        centers[dead[: len(worst)]] = x[worst]
         self.reseeded.update(dead[: len(worst)].tolist())
         # As sklearn does: start at the smallest live count, not 1, or the next batch finds the
         # centre dead again unless its theme alone fills ``reassign_ratio`` of a mean count at once.
@@ -226,14 +232,14 @@ class MiniBatchKMeans:
         """Cosine similarity of each document to each centre, shape (n, K)."""
         if self.centers is None:
             raise ValueError("MiniBatchKMeans is not initialised: learn at least n_clusters documents first")
-        return _unit(np.asarray(x, dtype=np.float32)) @ self.centers.T
+        return unit_rows(np.asarray(x, dtype=np.float32)) @ self.centers.T
 
     def predict_many(self, x: np.ndarray) -> np.ndarray:
         """Index of the nearest centre for each document (int64)."""
         return np.argmax(self.similarities(x), axis=1)
 
     # -- persistence ---------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "n_clusters": self.n_clusters, "decay": self.decay, "max_count": self.max_count,
             "reassign_ratio": self.reassign_ratio, "seed": self.seed, "n_seen": self.n_seen,
@@ -246,7 +252,7 @@ class MiniBatchKMeans:
             "rng": self._rng.bit_generator.state,
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.n_clusters = state["n_clusters"]
         self.decay = state["decay"]
         self.max_count = state["max_count"]

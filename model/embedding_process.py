@@ -2,10 +2,9 @@
 
 Why: multilingual USE runs as thousands of small numpy calls per batch, and each one gives the GIL
 up and must win it back. In one process with the service's loop and trainer threads (both doing
-Python-level work between their own numpy/torch calls) the embedder ran ~25% slower than alone
-(``bench.stream_ecnews``, session 6); a probe measured 1,007 docs/s alone, 978 beside a torch
-*process*, and 44 beside a thread that holds the GIL. In its own process the embedder competes only
-for a core, which the operating system shares fairly.
+Python-level work between their own numpy/torch calls) the embedder waits for the GIL after each
+of them; beside a thread that holds the GIL it all but stops. In its own process the embedder
+competes only for a core, which the operating system shares fairly.
 
 :class:`ProcessEmbedder` is an :class:`~model.embedding.Embedder` like any other: texts go to the
 child and unit vectors come back through shared memory (only lengths and short replies use the
@@ -13,7 +12,7 @@ pipe). The child is started with ``spawn`` (never ``fork``: the parent holds tor
 threads), loads the model named by the same spec string
 :func:`~model.embedding.load_embedder` takes, and exits when its pipe closes, so a ``kill -9`` of
 the service leaves no orphan behind. If the child dies (killed, out of memory), the call that saw
-it starts a new one and retries once; a second death is reported as a :class:`RuntimeError`, which
+it starts a new one and retries once; a second death is reported as an :class:`EmbedderProcessError`, which
 the intake treats like any embedding failure (documents retried one by one, the culprit
 dead-lettered).
 """
@@ -24,22 +23,24 @@ import logging
 import multiprocessing as mp
 import os
 import signal
-import sys
 import time
 import weakref
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
+from typing import Any
 
 import numpy as np
 
+from xtream.errors import ModelError
 from xtream.model.embedding import Embedder, load_embedder
+from xtream.model.threads import pin_threads
 
 __all__ = ["EmbedderProcessError", "ProcessEmbedder"]
 
 logger = logging.getLogger(__name__)
 
 
-class EmbedderProcessError(RuntimeError):
+class EmbedderProcessError(ModelError, RuntimeError):
     """The child process failed to start, died twice on one call, or raised while encoding."""
 
 
@@ -130,26 +131,31 @@ class ProcessEmbedder(Embedder):
                 raise EmbedderProcessError(payload)
             if kind == "inline":
                 return payload
-            return np.ndarray((payload, self.dim), np.float32, buffer=self._reply.buf).copy()
+            return np.ndarray((payload, self.dim), np.float32, buffer=self._segments()[1].buf).copy()
         raise AssertionError("unreachable")
 
-    def _write_request(self, texts: list[str]) -> tuple:
+    def _segments(self) -> tuple[SharedMemory, SharedMemory]:
+        """The request and reply segments (created with the embedder, released by close)."""
+        if self._request is None or self._reply is None:
+            raise EmbedderProcessError("the embedder process was closed")
+        return self._request, self._reply
+
+    def _write_request(self, texts: list[str]) -> tuple[Any, ...]:
         """Texts as UTF-8 in shared memory (one copy, no pickling); only lengths go through the pipe.
 
         Why not the pipe: a 256-document batch is ~0.5 MB each way, pickled and moved through a
         64 KiB socket buffer a piece at a time, and between pieces this process's thread must win
-        the GIL back from the loop and the trainer. (Measured on the whole EC News stream, the
-        difference was within run-to-run noise: the child was busy 92-93% of the time either way,
-        its idle time being start-up, the clean stop and stalls of the loop.)
+        the GIL back from the loop and the trainer.
         """
         data = [t.encode("utf-8", "surrogatepass") for t in texts]
         lengths = np.fromiter(map(len, data), np.int64, len(data))
         size = int(lengths.sum())
-        if len(texts) > self.chunk or size > self._request.size:
+        request, reply = self._segments()
+        if len(texts) > self.chunk or size > request.size:
             raise ValueError(f"{len(texts)} texts of {size} bytes exceed one request; call encode(), "
                              "which clips and chunks them")
-        self._request.buf[:size] = b"".join(data)
-        return self._request.name, lengths, self._reply.name
+        _view(request)[:size] = b"".join(data)
+        return request.name, lengths, reply.name
 
     def _reap(self) -> int | None:
         """Forget a dead (or dying) child and return its exit code."""
@@ -191,24 +197,36 @@ def _release(*segments: SharedMemory | None) -> None:
             shm.unlink()
 
 
+def _view(shm: SharedMemory) -> memoryview:
+    """The segment's bytes (None only once it is closed)."""
+    if shm.buf is None:
+        raise EmbedderProcessError(f"shared memory {shm.name} is closed")
+    return shm.buf
+
+
+def _load(conn: Connection, spec: str, threads: int, batch_size: int, device: str) -> Embedder | None:
+    """Load the embedder in the child and tell the parent ("ready", ...) or ("error", message)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        pin_threads(threads, torch=False)
+        embedder = load_embedder(spec, threads=threads, batch_size=batch_size, device=device)
+        pin_threads(threads, torch=False)   # a sentence-transformers model has loaded torch now
+    except Exception as exc:   # reported to the parent, which raises it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return None
+    conn.send(("ready", embedder.name, embedder.dim, embedder.max_chars))
+    return embedder
+
+
 def _serve(conn: Connection, spec: str, threads: int, batch_size: int, device: str) -> None:
     """The child: load the model, then answer ``texts -> ("ok", vectors) | ("error", message)``."""
     # Ctrl-C, and a SIGTERM sent to the whole group (systemd, ``kill -- -pgid``), reach this process
     # too: the parent decides, finishes its batch with this child's help, and closes it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(threads)
-        embedder = load_embedder(spec, threads=threads, batch_size=batch_size, device=device)
-        if "torch" in sys.modules:   # a sentence-transformers model
-            sys.modules["torch"].set_num_threads(threads)
-    except Exception as exc:   # reported to the parent, which raises it
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    embedder = _load(conn, spec, threads, batch_size, device)
+    if embedder is None:
         return
-    conn.send(("ready", embedder.name, embedder.dim, embedder.max_chars))
     n, busy, cpu0, wall0 = 0, 0.0, time.process_time(), time.perf_counter()
     attached: dict[str, SharedMemory] = {}
 
@@ -225,9 +243,10 @@ def _serve(conn: Connection, spec: str, threads: int, batch_size: int, device: s
         if request is None:
             break
         started = time.perf_counter()
+        reply: tuple[Any, ...]
         try:
             name, lengths, reply_name = request
-            blob = bytes(segment(name).buf[: int(lengths.sum())])
+            blob = bytes(_view(segment(name))[: int(lengths.sum())])
             ends = np.cumsum(lengths).tolist()
             texts = [blob[e - k:e].decode("utf-8", "surrogatepass") for e, k in zip(ends, lengths.tolist())]
             vectors = embedder.encode(texts)

@@ -11,7 +11,7 @@ from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from itertools import repeat
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
@@ -26,7 +26,8 @@ __all__ = [
 ]
 
 Topics = Sequence[Sequence[str]]
-Docs = Sequence[Sequence[str]] | sp.sparray | sp.spmatrix
+#: Token lists, or a sparse document-term matrix (``sp.sparray | sp.spmatrix``; scipy is untyped).
+Docs: TypeAlias = Any
 Dictionary = Mapping[str, Collection[str]] | AbstractSet[tuple[str, str]]
 
 
@@ -125,7 +126,7 @@ def _presence(docs: Docs, words: np.ndarray, vocab: Sequence[str] | None) -> sp.
     if len(docs) == 0 or isinstance(docs[0], str):
         raise ValueError("reference docs must be a non-empty list of token lists (split strings)")
     lens = np.fromiter(map(len, docs), dtype=np.intp, count=len(docs))
-    flat = np.array([t for d in docs for t in d], dtype=str)
+    flat = np.array([t for d in docs for t in d], dtype=np.str_)
     pos = np.minimum(np.searchsorted(words, flat), len(words) - 1)
     hit = words[pos] == flat
     rows = np.repeat(np.arange(len(docs)), lens)[hit]
@@ -143,7 +144,8 @@ def _npmi(joint: np.ndarray, df_a: np.ndarray, df_b: np.ndarray, n: int, zero: f
     return np.where(joint == 0, zero, np.where(joint == n, 1.0, score))
 
 
-def _topic_means(scores, idx_a, idx_b, known_a, known_b, upper_only: bool) -> np.ndarray:
+def _topic_means(scores: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray, known_a: np.ndarray,
+                 known_b: np.ndarray, upper_only: bool) -> np.ndarray:
     """Mean of ``scores`` over each topic's valid (a, b) word pairs; NaN for a topic with none."""
     ok_a = (idx_a >= 0) & known_a[np.maximum(idx_a, 0)]
     ok_b = (idx_b >= 0) & known_b[np.maximum(idx_b, 0)]
@@ -248,7 +250,7 @@ def load_bilingual_dictionary(
     if set(map(len, pairs)) - {2}:
         bad = next(i for i, p in enumerate(pairs) if len(p) != 2)
         raise ValueError(f"{path}: non-blank line {bad + 1} is not 'src<TAB>tgt': {lines[bad]!r}")
-    return frozenset((b, a) for a, b in pairs) if reverse else frozenset(pairs)
+    return frozenset((b, a) if reverse else (a, b) for a, b in pairs)
 
 
 def dictionary_alignment(
@@ -289,7 +291,7 @@ def _fit(theta: np.ndarray, y: np.ndarray, model: Classifier) -> SVC | LinearSVC
     raise ValueError(f"model must be 'svc' or 'linear', got {model!r}")
 
 
-def _check_xy(theta, y, what: str) -> tuple[np.ndarray, np.ndarray]:
+def _check_xy(theta: Any, y: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
     theta, y = np.asarray(theta, dtype=np.float64), np.asarray(y).ravel()
     if theta.ndim != 2 or theta.shape[0] != y.shape[0] or theta.shape[0] == 0:
         raise ValueError(f"{what}: theta must be n x K with n = len(y) > 0, got {theta.shape}")
@@ -304,14 +306,14 @@ def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
 
 
 def classification_scores(
-    theta_train, y_train, theta_test, y_test, *, model: Classifier = "svc"
+    theta_train: Any, y_train: Any, theta_test: Any, y_test: Any, *, model: Classifier = "svc"
 ) -> dict[str, float]:
     """Accuracy and macro-F1 of an SVM trained on document-topic vectors.
 
     ``model="svc"`` is ``sklearn.svm.SVC()`` with defaults (RBF, gamma='scale'), the classifier of
-    the InfoCTM/XTRA evaluation code, so numbers are comparable with the papers; it takes ~1 s on
-    37k well-separated docs but ~60 s on 37k overlapping ones. ``model="linear"`` is
-    ``LinearSVC(dual="auto")``, ~1 s either way, for quick checks. Macro-F1 counts a class that is
+    the InfoCTM/XTRA evaluation code, so numbers are comparable with the papers; it slows down
+    sharply on overlapping classes. ``model="linear"`` is ``LinearSVC(dual="auto")``, for quick
+    checks. Macro-F1 counts a class that is
     never predicted as F1 = 0.
     """
     x_tr, y_tr = _check_xy(theta_train, y_train, "train")
@@ -322,7 +324,7 @@ def classification_scores(
 
 
 def crosslingual_classification(
-    theta_by_lang: Mapping[str, tuple], *, model: Classifier = "svc"
+    theta_by_lang: Mapping[str, tuple[Any, ...]], *, model: Classifier = "svc"
 ) -> dict[str, dict[str, float]]:
     """Intra- and cross-lingual classification over a shared topic space.
 

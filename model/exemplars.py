@@ -13,8 +13,11 @@ Memory is ``languages x K x per_topic`` embeddings and text prefixes, whatever t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+from xtream.model.vectors import unit_rows
 
 __all__ = ["TopicExemplars"]
 
@@ -55,16 +58,18 @@ class TopicExemplars:
         """Offer a batch of documents; every language's reservoir is re-scored against ``centres``."""
         if not (len(ids) == len(texts) == len(embeddings) == len(langs)):
             raise ValueError("ids, texts, embeddings and langs must have the same length")
-        centres = _unit(np.asarray(centres, dtype=np.float32))
+        centres = unit_rows(np.asarray(centres, dtype=np.float32))
         if centres.shape[0] != self.num_topics:
             raise ValueError(f"expected {self.num_topics} centres, got {centres.shape[0]}")
         langs_arr = np.asarray(langs)
-        emb = _unit(np.asarray(embeddings, dtype=np.float32))
+        emb = unit_rows(np.asarray(embeddings, dtype=np.float32))
         for lang in sorted(set(langs_arr.tolist()) | set(self._kept)):
             rows = np.flatnonzero(langs_arr == lang)
-            kept_ids, kept_texts, kept_emb, _ = self._kept.get(lang, ([], [], np.zeros((0, emb.shape[1]), np.float32), None))
-            all_ids = kept_ids + [str(ids[i]) for i in rows]
-            all_texts = kept_texts + [str(texts[i])[:self.prefix_chars] for i in rows]
+            empty: tuple[list[str], list[str], np.ndarray, np.ndarray] = (
+                [], [], np.zeros((0, emb.shape[1]), np.float32), np.zeros(0, np.int64))
+            kept_ids, kept_texts, kept_emb, _ = self._kept.get(lang, empty)
+            all_ids = kept_ids + [str(ids[i]) for i in rows.tolist()]
+            all_texts = kept_texts + [str(texts[i])[:self.prefix_chars] for i in rows.tolist()]
             all_emb = np.concatenate([kept_emb, emb[rows]]) if len(rows) else kept_emb
             # the latest copy of a document offered twice wins
             _, last = np.unique(np.asarray(all_ids[::-1], dtype=object), return_index=True)
@@ -89,16 +94,13 @@ class TopicExemplars:
     def languages(self) -> list[str]:
         return sorted(self._kept)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"num_topics": self.num_topics, "per_topic": self.per_topic, "prefix_chars": self.prefix_chars,
                 "kept": {lang: {"ids": list(i), "texts": list(t), "emb": e.copy(), "topic": k.copy()}
                          for lang, (i, t, e, k) in self._kept.items()}}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.__init__(int(state["num_topics"]), int(state["per_topic"]), int(state["prefix_chars"]))
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.num_topics, self.per_topic = int(state["num_topics"]), int(state["per_topic"])
+        self.prefix_chars = int(state["prefix_chars"])
         self._kept = {lang: (list(p["ids"]), list(p["texts"]), np.asarray(p["emb"], dtype=np.float32),
                              np.asarray(p["topic"], dtype=np.int64)) for lang, p in state["kept"].items()}
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

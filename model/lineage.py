@@ -22,9 +22,12 @@ of the stream. Events:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from xtream.model.vectors import unit_rows
 
 __all__ = ["LineageEvent", "TopicTracker"]
 
@@ -49,10 +52,6 @@ class _Tracked:
     age: int = 0   # snapshots since the id was created
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 @dataclass
 class TopicTracker:
     """Assigns stable ids to topic slots snapshot after snapshot; ``update`` returns the events."""
@@ -66,12 +65,13 @@ class TopicTracker:
     slot_ids: list[int] = field(default_factory=list)
     tracked: dict[int, _Tracked] = field(default_factory=dict)
 
-    def update(self, vectors: np.ndarray, alive: np.ndarray, words: list[tuple[str, ...]]) -> tuple[list[int], list[LineageEvent]]:
+    def update(self, vectors: np.ndarray, alive: np.ndarray,
+               words: list[tuple[str, ...]]) -> tuple[list[int], list[LineageEvent]]:
         """``vectors`` (K, d) topic vectors, ``alive`` (K,) bools, ``words`` top words per slot.
 
         Returns the stable id of every slot and the lineage events of this step.
         """
-        vectors = _unit(np.asarray(vectors, dtype=np.float64))
+        vectors = unit_rows(np.asarray(vectors, dtype=np.float64))
         alive = np.asarray(alive, dtype=bool)
         k = len(vectors)
         events: list[LineageEvent] = []
@@ -110,7 +110,15 @@ class TopicTracker:
                 parent = prev_ids[r]
                 if sim[r, c] >= self.related_threshold and parent in ids and parent != ids[c]:
                     events.append(LineageEvent("split_from", ids[c], parent, words=tuple(words[c])))
-        # Life: births, deaths after the horizon, renames.
+        self._live(ids, alive, words, vectors, events)
+        self.slot_ids = ids
+        for tid in [i for i, t in self.tracked.items() if t.retired]:
+            del self.tracked[tid]
+        return ids, events
+
+    def _live(self, ids: list[int], alive: np.ndarray, words: list[tuple[str, ...]], vectors: np.ndarray,
+              events: list[LineageEvent]) -> None:
+        """Life of the matched slots: births, deaths after the horizon, renames."""
         for c, tid in enumerate(ids):
             t = self.tracked[tid]
             new_words = tuple(words[c])
@@ -130,15 +138,11 @@ class TopicTracker:
                     events.append(LineageEvent("died", tid, previous_words=new_words))
                     t.alive = False
             t.age += 1
-        self.slot_ids = ids
-        for tid in [i for i, t in self.tracked.items() if t.retired]:
-            del self.tracked[tid]
-        return ids, events
 
     def alive_ids(self) -> list[int]:
         return [i for i in self.slot_ids if self.tracked[i].alive]
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"match_threshold": self.match_threshold, "related_threshold": self.related_threshold,
                 "death_horizon": self.death_horizon, "rename_jaccard": self.rename_jaccard,
                 "birth_horizon": self.birth_horizon,
@@ -148,7 +152,7 @@ class TopicTracker:
                                      "age": t.age}
                             for i, t in self.tracked.items()}}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.match_threshold = state["match_threshold"]
         self.related_threshold = state["related_threshold"]
         self.death_horizon = state["death_horizon"]

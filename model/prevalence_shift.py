@@ -14,6 +14,9 @@ points, so a detector that has not fired for longer than that is rebuilt from it
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
 
 from xtream.model.lineage import LineageEvent
@@ -57,7 +60,7 @@ class PrevalenceShift:
         self._history: list[list[float]] = [[] for _ in range(n_topics)]   # points since each restart
         self._jumped: set[int] = set()
 
-    def _detector(self):
+    def _detector(self) -> Any:
         from river.drift import PageHinkley
 
         return PageHinkley(min_instances=self.min_instances, delta=self.delta, threshold=self.threshold, mode="up")
@@ -87,7 +90,7 @@ class PrevalenceShift:
         self._counts[:] = 0
         self.windows += 1
 
-    def reset(self, slots) -> None:
+    def reset(self, slots: Iterable[int]) -> None:
         """Forget the history of ``slots`` (they hold another topic now)."""
         for k in slots:
             self._detectors[k] = self._detector()

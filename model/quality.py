@@ -4,8 +4,8 @@ Three steps have to be done identically wherever a topic model is trained and ju
 otherwise benchmark numbers and CLI numbers stop being comparable:
 
 - :func:`embed_cached` embeds texts in chunks behind a progress bar and keeps the result as an
-  ``.npy`` file, because embedding is the slowest step (USE runs at ~300-500 texts/s on one core)
-  and reruns of a benchmark should not pay for it again;
+  ``.npy`` file, because embedding is the slowest step and reruns of a benchmark should not pay
+  for it again;
 - :func:`joint_kmeans` clusters the documents of *all* languages together, as the streaming
   service does, so a cluster id means the same topic in every language (the XTRA reference code
   instead clusters English only and assigns the other language to the nearest English centroid);
@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from xtream.errors import ModelError
+from xtream.model.atomic import atomic_write
 from xtream.model.embedding import Embedder
 from xtream.model.evaluation import (
     Docs,
@@ -70,7 +71,7 @@ PAPER_SETTINGS: dict[str, float] = {
 }
 
 
-class QualityError(ValueError):
+class QualityError(ModelError, ValueError):
     """Inputs to the quality pipeline are inconsistent (e.g. lengths or languages differ)."""
 
 
@@ -95,16 +96,7 @@ def content_key(prefix: str, texts: Sequence[str]) -> str:
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     """Write ``array`` to a temporary sibling then rename, so an interrupted run leaves no bad cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.chmod(tmp, 0o644)  # mkstemp files are private; a cache is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.save(f, array), durable=False, mode=0o644)   # a cache is meant to be shared
 
 
 def embed_cached(embedder: Embedder, texts: Sequence[str], cache: str | Path | None = None,
@@ -149,8 +141,8 @@ def joint_kmeans(embeddings: Mapping[str, np.ndarray], n_clusters: int = 50, n_i
     re-normalised so Euclidean k-means approximates cosine (spherical) k-means.
 
     With ``cache_dir`` the labels are kept under a key of the vectors' bytes and the parameters:
-    a resumed long training must cluster exactly as the run it continues, and on EC News
-    (77,480 x 512, K=50, 3 restarts) clustering took 25 s on a quiet core and 17 minutes on a busy host.
+    a resumed long training must cluster exactly as the run it continues, and clustering a large
+    corpus is slow on a busy host.
     """
     from sklearn.cluster import KMeans
 
@@ -253,7 +245,7 @@ def fit_xtra(corpora: Mapping[str, LanguageCorpus], epochs: int, num_topics: int
     return TrainedXTRA(model=model, history=list(trainer.history), train_seconds=seconds, epochs=epochs)
 
 
-def _load_checkpoint(path: Path) -> dict:
+def _load_checkpoint(path: Path) -> dict[str, Any]:
     """The state :func:`_save_checkpoint` wrote, loaded with ``weights_only=True``: tensors and plain
     containers only, so a file that holds pickled objects (which could run code) is refused."""
     import pickle
@@ -270,19 +262,11 @@ def _load_checkpoint(path: Path) -> dict:
     return state
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary sibling then rename: a kill mid-write keeps the last checkpoint."""
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -350,17 +334,25 @@ def quality_metrics(
         out["npmi0"] = float(np.mean([out[f"npmi0_{lang}"] for lang in full_reference]))
         out["tq"] = topic_quality(out["tu"], out["npmi0"])
     if dictionary is not None:
-        a, b = dictionary_langs  # checked above
+        a, b = dictionary_langs or ("", "")  # checked above
         out["dict_alignment"] = dictionary_alignment(tops[a], tops[b], dictionary, top_n=dict_top)
     if classification:
-        if len(classification) == 1:  # one language: there is nothing to cross to
-            ((lang, args),) = classification.items()
-            scores = {f"intra_{lang}": classification_scores(*args, model=classifier)}  # type: ignore[arg-type]
-        else:
-            scores = crosslingual_classification(classification, model=classifier)  # type: ignore[arg-type]
-        for lang in classification:
-            for kind in ("intra", "cross"):
-                if f"{kind}_{lang}" in scores:
-                    out[f"clf_{kind}_{lang}"] = scores[f"{kind}_{lang}"]["accuracy"]
-                    out[f"clf_{kind}_{lang}_f1"] = scores[f"{kind}_{lang}"]["macro_f1"]
+        out.update(_classification_metrics(classification, classifier))
+    return out
+
+
+def _classification_metrics(classification: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+                            classifier: str) -> dict[str, float]:
+    """``clf_intra_<lang>``, ``clf_cross_<lang>`` (accuracy) and their ``_f1`` (macro-F1)."""
+    if len(classification) == 1:  # one language: there is nothing to cross to
+        ((lang, args),) = classification.items()
+        scores = {f"intra_{lang}": classification_scores(*args, model=classifier)}  # type: ignore[arg-type]
+    else:
+        scores = crosslingual_classification(classification, model=classifier)  # type: ignore[arg-type]
+    out: dict[str, float] = {}
+    for lang in classification:
+        for kind in ("intra", "cross"):
+            if f"{kind}_{lang}" in scores:
+                out[f"clf_{kind}_{lang}"] = scores[f"{kind}_{lang}"]["accuracy"]
+                out[f"clf_{kind}_{lang}_f1"] = scores[f"{kind}_{lang}"]["macro_f1"]
     return out

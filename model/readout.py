@@ -11,10 +11,13 @@ each topic by its most distinctive words. All functions take and return arrays.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
-__all__ = ["blend_theta", "cluster_memberships", "relevance", "topic_labels"]
+__all__ = ["bag_of_words", "blend_theta", "cluster_memberships", "cluster_words", "ranked_words", "relevance",
+           "topic_labels"]
 
 
 def cluster_memberships(embeddings: np.ndarray, centres: np.ndarray, temperature: float) -> np.ndarray:
@@ -91,3 +94,31 @@ def topic_labels(topic_word: np.ndarray, vocab: Sequence[str], n_words: int = 3,
 def _is_cjk(word: str) -> bool:
     return any("\u3040" <= ch <= "\u30ff" or "\u3400" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af"
                for ch in word)
+
+
+def cluster_words(bow: Any, clusters: np.ndarray, num_topics: int) -> np.ndarray:
+    """(K, V) idf-weighted word distributions of each cluster's documents (uniform for an empty one)."""
+    x = sp.csr_matrix(bow, dtype=np.float64)
+    n = x.shape[0]
+    onehot = sp.csr_matrix((np.ones(n), (np.asarray(clusters), np.arange(n))), shape=(num_topics, n))
+    sums = np.asarray((onehot @ x).todense())
+    df = np.asarray((x > 0).sum(axis=0)).ravel()
+    dist = sums * (np.log((1.0 + n) / (1.0 + df)) + 1.0) + 1e-9
+    return dist / dist.sum(axis=1, keepdims=True)
+
+
+def bag_of_words(tokens: Sequence[list[str]]) -> tuple[list[str], sp.csr_matrix]:
+    """``(words, (n, V) counts)`` over the documents' own words, sorted (no vocabulary needed)."""
+    words = sorted({w for doc in tokens for w in doc})
+    index = {w: i for i, w in enumerate(words)}
+    rows = np.repeat(np.arange(len(tokens)), [len(doc) for doc in tokens])
+    cols = np.fromiter((index[w] for doc in tokens for w in doc), dtype=np.int64, count=len(rows))
+    return words, sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(tokens), len(words)))
+
+
+def ranked_words(dist: np.ndarray, words: Sequence[str], top_n: int,
+              score: np.ndarray | None = None) -> tuple[list[list[str]], np.ndarray]:
+    """Each row's ``top_n`` words by ``score`` (default: ``dist`` itself; ties keep vocabulary
+    order) and their ``dist`` values, (K, top_n)."""
+    idx = np.argsort(-(dist if score is None else score), axis=1, kind="stable")[:, :top_n]
+    return [[words[i] for i in row] for row in idx], np.take_along_axis(dist, idx, axis=1)

@@ -11,6 +11,8 @@ Each entry keeps its BoW (sparse row), sentence embedding and cluster id; when a
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -86,7 +88,11 @@ class ReplayBuffer:
         self.dim = dim
         self.max_terms = max_terms
         self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self._reset()
+
+    def _reset(self) -> None:
+        """Empty, with the RNG at its seed."""
+        self._rng = np.random.default_rng(self.seed)
         self._recent: dict[str, _Slots] = {}
         self._old: dict[str, _Slots] = {}
         self._recent_next: dict[str, int] = {}
@@ -163,7 +169,8 @@ class ReplayBuffer:
         b = old.gather(pick[pick >= recent.size] - recent.size, width)
         return sp.vstack([a[0], b[0]]).tocsr(), np.concatenate([a[1], b[1]]), np.concatenate([a[2], b[2]])
 
-    def sample(self, batch_size: int, languages: list[str] | None = None) -> dict[str, tuple[sp.csr_matrix, np.ndarray, np.ndarray]]:
+    def sample(self, batch_size: int,
+               languages: list[str] | None = None) -> dict[str, tuple[sp.csr_matrix, np.ndarray, np.ndarray]]:
         """``batch_size`` documents per language (fewer if it holds fewer): ``{lang: (bow, emb, cluster)}``."""
         out = {}
         for lang in languages or self.languages:
@@ -191,20 +198,26 @@ class ReplayBuffer:
             slots.cluster[: slots.size] = mapping[slots.cluster[: slots.size]]
 
     # -- persistence ---------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
+        languages: dict[str, Any] = {}
         state = {"capacity_per_language": self.capacity_per_language, "dim": self.dim, "max_terms": self.max_terms,
-                 "seed": self.seed, "rng": self._rng.bit_generator.state, "languages": {}}
+                 "seed": self.seed, "rng": self._rng.bit_generator.state, "languages": languages}
         for lang in self.languages:
-            entry = {"next": self._recent_next[lang], "seen": self._seen[lang], "vocab_size": self._vocab_sizes[lang]}
+            entry: dict[str, Any] = {"next": self._recent_next[lang], "seen": self._seen[lang],
+                                     "vocab_size": self._vocab_sizes[lang]}
             for name, slots in (("recent", self._recent[lang]), ("old", self._old[lang])):
                 n = slots.size
                 entry[name] = {"terms": slots.terms[:n].copy(), "counts": slots.counts[:n].copy(),
                                "emb": slots.emb[:n].copy(), "cluster": slots.cluster[:n].copy()}
-            state["languages"][lang] = entry
+            languages[lang] = entry
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        self.__init__(state["capacity_per_language"], state["dim"], state["max_terms"], state["seed"])
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["capacity_per_language"]) < 2:
+            raise ValueError("capacity_per_language must be >= 2")
+        self.capacity_per_language, self.dim = int(state["capacity_per_language"]), int(state["dim"])
+        self.max_terms, self.seed = int(state["max_terms"]), int(state["seed"])
+        self._reset()
         self._rng.bit_generator.state = state["rng"]
         for lang, entry in state["languages"].items():
             self._ensure(lang)

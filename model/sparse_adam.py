@@ -13,6 +13,8 @@ checkpoints written by ``torch.optim.Adam`` load into it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.optim.adam import adam
 
@@ -33,12 +35,13 @@ class LazyAdam(torch.optim.Optimizer):
     uses the optimizer's step count, not the number of times the row was touched.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid Adam settings lr={lr} betas={betas} eps={eps}")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
 
-    def _state(self, p: torch.Tensor) -> dict:
+    def _state(self, p: torch.Tensor) -> dict[str, Any]:
         state = self.state[p]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32)
@@ -47,7 +50,7 @@ class LazyAdam(torch.optim.Optimizer):
         return state
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
         if closure is not None:
             raise ValueError("LazyAdam does not take a closure")
         for group in self.param_groups:
@@ -68,7 +71,7 @@ class LazyAdam(torch.optim.Optimizer):
                      beta2=beta2, lr=lr, weight_decay=0.0, eps=eps, maximize=False)
 
 
-def _sparse_update(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, beta1: float, beta2: float,
+def _sparse_update(p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], lr: float, beta1: float, beta2: float,
                    eps: float) -> None:
     """Adam on the rows ``grad`` names; the other rows, and their moments, are left as they are.
 

@@ -170,7 +170,7 @@ class Vocabulary:
         if new:  # new words get the next slots; existing slots never move here
             self._slot.update((w, len(self._terms) + i) for i, w in enumerate(new))
             self._terms.extend(new)
-            self._df = np.concatenate([self._df, np.zeros(len(new))])
+            self._df: np.ndarray = np.concatenate([self._df, np.zeros(len(new))])
         slots = np.fromiter((self._slot[w] for w in counts), dtype=np.int64, count=len(counts))
         self._df[slots] += np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
         self._n_docs += len(token_lists)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set everything up (cached venv, cached Kafka jars) and run the whole test suite.
+# Set everything up (cached venv, cached Kafka jars), check lint, types and doctests, and run the
+# whole test suite.
 # The suite starts its own Apache Kafka broker on 127.0.0.1 (tests/conftest.py).
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k kafka -x`.
 set -euo pipefail
@@ -24,6 +25,14 @@ venv="$(scripts/bootstrap.sh)"
 # Resolve Kafka's jars before pytest starts, so a first run shows Maven's progress, not a silent wait.
 "$venv/bin/python" -c "from xtream.stream.kafka_broker import resolve_kafka_classpath as r; print('kafka jars:', r())"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# Lint, types and the docstring examples first; each failure stops the command (set -e).
+echo "test: ruff check (lint, import order)" >&2
+"$venv/bin/ruff" check .
+echo "test: mypy (strict on xtream.model and xtream.stream, see pyproject.toml)" >&2
+"$venv/bin/mypy" -p xtream.errors -p xtream.model -p xtream.stream -p xtream.consumers
+echo "test: doctests of the packages" >&2
+"$venv/bin/python" -m pytest -p no:cacheprovider -q --doctest-modules xtream/errors.py xtream/model xtream/stream \
+  xtream/consumers
 set +e
 "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
 rc=$?

@@ -27,6 +27,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from xtream.stream.errors import XtreamStreamError
 
 __all__ = ["LocalKafkaCluster", "KafkaSetupError", "LocalKafkaBroker", "resolve_kafka_classpath"]
 
@@ -35,7 +38,7 @@ logger = logging.getLogger(__name__)
 POM = Path(__file__).resolve().parent / "kafka_pom.xml"   # package data: works outside a checkout
 
 
-class KafkaSetupError(RuntimeError):
+class KafkaSetupError(XtreamStreamError):
     """The local broker could not be resolved, formatted or started; the message says what to fix."""
 
 
@@ -133,7 +136,7 @@ class LocalKafkaBroker:
     cluster_id: str = ""      # empty: a new one at format time
     replication: int = 1      # replication of internal topics and default for new ones
     log_level: str = "WARN"
-    _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    _proc: subprocess.Popen[Any] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -142,7 +145,7 @@ class LocalKafkaBroker:
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
-    def start_new(cls, data_dir: Path | None = None, **kwargs) -> "LocalKafkaBroker":
+    def start_new(cls, data_dir: Path | None = None, **kwargs: Any) -> "LocalKafkaBroker":
         """Format a fresh storage dir and start a broker on it; waits until it answers."""
         data_dir = Path(data_dir or tempfile.mkdtemp(prefix="xtream-kafka-"))
         broker = cls(data_dir=data_dir, **kwargs)
@@ -195,7 +198,7 @@ class LocalKafkaBroker:
             _LOG4J2.format(log=self.log_file, level=self.log_level))
         return cfg
 
-    def _java(self, main: str, *args: str, **popen) -> subprocess.Popen:
+    def _java(self, main: str, *args: str, **popen: Any) -> subprocess.Popen[Any]:
         java = _require("java", "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)")
         jars = resolve_kafka_classpath()
         cmd = [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
@@ -227,11 +230,16 @@ class LocalKafkaBroker:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._live() is not None
+
+    def _live(self) -> subprocess.Popen[Any] | None:
+        """The broker's process while it runs."""
+        return self._proc if self._proc is not None and self._proc.poll() is None else None
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self.running else None
+        proc = self._live()
+        return None if proc is None else proc.pid
 
     def _wait_ready(self, timeout: float) -> None:
         from kafka import KafkaAdminClient  # kafka-python; imported here so `format` needs no client
@@ -279,24 +287,25 @@ class LocalKafkaBroker:
 
     def kill(self) -> None:
         """SIGKILL, no shutdown: for fault tests."""
-        if self.running:
-            self._proc.kill()
-            self._proc.wait(10)
+        proc = self._live()
+        if proc is not None:
+            proc.kill()
+            proc.wait(10)
         self._proc = None
 
     def pause(self) -> None:
         """SIGSTOP: the broker keeps its sockets but answers nothing (a 'slow broker')."""
-        if self.running:
-            os.kill(self._proc.pid, signal.SIGSTOP)
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
-        if self.running:
-            os.kill(self._proc.pid, signal.SIGCONT)
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGCONT)
 
     def __enter__(self) -> "LocalKafkaBroker":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
@@ -310,7 +319,7 @@ class LocalKafkaCluster:
     nodes: list[LocalKafkaBroker] = field(default_factory=list)
 
     @classmethod
-    def start_new(cls, data_dir: Path, size: int = 3, **kwargs) -> "LocalKafkaCluster":
+    def start_new(cls, data_dir: Path, size: int = 3, **kwargs: Any) -> "LocalKafkaCluster":
         cluster = cls(data_dir=Path(data_dir), size=size)
         ports = [(free_port(), free_port()) for _ in range(size)]
         voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports))

@@ -6,7 +6,8 @@ Every output carries ``schema_version`` so consumers can evolve with us.
 
 Parsing never raises anything but :class:`InvalidRecord`, whose ``reason`` is a short
 machine-readable code (``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``invalid_field``,
-``empty_text``, ``unknown_language``, ``too_large``, ``too_deep``, ``tombstone``) that the dead-letter queue puts in its headers.
+``empty_text``, ``unknown_language``, ``too_large``, ``too_deep``, ``tombstone``) that the dead-letter
+queue puts in its headers.
 
 What a document may hold is bounded: a text of only whitespace or invisible characters is
 ``empty_text``; an ``id`` must be printable and not blank (it becomes the output Kafka key);
@@ -25,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
+from xtream.errors import XtreamError
 from xtream.stream.errors import RecordTooLarge
 
 __all__ = [
@@ -68,7 +70,7 @@ rm rn ro ru rw sa sc sd se sg si sk sl sm sn so sq sr ss st su sv sw ta te tg th
 ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu""".split())
 
 
-class InvalidRecord(ValueError):
+class InvalidRecord(XtreamError, ValueError):
     """A record that cannot become a :class:`Document`; ``reason`` is a stable code for the DLQ."""
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -113,7 +115,8 @@ class Document(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _bounded_metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
-        items, stack = 0, [v]
+        items = 0
+        stack: list[Any] = [v]
         while stack:
             node = stack.pop()
             children = node.values() if isinstance(node, dict) else node
@@ -248,17 +251,18 @@ class EmbeddedDocument(_Out):
     source_offset: int
     source_timestamp_ms: int | None = None
     text_prefix: str | None = Field(None, max_length=200,
-                                    description="the first characters of the text: for the topics' representative documents")
+                                    description="the first characters of the text: for the topics' "
+                                                "representative documents")
 
     @classmethod
-    def encode_vector(cls, vector) -> str:
+    def encode_vector(cls, vector: Any) -> str:
         import base64
 
         import numpy as np
 
         return base64.b64encode(np.asarray(vector, dtype="<f2").tobytes()).decode()
 
-    def vector(self):
+    def vector(self) -> Any:
         """The embedding as float32; raises ``ValueError`` if it does not decode to ``dim`` values."""
         import base64
         import binascii
@@ -321,7 +325,8 @@ class SnapshotTopic(BaseModel):
         "cluster centroid (unit norm, 4 decimals); left out when the snapshot must shrink to fit the topic's "
         "record limit"))
     drift: dict[str, float] = Field(default_factory=dict,
-                                    description="JS divergence of each language's word distribution vs the previous snapshot")
+                                    description="JS divergence of each language's word distribution vs the "
+                                                "previous snapshot")
     labels: dict[str, str] = Field(default_factory=dict,
                                    description="per language: a short label, the topic's 2-3 most distinctive words")
     documents: dict[str, list[TopicDocument]] = Field(

@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from xtream.stream.errors import RecordTooLarge, SinkError
 
@@ -25,6 +26,18 @@ logger = logging.getLogger(__name__)
 
 
 class Sink(ABC):
+    """Where one output goes: :meth:`add` queues a record, :meth:`flush` makes everything added durable."""
+
+    #: The largest value the sink takes, in bytes (None: no limit).
+    max_value_bytes: int | None = None
+    #: The Kafka producer this sink shares with other sinks (None: none); :func:`close_sinks` closes
+    #: each shared producer once, after every sink that uses it.
+    producer: Any = None
+    #: Called with ``(topic, reason)`` when the sink drops a record for good (None: nobody listens).
+    on_rejected: Callable[[str, str], None] | None = None
+    #: Asked while a flush waits: True gives the wait up (the owner is stopping).
+    interrupted: Callable[[], bool] = staticmethod(lambda: False)
+
     @abstractmethod
     def add(self, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None) -> None: ...
 
@@ -39,7 +52,7 @@ class MemorySink(Sink):
     def __init__(self) -> None:
         self.messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
 
-    def add(self, value, key=None, headers=None) -> None:
+    def add(self, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
         self.messages.append((key, value, list(headers or [])))
 
 
@@ -54,7 +67,7 @@ class JsonlSink(Sink):
         self.envelope = envelope
         self._f = open(self.path, "ab")
 
-    def add(self, value, key=None, headers=None) -> None:
+    def add(self, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
         if self.envelope:
             value = json.dumps({**_as_text("value", value), **_as_text("key", key),
                                 "headers": [[k, (v or b"").decode("utf-8", "replace")] for k, v in headers or ()]},
@@ -73,7 +86,7 @@ class JsonlSink(Sink):
         self._f.close()
 
 
-def _as_text(name: str, raw: bytes | None) -> dict:
+def _as_text(name: str, raw: bytes | None) -> dict[str, Any]:
     if raw is None:
         return {name: None}
     try:
@@ -95,8 +108,8 @@ _PERMANENT = ("MessageSizeTooLargeError", "RecordTooLargeError", "InvalidRecordE
               "TopicAuthorizationFailedError", "CorruptRecordError")
 
 
-def make_producer(bootstrap_servers: str, client_config: dict | None = None, *, compression: str | None = "zstd",
-                  transactional_id: str | None = None):
+def make_producer(bootstrap_servers: str, client_config: dict[str, Any] | None = None, *,
+                  compression: str | None = "zstd", transactional_id: str | None = None) -> Any:
     """The ``acks=all`` producer shared by all Kafka sinks of a process.
 
     With ``transactional_id`` it is transactional (and idempotent): its sends belong to the
@@ -122,7 +135,8 @@ def _no_config_dump(record: logging.LogRecord) -> bool:
 logging.getLogger("kafka.admin.client").addFilter(_no_config_dump)
 
 
-def topic_record_limits(bootstrap_servers: str, topics: list[str], client_config: dict | None = None) -> dict[str, int]:
+def topic_record_limits(bootstrap_servers: str, topics: list[str],
+                        client_config: dict[str, Any] | None = None) -> dict[str, int]:
     """Each topic's ``max.message.bytes`` (its own setting, else the broker's ``message.max.bytes``,
     else Kafka's default): the largest record batch the broker will take for it."""
     from kafka import KafkaAdminClient
@@ -146,7 +160,7 @@ def topic_record_limits(bootstrap_servers: str, topics: list[str], client_config
     return limits
 
 
-def _config_value(admin, kind, name: str, key: str) -> int | None:
+def _config_value(admin: Any, kind: Any, name: str, key: str) -> int | None:
     """One config value of a broker or topic (None if unknown, e.g. a topic not created yet)."""
     from kafka.admin import ConfigResource
     from kafka.errors import KafkaError
@@ -175,8 +189,8 @@ class KafkaSink(Sink):
     forever would block every checkpoint.
     """
 
-    def __init__(self, producer, topic: str, flush_timeout: float = 30.0, max_record_bytes: int | None = None,
-                 on_rejected=None) -> None:
+    def __init__(self, producer: Any, topic: str, flush_timeout: float = 30.0, max_record_bytes: int | None = None,
+                 on_rejected: Callable[[str, str], None] | None = None) -> None:
         self.producer = producer
         self.topic = topic
         self.flush_timeout = flush_timeout
@@ -184,14 +198,14 @@ class KafkaSink(Sink):
         self.on_rejected = on_rejected
         #: When it returns True, a waiting ``flush()`` gives up at once (the owner is stopping).
         self.interrupted: Callable[[], bool] = lambda: False
-        self._pending: list[tuple[tuple, object]] = []   # ((value, key, headers), future or None if unsent)
+        self._pending: list[tuple[tuple[Any, ...], Any]] = []   # ((value, key, headers), future or None if unsent)
 
     @property
-    def max_value_bytes(self) -> int | None:
+    def max_value_bytes(self) -> int | None:  # type: ignore[override]
         """The largest value this topic takes (its limit less the batch's framing)."""
         return None if self.max_record_bytes is None else self.max_record_bytes - BATCH_OVERHEAD_BYTES
 
-    def _send(self, value, key, headers):
+    def _send(self, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
         from kafka.errors import KafkaError
 
         try:
@@ -202,7 +216,7 @@ class KafkaSink(Sink):
             logger.warning("send to %s failed (%r); it is sent again at the next flush", self.topic, exc)
             return None
 
-    def add(self, value, key=None, headers=None) -> None:
+    def add(self, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
         args = (value, key, list(headers or []))
         size = len(value) + len(key or b"") + sum(len(k) + len(v or b"") for k, v in args[2])
         if self.max_value_bytes is not None and size > self.max_value_bytes:
@@ -211,7 +225,6 @@ class KafkaSink(Sink):
         self._pending.append((args, self._send(*args)))
 
     def flush(self) -> None:
-        from kafka.errors import KafkaError
 
         self._pending = [(args, self._send(*args) if fut is None else fut) for args, fut in self._pending]
         self._wait_for_producer()
@@ -267,7 +280,8 @@ class KafkaSink(Sink):
 def close_sinks(*sinks: Sink | None, timeout: float = 8.0) -> list[SinkError]:
     """Close every sink (flushing it), then the Kafka producer they share, all within about
     ``timeout`` seconds (a stop must not wait on a gone broker); returns the errors."""
-    errors, producers = [], []
+    errors: list[SinkError] = []
+    producers: list[Any] = []
     present = [sink for sink in sinks if sink is not None]
     for sink in present:
         if isinstance(sink, KafkaSink):
@@ -276,7 +290,7 @@ def close_sinks(*sinks: Sink | None, timeout: float = 8.0) -> list[SinkError]:
             sink.close()
         except SinkError as exc:
             errors.append(exc)
-        producer = getattr(sink, "producer", None)
+        producer = sink.producer
         if producer is not None and all(producer is not p for p in producers):
             producers.append(producer)
     from kafka.errors import KafkaError

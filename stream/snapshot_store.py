@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from xtream.stream.schemas import LineageRecord, TopicSnapshot
 
@@ -85,7 +86,7 @@ class SnapshotStore:
 
 
 def rebuild_from_kafka(store: SnapshotStore, bootstrap_servers: str, snapshots_topic: str, lineage_topic: str | None,
-                       client_config: dict | None = None, idle_ms: int = 3000,
+                       client_config: dict[str, Any] | None = None, idle_ms: int = 3000,
                        progress: Callable[[int], None] | None = None) -> tuple[int, int]:
     """Re-read the snapshots (and lineage) topics from the beginning into ``store``.
 
@@ -119,9 +120,9 @@ def rebuild_from_kafka(store: SnapshotStore, bootstrap_servers: str, snapshots_t
                 batch = [model.model_validate_json(r.value) for rs in polled.values() for r in rs if r.value]
                 if model is TopicSnapshot:
                     for snap in batch:
-                        store.add(snap)
+                        store.add(snap)   # type: ignore[arg-type]
                 else:
-                    store.add_lineage(batch)
+                    store.add_lineage(batch)   # type: ignore[arg-type]
                 n += len(batch)
                 if progress is not None:
                     progress(len(batch))

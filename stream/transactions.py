@@ -37,7 +37,7 @@ def covered_by(checkpoint_offsets: dict[str, int], committed: dict[str, int]) ->
 class OutputTransactions:
     """The open transaction of a transactional producer (``make_producer(transactional_id=...)``)."""
 
-    def __init__(self, producer, timeout: float = 30.0) -> None:
+    def __init__(self, producer: Any, timeout: float = 30.0) -> None:
         self.producer = producer
         self.timeout = timeout
         self.open = False
@@ -58,7 +58,8 @@ class OutputTransactions:
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
-        payload = {TopicPartition(*split_offset_key(key)): OffsetAndMetadata(off, "", -1) for key, off in offsets.items()}
+        payload = {TopicPartition(*split_offset_key(key)): OffsetAndMetadata(off, "", -1)
+                   for key, off in offsets.items()}
         try:
             if payload:
                 self._bounded(lambda: self.producer.send_offsets_to_transaction(payload, group_metadata),

@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from kafka_support import SHARED_DATA
 
 from xtream.stream.kafka_broker import LocalKafkaBroker

@@ -11,7 +11,6 @@ from xtream.consumers.api import create_app
 from xtream.consumers.config import HttpSettings, Settings
 from xtream.consumers.wiring import DEMO_STREAM, build_service
 
-
 TOKEN = "s3cret-0123456789abcdef"
 
 

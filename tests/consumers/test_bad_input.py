@@ -29,9 +29,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pytest
-from kafka_support import (committed_offsets, read_topic, run_until_committed, run_until_records, service_settings,
-                           stream_documents)
 from kafka import KafkaAdminClient, KafkaProducer
+from kafka_support import (
+    committed_offsets,
+    read_topic,
+    run_until_committed,
+    run_until_records,
+    service_settings,
+    stream_documents,
+)
 
 from xtream.consumers.config import Settings
 from xtream.consumers.wiring import DEMO_STREAM, build_service

@@ -10,6 +10,7 @@ import numpy as np
 from xtream.consumers.config import Settings
 from xtream.consumers.intake import EmbeddedIntake
 from xtream.consumers.wiring import DEMO_STREAM, build_service
+from xtream.errors import BatchRefused
 from xtream.stream.records import Record
 from xtream.stream.schemas import EmbeddedDocument
 
@@ -33,7 +34,7 @@ def test_only_the_document_the_model_rejects_is_dead_lettered(tmp_path):
 
     def rejecting(tokens, embeddings, langs):
         if any(POISON in doc_tokens for doc_tokens in tokens):
-            raise ValueError("this document breaks the model")
+            raise BatchRefused("this document breaks the model")
         return learn_many(tokens, embeddings, langs)
 
     service.model.learn_many = rejecting

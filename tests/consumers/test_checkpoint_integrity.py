@@ -286,7 +286,7 @@ def _disk_full(monkeypatch) -> None:
     usually shows, after the writes were buffered). Other files (the JSONL sinks) are not affected."""
     import errno
 
-    import xtream.consumers.checkpoint as ck
+    import xtream.model.atomic as ck  # the store writes through model.atomic
 
     class NoSpaceOs:
         def __getattr__(self, name):

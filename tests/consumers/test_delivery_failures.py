@@ -128,10 +128,10 @@ def test_a_failing_commit_is_retried_at_the_next_checkpoint(tmp_path):
 
 def test_learning_that_fails_half_way_never_counts_a_document_twice(tmp_path, monkeypatch):
     """XTRA's initialisation fails once, after k-means, vocabularies and buffer took the batch."""
-    import xtream.model.online
+    import xtream.model.network_surgery
 
     docs = _docs()
-    build, failures = xtream.model.online.build_xtra, []
+    build, failures = xtream.model.network_surgery.build_xtra, []
 
     def build_once_failing(*args, **kwargs):
         if not failures:
@@ -139,7 +139,7 @@ def test_learning_that_fails_half_way_never_counts_a_document_twice(tmp_path, mo
             raise RuntimeError("initialisation failed")
         return build(*args, **kwargs)
 
-    monkeypatch.setattr(xtream.model.online, "build_xtra", build_once_failing)
+    monkeypatch.setattr(xtream.model.network_surgery, "build_xtra", build_once_failing)
     service = build_service(_settings(tmp_path, _write(tmp_path, docs)))
     sink = MemorySink()
     service.assignments = sink

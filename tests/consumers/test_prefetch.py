@@ -32,7 +32,7 @@ def test_batches_come_back_in_the_order_they_were_polled_prepared_on_another_thr
     for start in (0, 3, 6):
         ahead.submit(_records(3, start))
     assert len(ahead) == 3
-    taken = [prepared for _, prepared in ahead.drain()]
+    taken = [ahead.take()[1] for _ in range(3)]
     ahead.close()
     assert taken == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     assert len(ahead) == 0

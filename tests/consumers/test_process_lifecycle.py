@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 import random
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 from kafka_support import committed_offsets, fully_committed, read_topic, stream_documents

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
-from collections import Counter
 import time
+from collections import Counter
 from datetime import datetime, timezone
 
 import pytest

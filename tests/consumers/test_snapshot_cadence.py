@@ -122,18 +122,15 @@ def test_the_training_debt_stays_bounded_and_the_warm_up_ends_within_its_documen
 
 
 def test_training_debt_accounts_warm_up_and_steady_steps():
-    class Trainer:
-        steps = 0
-
     class Model:
-        is_initialised, is_warm, n_docs, warmup_steps_left, trainer = True, False, 1000, 40, Trainer()
+        is_initialised, is_warm, n_docs, warmup_steps_left, training_steps = True, False, 1000, 40, 0
 
     debt = TrainingDebt(steps_per_doc=0.1, warmup_within_docs=200, max_steps=15)
     model = Model()
     assert debt.steps(model) == 0.0 and not debt.overdue(model)
     model.n_docs += 100                     # half the warm-up + 10 steady steps
     assert debt.steps(model) == pytest.approx(30.0) and debt.overdue(model)
-    model.trainer.steps = 25
+    model.training_steps = 25
     assert debt.steps(model) == pytest.approx(5.0) and not debt.overdue(model)
     model.n_docs += 100                     # warm-up fully owed and overdue while not warm
     assert debt.steps(model) == pytest.approx(35.0) and debt.overdue(model)

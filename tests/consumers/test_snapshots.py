@@ -23,7 +23,7 @@ def _model() -> SimpleNamespace:
         is_warm=True, languages=["en"], cfg=SimpleNamespace(num_topics=2), version=3, n_docs=3,
         topic_distribution=lambda lang: dist, vocabs={"en": SimpleNamespace(words=vocab)},
         topic_word_distribution=lambda lang: (vocab, dist),
-        kmeans=SimpleNamespace(centers=centres, counts=np.array([2.0, 1.0]), is_initialised=True),
+        cluster_centers=centres, cluster_sizes=np.array([2.0, 1.0]), has_clusters=True,
         prevalence=np.array([0.6, 0.4]), prevalence_by_lang={"en": np.array([0.6, 0.4])}, exemplars=exemplars)
 
 

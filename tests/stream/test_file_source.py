@@ -10,7 +10,7 @@ import threading
 import time
 import tracemalloc
 
-from xtream.stream.sources import JsonlFileSource
+from xtream.stream.file_source import JsonlFileSource
 
 
 def lines(n: int, start: int = 0) -> bytes:

@@ -22,9 +22,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from kafka_support import stream_documents
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
+from kafka_support import stream_documents
 from pydantic import SecretStr
 
 from xtream.consumers.config import KafkaSettings, Settings
