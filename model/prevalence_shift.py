@@ -103,13 +103,13 @@ class PrevalenceShift:
         self._jumped.clear()
         return jumped
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"n_topics": self.n_topics, "window_docs": self.window_docs, "threshold": self.threshold,
                 "delta": self.delta, "min_instances": self.min_instances, "max_history": self.max_history,
                 "windows": self.windows, "counts": self._counts.copy(),
                 "history": [np.asarray(h, dtype=np.float64) for h in self._history], "jumped": sorted(self._jumped)}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("n_topics", "window_docs", "min_instances", "max_history", "windows"):
             setattr(self, key, int(state[key]))
         self.threshold, self.delta = float(state["threshold"]), float(state["delta"])
