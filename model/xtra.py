@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.reconstruction import batchnorm_reconstruction_loss
+
 __all__ = ["XTRA", "Dropout", "WordProjection", "XTRAConfig", "XTRAOutput", "dirichlet_laplace_prior",
            "init_beta_from_clusters"]
 
@@ -284,8 +286,12 @@ class XTRA(nn.Module):
 
         With logits ``z`` of the decoder, ``log x_hat_w = z_w - logsumexp(z)``, so the loss is
         ``n * logsumexp(z) - sum_w x_w z_w`` (``n`` the document's length): the sum runs over the
-        BoW's non-zeros instead of a dense (B, V) product, and no log of a softmax is taken.
+        BoW's non-zeros instead of a dense (B, V) product, and no log of a softmax is taken. In
+        training mode a sparse BoW goes through :func:`model.reconstruction.batchnorm_reconstruction_loss`,
+        which computes the same loss and its gradient with fewer passes over the (B, V) logits.
         """
+        if bow.is_sparse and self.training:
+            return batchnorm_reconstruction_loss(theta, self.betas[lang], self.decoder_bn[lang], bow)
         logits = self.decoder_bn[lang](theta @ self.betas[lang])
         if not bow.is_sparse:
             return -(bow * F.log_softmax(logits, dim=1)).sum(1)
