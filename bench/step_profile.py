@@ -12,7 +12,8 @@ step computes (the shapes do) and running the embedder would cost minutes.
 One table, two kinds of rows. *Step*: the whole ``XTRATrainer.step`` of the baseline commit (``--baseline``, loaded
 from git by :mod:`bench._baseline`) and of today's code, timed in alternating blocks of ``--steps``
 steps on the same batches, ``--repeats`` times; the median ms per step of each and their ratio
-(``--ablations`` adds today's step with dense row updates, and with the beta alignment every step).
+(``--ablations`` adds today's step with dense row updates, with the beta alignment every step, and
+with the paper's 1,000-unit word projections where today's default differs).
 Times are CPU time of the benchmark's thread, which leaves out waiting for a core on a shared host;
 wall-clock medians are shown beside them.
 *Components*: each part of a step run alone, forward and backward, median over ``--steps`` runs:
@@ -49,6 +50,7 @@ logger = logging.getLogger("bench.step_profile")
 
 BASELINE = "9d831f1"   # the last commit before the sparse step
 VOCAB, BATCH, K, DIM = 5000, 128, 50, 512
+PAPER_PROJECTION = 1000   # the paper's width of the word projections
 
 
 def _corpora(training, seed: int = 0) -> dict:
@@ -80,11 +82,11 @@ def _batches(training, corpora: dict, n: int, seed: int = 2) -> list[dict]:
             for _ in range(n)]
 
 
-def _trainer(package, corpora: dict, words: dict, **settings):
+def _trainer(package, corpora: dict, words: dict, config: dict | None = None, **settings):
     import torch
 
     torch.manual_seed(0)
-    model = package.training.build_xtra(corpora, K, word_embeddings=words)
+    model = package.training.build_xtra(corpora, K, word_embeddings=words, **(config or {}))
     return package.training.XTRATrainer(model, seed=0, **settings)
 
 
@@ -218,6 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.ablations:
         trainers["current, dense rows"] = _trainer(current, corpora, words, sparse_rows=False)
         trainers["current, beta every step"] = _trainer(current, corpora, words, beta_every=1)
+        paper = {"projection_units": PAPER_PROJECTION}
+        if trainers["current"].model.cfg.projection_units != PAPER_PROJECTION:
+            trainers[f"current, {PAPER_PROJECTION}-unit projection"] = _trainer(current, corpora, words, paper)
     touched = {lang: int(np.mean([len(np.unique(b[lang]["bow"].coalesce().indices()[1].numpy())) for b in batches]))
                for lang in corpora}
     logger.info("words touched per batch of %d: %s of %d", BATCH, touched, VOCAB)
