@@ -34,8 +34,8 @@ def load_baseline(rev: str) -> types.ModuleType:
     (folder / "__init__.py").write_text("")
     present = []
     for module in STEP_MODULES:
-        shown = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:model/{module}.py"], capture_output=True,
-                               text=True)
+        shown = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:model/{module}.py"], check=False,
+                               capture_output=True, text=True)
         if shown.returncode != 0:
             if module in ("xtra", "training"):
                 raise FileNotFoundError(f"model/{module}.py not found at {rev}: {shown.stderr.strip()}")

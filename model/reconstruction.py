@@ -27,9 +27,10 @@ class _BatchNormCrossEntropy(torch.autograd.Function):
     def forward(ctx, theta: torch.Tensor, beta: torch.Tensor, bn_bias: torch.Tensor, bn: nn.BatchNorm1d,
                 docs: torch.Tensor, words: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         z = theta @ beta
-        if bn.track_running_stats:
-            bn.num_batches_tracked.add_(1)
-            factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        tracked = bn.num_batches_tracked
+        if bn.track_running_stats and tracked is not None:
+            tracked.add_(1)
+            factor = bn.momentum if bn.momentum is not None else 1.0 / float(tracked)
         else:
             factor = 0.0
         y, mean, invstd = torch.native_batch_norm(z, bn.weight, bn_bias, bn.running_mean, bn.running_var, True,
