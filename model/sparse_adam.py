@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.optim.adam import adam
 
-__all__ = ["LazyAdam", "clip_grad_norm"]
+__all__ = ["LazyAdam", "clip_grad_norm", "clip_scale"]
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -50,7 +50,9 @@ class LazyAdam(torch.optim.Optimizer):
         return state
 
     @torch.no_grad()
-    def step(self, closure: None = None) -> None:  # type: ignore[override]
+    def step(self, closure=None, grad_scale: torch.Tensor | None = None):
+        """One update. ``grad_scale`` (a scalar tensor, e.g. from :func:`clip_scale`) divides every
+        gradient inside the update, which spares a separate pass that scales them first."""
         if closure is not None:
             raise ValueError("LazyAdam does not take a closure")
         for group in self.param_groups:
@@ -61,18 +63,18 @@ class LazyAdam(torch.optim.Optimizer):
                     continue
                 state = self._state(p)
                 if p.grad.is_sparse:
-                    _sparse_update(p, p.grad, state, lr, beta1, beta2, eps)
+                    _sparse_update(p, p.grad, state, lr, beta1, beta2, eps, grad_scale)
                 else:
                     for bucket, t in zip(dense, (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
                         bucket.append(t)
             if dense[0]:
                 params, grads, exp_avgs, exp_avg_sqs, steps = dense
-                adam(params, grads, exp_avgs, exp_avg_sqs, [], steps, fused=True, amsgrad=False, beta1=beta1,
-                     beta2=beta2, lr=lr, weight_decay=0.0, eps=eps, maximize=False)
+                adam(params, grads, exp_avgs, exp_avg_sqs, [], steps, fused=True, grad_scale=grad_scale,
+                     amsgrad=False, beta1=beta1, beta2=beta2, lr=lr, weight_decay=0.0, eps=eps, maximize=False)
 
 
 def _sparse_update(p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], lr: float, beta1: float, beta2: float,
-                   eps: float) -> None:
+                   eps: float, grad_scale: torch.Tensor | None) -> None:
     """Adam on the rows ``grad`` names; the other rows, and their moments, are left as they are.
 
     The touched rows' moments are gathered and updated by torch's fused Adam kernel, which writes
@@ -87,8 +89,8 @@ def _sparse_update(p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], l
     m = state["exp_avg"].index_select(0, rows)
     v = state["exp_avg_sq"].index_select(0, rows)
     delta = torch.zeros_like(m)
-    adam([delta], [g], [m], [v], [], [state["step"]], fused=True, amsgrad=False, beta1=beta1, beta2=beta2, lr=lr,
-         weight_decay=0.0, eps=eps, maximize=False)
+    adam([delta], [g], [m], [v], [], [state["step"]], fused=True, grad_scale=grad_scale, amsgrad=False,
+         beta1=beta1, beta2=beta2, lr=lr, weight_decay=0.0, eps=eps, maximize=False)
     p.index_add_(0, rows, delta)
     state["exp_avg"].index_copy_(0, rows, m)
     state["exp_avg_sq"].index_copy_(0, rows, v)
@@ -111,3 +113,19 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> float:
     for g in grads:
         (g._values() if g.is_sparse else g).mul_(coef)
     return float(total)
+
+
+@torch.no_grad()
+def clip_scale(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """What :func:`clip_grad_norm` would divide the gradients by, without touching them.
+
+    ``max(1, (norm + 1e-6) / max_norm)`` for the joint L2 norm of the gradients (dense or sparse,
+    summed in the order of ``params``): pass it as ``LazyAdam.step(grad_scale=...)`` to clip inside
+    the update.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.ones(())
+    norms = [torch.linalg.vector_norm(g._values() if g.is_sparse else g) for g in grads]
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    return torch.clamp((total + 1e-6) / max_norm, min=1.0)

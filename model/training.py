@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from xtream.model.sparse_adam import LazyAdam, clip_grad_norm
+from xtream.model.sparse_adam import LazyAdam, clip_scale
 from xtream.model.xtra import XTRA, WordProjection, XTRAConfig, dirichlet_laplace_prior, init_beta_from_clusters
 
 __all__ = ["LanguageCorpus", "XTRATrainer", "build_xtra", "csr_to_torch", "infer_theta"]
@@ -142,8 +142,7 @@ class XTRATrainer:
         finally:
             for m in projections:
                 m.sparse_grad = False
-        clip_grad_norm(self.params, self.clip)
-        self.optimizer.step()
+        self.optimizer.step(grad_scale=clip_scale(self.params, self.clip))   # clipped inside the update
         self.steps += 1
         parts = out.parts
         if "beta" in parts:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from xtream.model.sparse_adam import LazyAdam, clip_grad_norm
+from xtream.model.sparse_adam import LazyAdam, clip_grad_norm, clip_scale
 
 
 def rows_grad(shape: tuple[int, int], rows: list[int], seed: int) -> torch.Tensor:
@@ -102,3 +103,25 @@ def test_a_torch_adam_checkpoint_loads_and_continues_exactly():
         ref.step()
         lazy.step()
     assert torch.equal(a, b)
+
+
+def test_clip_scale_is_what_clipping_divides_by_and_grad_scale_clips_inside_the_update():
+    shape = (8, 3)
+    g = rows_grad(shape, [1, 6], seed=6) * 10
+    bias_grad = torch.full((4,), 3.0)
+    inside = [torch.nn.Parameter(torch.zeros(shape)), torch.nn.Parameter(torch.zeros(4))]
+    before = [torch.nn.Parameter(torch.zeros(shape)), torch.nn.Parameter(torch.zeros(4))]
+    for params in (inside, before):
+        params[0].grad, params[1].grad = g.to_sparse(sparse_dim=1), bias_grad.clone()
+    scale = clip_scale(inside, 1.0)
+    norm = clip_grad_norm(before, 1.0)
+    assert float(scale) == pytest.approx((norm + 1e-6) / 1.0, rel=1e-6)
+    assert float(scale) > 1.0
+    LazyAdam(inside, lr=0.1).step(grad_scale=scale)
+    LazyAdam(before, lr=0.1).step()
+    for a, b in zip(inside, before):
+        torch.testing.assert_close(a.detach(), b.detach())
+    assert torch.count_nonzero(inside[0].detach()[[0, 2, 3, 4, 5, 7]]) == 0   # rows absent from the gradient
+    small = [torch.nn.Parameter(torch.zeros(3))]
+    small[0].grad = torch.full((3,), 0.1)
+    assert float(clip_scale(small, 1.0)) == 1.0   # under the threshold nothing is scaled

@@ -104,6 +104,25 @@ def test_shapes_follow_each_languages_vocabulary():
         torch.testing.assert_close(recon.sum(1), torch.ones(5))
 
 
+def test_the_encoder_on_stacked_batches_gives_what_it_gives_on_each_batch_apart():
+    import copy
+
+    net = model(dropout=0.0).train()
+    batch = random_batch(VOCABS, seed=7)
+    hs = [net.projections[lang](batch[lang]["bow"]) for lang in VOCABS]
+    apart_encoder = copy.deepcopy(net.encoder)
+    stacked = net.encoder.forward_many(hs)
+    apart = [apart_encoder(h) for h in hs]
+    for (mu, logvar), (mu_ref, logvar_ref) in zip(stacked, apart):
+        torch.testing.assert_close(mu, mu_ref, rtol=1e-4, atol=1e-4)   # products of other shapes round otherwise
+        torch.testing.assert_close(logvar, logvar_ref, rtol=1e-4, atol=1e-4)
+    for bn in ("mu_bn", "logvar_bn"):   # running statistics updated once per batch, as by separate calls
+        mine, ref = getattr(net.encoder, bn), getattr(apart_encoder, bn)
+        assert int(mine.num_batches_tracked) == int(ref.num_batches_tracked) == len(VOCABS)
+        torch.testing.assert_close(mine.running_mean, ref.running_mean)
+        torch.testing.assert_close(mine.running_var, ref.running_var)
+
+
 def test_sparse_and_dense_bow_give_the_same_theta_in_eval_mode():
     net = model().eval()
     sparse, dense = random_batch(VOCABS, sparse=True), random_batch(VOCABS, sparse=False)
