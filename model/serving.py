@@ -69,7 +69,7 @@ class ServingNetwork:
             has_words = np.asarray(bow.sum(axis=1)).ravel() > 0
             if has_words.any():
                 rows = rows[has_words]
-                xtra_theta = infer_theta(self.network, bow[has_words], lang)
+                xtra_theta = infer_theta(self.network, bow[has_words], lang, embeddings[rows])
                 theta[rows] = _blend(xtra_theta, embeddings[rows], centers, cluster_weight, cluster_temperature)
         self._serve_fresh_topics(clusters, theta)
         return theta

@@ -50,7 +50,7 @@ class LazyAdam(torch.optim.Optimizer):
         return state
 
     @torch.no_grad()
-    def step(self, closure=None, grad_scale: torch.Tensor | None = None):
+    def step(self, closure: None = None, grad_scale: torch.Tensor | None = None) -> None:  # type: ignore[override]
         """One update. ``grad_scale`` (a scalar tensor, e.g. from :func:`clip_scale`) divides every
         gradient inside the update, which spares a separate pass that scales them first."""
         if closure is not None:

@@ -34,7 +34,8 @@ class LanguageCorpus:
         self.bow = sp.csr_matrix(self.bow, dtype=np.float32)
         n = self.bow.shape[0]
         if len(self.embeddings) != n or len(self.clusters) != n:
-            raise ValueError(f"bow has {n} rows but embeddings {len(self.embeddings)} and clusters {len(self.clusters)}")
+            raise ValueError(f"bow has {n} rows but embeddings {len(self.embeddings)} "
+                             f"and clusters {len(self.clusters)}")
 
     def __len__(self) -> int:
         return self.bow.shape[0]
@@ -214,10 +215,16 @@ def corpus_batch(c: LanguageCorpus, idx: np.ndarray) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def infer_theta(model: XTRA, bow: sp.csr_matrix, lang: str, batch_size: int = 4096) -> np.ndarray:
-    """Posterior-mean theta (n, K) for new documents; the model is left in eval mode."""
+def infer_theta(model: XTRA, bow: sp.csr_matrix, lang: str, embeddings: np.ndarray | None = None,
+                batch_size: int = 4096) -> np.ndarray:
+    """Posterior-mean theta (n, K) for new documents; the model is left in eval mode.
+
+    ``embeddings`` (n, d) are the documents' sentence embeddings, which an encoder reading them needs.
+    """
     model.eval()
     bow = sp.csr_matrix(bow, dtype=np.float32)
-    out = [model.theta(csr_to_torch(bow[i:i + batch_size]), lang).numpy()
+    emb = None if embeddings is None else torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
+    out = [model.theta(csr_to_torch(bow[i:i + batch_size]), lang,
+                       None if emb is None else emb[i:i + batch_size]).numpy()
            for i in range(0, bow.shape[0], batch_size)]
     return np.concatenate(out) if out else np.zeros((0, model.cfg.num_topics), np.float32)

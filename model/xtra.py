@@ -4,6 +4,10 @@ Per language ``l`` a Bag-of-Words ``x_l`` (vocabulary ``V_l``) goes through its 
 ``Linear(V_l, 1000) + ReLU + Dropout`` into a **shared** encoder (two softplus layers of 300) that
 outputs a logistic-normal posterior; ``theta = softmax(mu + sigma * eps)``. Each language decodes
 with its own free topic-word matrix ``beta_l`` (K x V_l): ``x_hat_l = softmax(BN(theta @ beta_l))``.
+``encoder_input="embedding"`` feeds the shared encoder the document's sentence embedding through
+one projection for every language instead (ZeroShotTM-style): theta is then a function of the
+embedding alone, as language-neutral as the embedding is, and no parameter grows with ``V_l``
+on the encoder side; ``"both"`` sums the two inputs.
 
 Loss, summed over languages:
 
@@ -38,9 +42,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from xtream.model.reconstruction import batchnorm_reconstruction_loss
+from xtream.model.xtra_parts import (
+    Dropout,
+    SharedEncoder,
+    WordProjection,
+    dirichlet_laplace_prior,
+    init_beta_from_clusters,
+)
 
-__all__ = ["XTRA", "Dropout", "WordProjection", "XTRAConfig", "XTRAOutput", "dirichlet_laplace_prior",
-           "init_beta_from_clusters"]
+__all__ = ["ENCODER_INPUTS", "XTRA", "Dropout", "WordProjection", "XTRAConfig", "XTRAOutput",
+           "dirichlet_laplace_prior", "init_beta_from_clusters"]
+
+#: What the shared encoder may read: each language's projected bag of words (the paper), the
+#: projected sentence embedding (one projection for every language), or the sum of both.
+ENCODER_INPUTS = ("bow", "embedding", "both")
 
 
 @dataclass
@@ -60,6 +75,7 @@ class XTRAConfig:
     lambda_beta: float = 7.0
     lambda_nce: float = 80.0
     beta_alignment: str = "word_embedding"   # or "learned_projection"
+    encoder_input: str = "bow"                # one of ENCODER_INPUTS
     beta_projection_dim: int = 384
     word_embedding_dim: int = 512
     languages: list[str] = field(default_factory=list)
@@ -71,6 +87,8 @@ class XTRAConfig:
             raise ValueError("XTRA needs at least one language")
         if self.beta_alignment not in ("word_embedding", "learned_projection", "none"):
             raise ValueError(f"unknown beta_alignment {self.beta_alignment!r}")
+        if self.encoder_input not in ENCODER_INPUTS:
+            raise ValueError(f"unknown encoder_input {self.encoder_input!r}; one of {ENCODER_INPUTS}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,176 +103,6 @@ class XTRAOutput:
     theta: dict[str, torch.Tensor]
 
 
-def dirichlet_laplace_prior(cluster_sizes: np.ndarray, concentration: float = 1.0,
-                            floor: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of the logistic-normal Laplace approximation of Dir(alpha).
-
-    ``alpha_k = K * concentration * share_k``: big clusters expect more mass. With equal shares
-    this is the usual ProdLDA prior for ``alpha = concentration``.
-    """
-    sizes = np.asarray(cluster_sizes, dtype=np.float64)
-    k = len(sizes)
-    share = np.maximum(sizes / max(sizes.sum(), 1e-12), floor)
-    share /= share.sum()
-    alpha = k * concentration * share
-    log_alpha = np.log(alpha)
-    mu = log_alpha - log_alpha.mean()
-    var = (1.0 / alpha) * (1.0 - 2.0 / k) + (1.0 / k**2) * np.sum(1.0 / alpha)
-    return mu.astype(np.float32), var.astype(np.float32)
-
-
-def init_beta_from_clusters(bow, clusters: np.ndarray, num_topics: int) -> np.ndarray:
-    """Cluster-wise word distributions, idf-weighted, z-scored per topic (K x V).
-
-    ``bow`` is a (n, V) scipy sparse or dense count matrix. Starting beta here makes topic k begin
-    as cluster k's distinctive words, which is what ties topic ids to clusters across languages.
-    """
-    import scipy.sparse as sp
-
-    x = sp.csr_matrix(bow, dtype=np.float64)
-    n, v = x.shape
-    onehot = sp.csr_matrix((np.ones(n), (np.asarray(clusters), np.arange(n))), shape=(num_topics, n))
-    sums = np.asarray((onehot @ x).todense())
-    df = np.asarray((x > 0).sum(axis=0)).ravel()
-    idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
-    dist = sums / np.maximum(sums.sum(axis=1, keepdims=True), 1e-12) * idf
-    dist /= np.maximum(dist.sum(axis=1, keepdims=True), 1e-12)
-    z = (dist - dist.mean(axis=1, keepdims=True)) / np.maximum(dist.std(axis=1, keepdims=True), 1e-12)
-    # Centre every word's column across topics: the decoder's BatchNorm makes per-word offsets
-    # invisible to the loss, so an offset set here would never be trained away and would put the
-    # corpus' common words at the top of every topic.
-    return (z - z.mean(axis=0, keepdims=True)).astype(np.float32)
-
-
-class _SparseRowsProduct(torch.autograd.Function):
-    """``bow @ weight`` for a sparse COO ``bow``, with a deterministic weight gradient.
-
-    Forward sums the rows of each document's words (``embedding_bag``). The gradient is
-    ``bow.T @ grad`` as a sparse-dense product over the words the batch contains only, whose
-    summation order is fixed; ``embedding_bag``'s own backward sorts indices and can sum a word's
-    contributions in a different order from run to run, which breaks the bit-for-bit reproducibility
-    that checkpoint replay relies on. With ``sparse_grad`` the gradient is returned as a sparse COO
-    tensor of those rows (for :class:`model.sparse_adam.LazyAdam`); otherwise the rows are scattered
-    into a dense (V, P) gradient with zeros for absent words.
-    """
-
-    @staticmethod
-    def forward(ctx, bow: torch.Tensor, weight: torch.Tensor, sparse_grad: bool) -> torch.Tensor:
-        rows, cols = bow.indices()
-        offsets = torch.searchsorted(rows, torch.arange(bow.shape[0] + 1, device=rows.device))
-        ctx.bow = bow   # transposed in backward only: inference never pays for it
-        ctx.sparse_grad = sparse_grad
-        return F.embedding_bag(cols, weight, offsets, mode="sum", per_sample_weights=bow.values(),
-                               include_last_offset=True)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
-        bow_t = ctx.bow.t().coalesce()
-        words, docs = bow_t.indices()
-        present, row = torch.unique_consecutive(words, return_inverse=True)
-        compact = torch.sparse_coo_tensor(torch.stack([row, docs]), bow_t.values(), (len(present), grad.shape[0]),
-                                          is_coalesced=True, check_invariants=False)
-        rows = torch.sparse.mm(compact, grad)
-        shape = (ctx.bow.shape[1], grad.shape[1])
-        if ctx.sparse_grad:
-            return None, torch.sparse_coo_tensor(present[None], rows, shape, is_coalesced=True,
-                                                 check_invariants=False), None
-        out = grad.new_zeros(shape)
-        out[present] = rows
-        return None, out, None
-
-
-class WordProjection(nn.Module):
-    """``Linear(V, P)`` over a Bag-of-Words, stored one row per word: ``h = x @ weight + bias``.
-
-    A BoW row has a few dozen non-zeros out of thousands of words, so the product is a weighted sum
-    of the rows of the document's words: the forward costs O(non-zeros x P) instead of O(V x P),
-    and no transposed copy of a V x P gradient is made. Rows also make a growing vocabulary an
-    append.
-
-    ``sparse_grad`` (an attribute, not state; a trainer with a row-wise optimizer sets it for its
-    step) makes the gradient of ``word_weight`` a sparse COO tensor of the rows of the batch's
-    words, for an optimizer that updates only those rows.
-    """
-
-    def __init__(self, in_features: int, out_features: int, sparse_grad: bool = False) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.sparse_grad = sparse_grad
-        bound = 1.0 / math.sqrt(in_features)   # nn.Linear's default initialisation
-        self.word_weight = nn.Parameter(torch.empty(in_features, out_features).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
-
-    def forward(self, bow: torch.Tensor) -> torch.Tensor:
-        if not bow.is_sparse:
-            return bow @ self.word_weight + self.bias
-        return _SparseRowsProduct.apply(bow.coalesce(), self.word_weight, self.sparse_grad) + self.bias
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Models saved before this layout held an nn.Linear here: ``weight`` is (P, V).
-        old = state_dict.pop(prefix + "weight", None)
-        if old is not None and prefix + "word_weight" not in state_dict:
-            state_dict[prefix + "word_weight"] = old.T.contiguous()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}"
-
-
-_DROPOUT_LEVELS = 2**15   # a dropout mask's resolution: 15 random bits per unit
-
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose mask is cut from random integers: four 15-bit draws out of each 64-bit one.
-
-    A unit is dropped when its 15 bits fall under ``round(p * 2**15)``, so the drop rate is ``p``
-    to within 2**-16, and kept units are scaled by the inverse of the exact keep rate, so the
-    expectation of the output is the input. On CPU one 64-bit integer costs about what one uniform
-    float of ``torch.rand`` does, so this draws a quarter of the random numbers ``F.dropout`` would.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        threshold = round(self.p * _DROPOUT_LEVELS)
-        if threshold >= _DROPOUT_LEVELS:
-            return x * 0.0
-        n = x.numel()
-        draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()   # 63 random bits each
-        bits = draws.view(torch.int16)[:n].view(x.shape).bitwise_and_(_DROPOUT_LEVELS - 1)
-        keep = (bits >= threshold).to(x.dtype).mul_(_DROPOUT_LEVELS / (_DROPOUT_LEVELS - threshold))
-        return x * keep
-
-
-class _SharedEncoder(nn.Module):
-    """Projected BoW (B, P) -> (mu, logvar), each (B, K), batch-normalised as in ProdLDA."""
-
-    def __init__(self, cfg: XTRAConfig) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(cfg.projection_units, cfg.encoder_units)
-        self.fc2 = nn.Linear(cfg.encoder_units, cfg.encoder_units)
-        self.drop = Dropout(cfg.dropout)
-        self.mu = nn.Linear(cfg.encoder_units, cfg.num_topics)
-        self.logvar = nn.Linear(cfg.encoder_units, cfg.num_topics)
-        self.mu_bn = nn.BatchNorm1d(cfg.num_topics)
-        self.logvar_bn = nn.BatchNorm1d(cfg.num_topics)
-        for bn in (self.mu_bn, self.logvar_bn):
-            bn.weight.requires_grad_(False)   # scale fixed at 1: BN only centres, as in ProdLDA
-
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.drop(F.softplus(self.fc2(F.softplus(self.fc1(h)))))
-        return self.mu_bn(self.mu(h)), self.logvar_bn(self.logvar(h))
-
-    def forward_many(self, hs: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """:meth:`forward` of several batches: the layers run once on them stacked (fewer, larger
-        products), the BatchNorms on each batch apart, in order, as separate calls would."""
-        if len(hs) == 1:
-            return [self(hs[0])]
-        h = self.drop(F.softplus(self.fc2(F.softplus(self.fc1(torch.cat(hs))))))
-        mus, logvars = self.mu(h).split([len(x) for x in hs]), self.logvar(h).split([len(x) for x in hs])
-        return [(self.mu_bn(mu), self.logvar_bn(logvar)) for mu, logvar in zip(mus, logvars)]
-
-
 class XTRA(nn.Module):
     """The XTRA network for N >= 1 languages (alignment losses need >= 2)."""
 
@@ -264,10 +112,12 @@ class XTRA(nn.Module):
         super().__init__()
         self.cfg = cfg
         k = cfg.num_topics
-        self.projections = nn.ModuleDict({
-            lang: nn.Sequential(WordProjection(v, cfg.projection_units), nn.ReLU(), Dropout(cfg.dropout))
-            for lang, v in cfg.vocab_sizes.items()})
-        self.encoder = _SharedEncoder(cfg)
+        self.projections = nn.ModuleDict({   # none when the encoder reads only sentence embeddings
+            lang: self._word_projection(v) for lang, v in cfg.vocab_sizes.items() if cfg.encoder_input != "embedding"})
+        if cfg.encoder_input != "bow":
+            self.embedding_projection = nn.Sequential(nn.Linear(cfg.embedding_dim, cfg.projection_units), nn.ReLU(),
+                                                      Dropout(cfg.dropout))
+        self.encoder = SharedEncoder(cfg.projection_units, cfg.encoder_units, cfg.num_topics, cfg.dropout)
         self.betas = nn.ParameterDict({
             lang: nn.Parameter(torch.as_tensor(betas[lang]).float().clone() if betas and lang in betas
                                else torch.randn(k, v) * 0.02)
@@ -290,13 +140,31 @@ class XTRA(nn.Module):
             self.register_buffer(f"word_embeddings_{lang}", emb_t)
 
     # -- building blocks -----------------------------------------------------------------------
-    def encode(self, bow: torch.Tensor, lang: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, V_l) counts -> (mu, logvar) of the logistic-normal posterior. Accepts sparse input."""
-        return self.encoder(self.projections[lang](bow))
+    def _word_projection(self, vocab_size: int) -> nn.Sequential:
+        cfg = self.cfg
+        return nn.Sequential(WordProjection(vocab_size, cfg.projection_units), nn.ReLU(), Dropout(cfg.dropout))
 
-    def theta(self, bow: torch.Tensor, lang: str) -> torch.Tensor:
+    def encoder_input(self, bow: torch.Tensor, lang: str, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """What the shared encoder reads (``cfg.encoder_input``): (B, projection_units).
+
+        The BoW may be sparse; the sentence embeddings are needed unless the input is ``"bow"``.
+        """
+        mode = self.cfg.encoder_input
+        if mode == "bow":
+            return self.projections[lang](bow)
+        if embedding is None:
+            raise ValueError(f"an encoder reading {mode!r} needs the documents' sentence embeddings")
+        h = self.embedding_projection(F.normalize(embedding, dim=1))
+        return h + self.projections[lang](bow) if mode == "both" else h
+
+    def encode(self, bow: torch.Tensor, lang: str,
+               embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, V_l) counts and (B, d) sentence embeddings -> (mu, logvar) of the logistic-normal posterior."""
+        return self.encoder(self.encoder_input(bow, lang, embedding))
+
+    def theta(self, bow: torch.Tensor, lang: str, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """Document-topic proportions; deterministic (posterior mean) in eval mode."""
-        mu, logvar = self.encode(bow, lang)
+        mu, logvar = self.encode(bow, lang, embedding)
         if not self.training:
             return F.softmax(mu, dim=1)
         return F.softmax(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar), dim=1)
@@ -413,7 +281,8 @@ class XTRA(nn.Module):
         loss = 0.0
         parts: dict[str, float] = {}
         thetas, clusters, nce = {}, [], []
-        encoded = self.encoder.forward_many([self.projections[lang](data["bow"]) for lang, data in batch.items()])
+        encoded = self.encoder.forward_many([self.encoder_input(data["bow"], lang, data.get("embedding"))
+                                             for lang, data in batch.items()])
         for (lang, data), (mu, logvar) in zip(batch.items(), encoded):
             bow = data["bow"]
             theta = F.softmax(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar), dim=1)
@@ -470,11 +339,12 @@ class XTRA(nn.Module):
             out.index_copy_(dim, keep_new.to(t.device), t.index_select(dim, keep_old.to(t.device)))
             return out
 
-        lin = self.projections[lang][0]
-        new_lin = WordProjection(new_size, lin.out_features).to(lin.word_weight.device)
-        new_lin.word_weight.copy_(remap(lin.word_weight, 0, 0.0))
-        new_lin.bias.copy_(lin.bias)
-        self.projections[lang][0] = new_lin
+        if lang in self.projections:
+            lin = self.projections[lang][0]
+            new_lin = WordProjection(new_size, lin.out_features).to(lin.word_weight.device)
+            new_lin.word_weight.copy_(remap(lin.word_weight, 0, 0.0))
+            new_lin.bias.copy_(lin.bias)
+            self.projections[lang][0] = new_lin
         beta = self.betas[lang]
         self.betas[lang] = nn.Parameter(remap(beta.data, 1, beta.data.mean(1, keepdim=True)))
         bn = self.decoder_bn[lang]
@@ -509,8 +379,8 @@ class XTRA(nn.Module):
             raise ValueError(f"language {lang!r} already exists")
         cfg = self.cfg
         device = self.prior_mu.device
-        self.projections[lang] = nn.Sequential(WordProjection(vocab_size, cfg.projection_units), nn.ReLU(),
-                                               Dropout(cfg.dropout)).to(device)
+        if cfg.encoder_input != "embedding":
+            self.projections[lang] = self._word_projection(vocab_size).to(device)
         init = torch.randn(cfg.num_topics, vocab_size) * 0.02 if beta is None else torch.as_tensor(beta).float()
         self.betas[lang] = nn.Parameter(init.to(device))
         bn = nn.BatchNorm1d(vocab_size).to(device)

@@ -52,7 +52,8 @@ def consistent_shapes(model: OnlineTopicModel) -> dict[str, int]:
     for lang, v in model.xtra.cfg.vocab_sizes.items():
         assert len(model.vocabs[lang]) == v, lang
         assert model.xtra.betas[lang].shape == (K, v), lang
-        assert model.xtra.projections[lang][0].in_features == v, lang
+        if model.xtra.cfg.encoder_input != "embedding":   # an embedding encoder has no word projections
+            assert model.xtra.projections[lang][0].in_features == v, lang
         assert model.xtra.word_embeddings(lang).shape[0] == v, lang
         assert model.buffer.all(lang)[0].shape[1] == v, lang
         sizes[lang] = v
@@ -399,3 +400,15 @@ def test_theta_blends_xtra_with_the_cluster_memberships(warm, planted_stream):
     member = cluster_memberships(docs.embeddings, warm.kmeans.centers, warm.cfg.theta_cluster_temperature)
     np.testing.assert_allclose(blended, 0.5 * alone + 0.5 * member, atol=1e-5)
     np.testing.assert_allclose(blended.sum(1), 1.0, rtol=1e-5)
+
+
+def test_an_online_model_with_an_embedding_encoder_learns_and_assigns(planted_stream):
+    model = OnlineTopicModel(config(encoder_input="embedding", nce_temperature=0.1), DIM)
+    stream = planted_stream(160, seed=0, words_per_topic=4)
+    feed(model, stream)
+    model.train(0)
+    assert model.is_warm and model.xtra.cfg.encoder_input == "embedding" and model.xtra.cfg.nce_temperature == 0.1
+    assert len(model.xtra.projections) == 0
+    clusters, theta = model.predict_many(stream.tokens, stream.embeddings, stream.langs)
+    assert theta.shape == (160, K)
+    np.testing.assert_allclose(theta.sum(1), 1.0, rtol=1e-5)

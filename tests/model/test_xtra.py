@@ -570,3 +570,43 @@ def test_infer_theta_returns_simplex_rows_in_eval_mode_and_handles_no_documents(
     np.testing.assert_allclose(theta.sum(1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(theta, infer_theta(net, bow, "de", batch_size=100), atol=1e-6)
     assert infer_theta(net, sp.csr_matrix((0, VOCABS["de"]), dtype=np.float32), "de").shape == (0, K)
+
+
+# --------------------------------------------------------------------------- encoder input
+
+def test_an_embedding_encoder_has_no_word_projections_and_its_theta_ignores_the_bag_of_words():
+    net = model(encoder_input="embedding").eval()
+    assert len(net.projections) == 0
+    batch = random_batch(VOCABS, n=6, seed=1)
+    other = random_batch(VOCABS, n=6, seed=2)   # other words, other embeddings
+    for lang in VOCABS:
+        emb = batch[lang]["embedding"]
+        same = net.theta(other[lang]["bow"], lang, emb)
+        torch.testing.assert_close(net.theta(batch[lang]["bow"], lang, emb), same)
+        assert not torch.allclose(net.theta(batch[lang]["bow"], lang, other[lang]["embedding"]), same)
+    with pytest.raises(ValueError, match="sentence embeddings"):
+        net.theta(batch["en"]["bow"], "en")
+
+
+def test_a_both_encoder_reads_the_words_and_the_embedding_and_trains_both_paths():
+    net = model(encoder_input="both").eval()
+    batch, other = random_batch(VOCABS, n=6, seed=1), random_batch(VOCABS, n=6, seed=2)
+    emb = batch["en"]["embedding"]
+    assert not torch.allclose(net.theta(batch["en"]["bow"], "en", emb), net.theta(other["en"]["bow"], "en", emb))
+    net.train()
+    net(random_batch(VOCABS, n=8)).loss.backward()
+    assert net.embedding_projection[0].weight.grad.abs().sum() > 0
+    assert net.projections["en"][0].word_weight.grad.abs().sum() > 0
+
+
+def test_infer_theta_passes_the_embeddings_to_an_embedding_encoder():
+    net = model(encoder_input="embedding")
+    batch = random_batch(VOCABS, n=5, seed=3, sparse=False)
+    bow, emb = sp.csr_matrix(batch["de"]["bow"].numpy()), batch["de"]["embedding"].numpy()
+    theta = infer_theta(net, bow, "de", emb, batch_size=2)
+    torch.testing.assert_close(torch.from_numpy(theta), net.eval().theta(batch["de"]["bow"], "de", batch["de"]["embedding"]))
+
+
+def test_an_unknown_encoder_input_is_refused():
+    with pytest.raises(ValueError, match="encoder_input"):
+        config(encoder_input="words")
