@@ -61,7 +61,18 @@ def build_xtra(corpora: dict[str, LanguageCorpus], num_topics: int = 50,
     wdim = emb_dim if word_embeddings is None else next(iter(word_embeddings.values())).shape[1]
     cfg = XTRAConfig(vocab_sizes={lang: c.bow.shape[1] for lang, c in corpora.items()}, num_topics=num_topics,
                      embedding_dim=emb_dim, word_embedding_dim=wdim, **config)
-    return XTRA(cfg, prior_mu=mu, prior_var=var, betas=betas, word_embeddings=word_embeddings)
+    centres = _cluster_centres(corpora, num_topics) if cfg.encoder_input != "bow" else None
+    return XTRA(cfg, prior_mu=mu, prior_var=var, betas=betas, word_embeddings=word_embeddings, centres=centres)
+
+
+def _cluster_centres(corpora: dict[str, LanguageCorpus], num_topics: int) -> np.ndarray:
+    """(K, d) unit-norm mean of the unit embeddings of each cluster, over all languages (0 if empty)."""
+    dim = next(iter(corpora.values())).embeddings.shape[1]
+    sums = np.zeros((num_topics, dim))
+    for c in corpora.values():
+        x = np.asarray(c.embeddings, dtype=np.float64)
+        np.add.at(sums, np.asarray(c.clusters), x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+    return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 @dataclass

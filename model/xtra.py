@@ -4,10 +4,9 @@ Per language ``l`` a Bag-of-Words ``x_l`` (vocabulary ``V_l``) goes through its 
 ``Linear(V_l, 1000) + ReLU + Dropout`` into a **shared** encoder (two softplus layers of 300) that
 outputs a logistic-normal posterior; ``theta = softmax(mu + sigma * eps)``. Each language decodes
 with its own free topic-word matrix ``beta_l`` (K x V_l): ``x_hat_l = softmax(BN(theta @ beta_l))``.
-``encoder_input="embedding"`` feeds the shared encoder the document's sentence embedding through
-one projection for every language instead (ZeroShotTM-style): theta is then a function of the
-embedding alone, as language-neutral as the embedding is, and no parameter grows with ``V_l``
-on the encoder side; ``"both"`` sums the two inputs.
+``encoder_input="embedding"`` feeds the shared encoder the sentence embedding through one projection
+for every language instead (ZeroShotTM-style), plus the embedding's scaled cosine to learned topic
+centres that start at the clusters': theta is as language-neutral as the embedding; ``"both"`` sums.
 
 Loss, summed over languages:
 
@@ -48,6 +47,7 @@ from xtream.model.xtra_parts import (
     WordProjection,
     dirichlet_laplace_prior,
     init_beta_from_clusters,
+    remap_index,
 )
 
 __all__ = ["ENCODER_INPUTS", "XTRA", "Dropout", "WordProjection", "XTRAConfig", "XTRAOutput",
@@ -76,6 +76,7 @@ class XTRAConfig:
     lambda_nce: float = 80.0
     beta_alignment: str = "word_embedding"   # or "learned_projection"
     encoder_input: str = "bow"                # one of ENCODER_INPUTS
+    anchor_temperature: float = 0.1           # embedding encoders: mu adds cos(embedding, topic centre) / this
     beta_projection_dim: int = 384
     word_embedding_dim: int = 512
     languages: list[str] = field(default_factory=list)
@@ -108,7 +109,7 @@ class XTRA(nn.Module):
 
     def __init__(self, cfg: XTRAConfig, prior_mu: np.ndarray | None = None, prior_var: np.ndarray | None = None,
                  betas: dict[str, np.ndarray] | None = None,
-                 word_embeddings: dict[str, np.ndarray] | None = None) -> None:
+                 word_embeddings: dict[str, np.ndarray] | None = None, centres: np.ndarray | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         k = cfg.num_topics
@@ -117,6 +118,11 @@ class XTRA(nn.Module):
         if cfg.encoder_input != "bow":
             self.embedding_projection = nn.Sequential(nn.Linear(cfg.embedding_dim, cfg.projection_units), nn.ReLU(),
                                                       Dropout(cfg.dropout))
+            # Topic k starts as the documents near centre k (cluster k), as beta starts as its words.
+            self.topic_centres = nn.Linear(cfg.embedding_dim, k, bias=False)
+            with torch.no_grad():
+                self.topic_centres.weight.copy_(torch.zeros(k, cfg.embedding_dim) if centres is None
+                                                else torch.as_tensor(centres).float() / cfg.anchor_temperature)
         self.encoder = SharedEncoder(cfg.projection_units, cfg.encoder_units, cfg.num_topics, cfg.dropout)
         self.betas = nn.ParameterDict({
             lang: nn.Parameter(torch.as_tensor(betas[lang]).float().clone() if betas and lang in betas
@@ -160,7 +166,15 @@ class XTRA(nn.Module):
     def encode(self, bow: torch.Tensor, lang: str,
                embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, V_l) counts and (B, d) sentence embeddings -> (mu, logvar) of the logistic-normal posterior."""
-        return self.encoder(self.encoder_input(bow, lang, embedding))
+        mu, logvar = self.encoder(self.encoder_input(bow, lang, embedding))
+        return self._anchored(mu, embedding), logvar
+
+    def _anchored(self, mu: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor:
+        """An embedding encoder's mu plus the embedding's scaled cosine to each topic's centre
+        (a learned layer that starts at the k-means centres), so topic k stays cluster k's topic."""
+        if self.cfg.encoder_input == "bow" or embedding is None:
+            return mu
+        return mu + self.topic_centres(F.normalize(embedding, dim=1))
 
     def theta(self, bow: torch.Tensor, lang: str, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """Document-topic proportions; deterministic (posterior mean) in eval mode."""
@@ -198,11 +212,9 @@ class XTRA(nn.Module):
 
         That is ``softmax(BN(e_k @ beta))`` with the decoder's BatchNorm in eval mode (running
         statistics, learned per-word bias), the same transformation every reconstruction goes
-        through. Reading ``beta`` without it ranks words by a per-word scale the loss never trains:
-        BatchNorm divides each word's column by its spread, so frequent words, whose columns start
-        wider, headed many topics (EC News, 8 epochs: TU 0.67 read from ``beta``, 0.96 read here;
-        NPMI -0.21 and -0.36). Used for top words, snapshots and drift; the beta alignment loss uses
-        :meth:`aligned_topic_word`.
+        through. Reading ``beta`` without it ranks words by a per-word scale the loss never trains
+        (BatchNorm divides each word's column by its spread). Used for top words, snapshots and
+        drift; the beta alignment loss uses :meth:`aligned_topic_word`.
         """
         bn = self.decoder_bn[lang]
         logits = F.batch_norm(self.betas[lang], bn.running_mean, bn.running_var, bn.weight, bn.bias,
@@ -284,7 +296,7 @@ class XTRA(nn.Module):
         encoded = self.encoder.forward_many([self.encoder_input(data["bow"], lang, data.get("embedding"))
                                              for lang, data in batch.items()])
         for (lang, data), (mu, logvar) in zip(batch.items(), encoded):
-            bow = data["bow"]
+            bow, mu = data["bow"], self._anchored(mu, data.get("embedding"))
             theta = F.softmax(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar), dim=1)
             recon = self.reconstruction_loss(theta, bow, lang)
             lang_loss = (recon + self._kl(mu, logvar)).mean()
@@ -329,15 +341,7 @@ class XTRA(nn.Module):
         keep_new = torch.as_tensor(old_to_new[old_to_new >= 0])
 
         def remap(t: torch.Tensor, dim: int, fill: torch.Tensor | float) -> torch.Tensor:
-            shape = list(t.shape)
-            shape[dim] = new_size
-            out = torch.empty(shape, dtype=t.dtype, device=t.device)
-            if isinstance(fill, torch.Tensor):
-                out.copy_(fill.expand(shape))
-            else:
-                out.fill_(fill)
-            out.index_copy_(dim, keep_new.to(t.device), t.index_select(dim, keep_old.to(t.device)))
-            return out
+            return remap_index(t, dim, new_size, keep_old, keep_new, fill)
 
         if lang in self.projections:
             lin = self.projections[lang][0]

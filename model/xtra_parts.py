@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Dropout", "SharedEncoder", "WordProjection", "dirichlet_laplace_prior", "init_beta_from_clusters"]
+__all__ = ["Dropout", "SharedEncoder", "WordProjection", "dirichlet_laplace_prior", "init_beta_from_clusters",
+           "remap_index"]
 
 
 def dirichlet_laplace_prior(cluster_sizes: np.ndarray, concentration: float = 1.0,
@@ -182,3 +183,18 @@ class SharedEncoder(nn.Module):
         h = self.drop(F.softplus(self.fc2(F.softplus(self.fc1(torch.cat(hs))))))
         mus, logvars = self.mu(h).split([len(x) for x in hs]), self.logvar(h).split([len(x) for x in hs])
         return [(self.mu_bn(mu), self.logvar_bn(logvar)) for mu, logvar in zip(mus, logvars)]
+
+
+def remap_index(t: torch.Tensor, dim: int, new_size: int, keep_old: torch.Tensor, keep_new: torch.Tensor,
+                fill: torch.Tensor | float) -> torch.Tensor:
+    """``t`` resized to ``new_size`` along ``dim``: entry ``keep_old[i]`` moves to ``keep_new[i]``,
+    every other entry is ``fill`` (a scalar, or a tensor broadcast to the new shape)."""
+    shape = list(t.shape)
+    shape[dim] = new_size
+    out = torch.empty(shape, dtype=t.dtype, device=t.device)
+    if isinstance(fill, torch.Tensor):
+        out.copy_(fill.expand(shape))
+    else:
+        out.fill_(fill)
+    out.index_copy_(dim, keep_new.to(t.device), t.index_select(dim, keep_old.to(t.device)))
+    return out
