@@ -13,7 +13,7 @@ One table, two kinds of rows. *Step*: the whole ``XTRATrainer.step`` of the base
 from git by :mod:`bench._baseline`) and of today's code, timed in alternating blocks of ``--steps``
 steps on the same batches, ``--repeats`` times; the median ms per step of each and their ratio
 (``--ablations`` adds today's step with dense row updates, with the beta alignment every step,
-with 300-unit word projections instead of 1,000, and with the service's encoder: the sentence
+with 300-unit word projections instead of 1,000, and with the encoder reading the sentence
 embedding through a 300-unit projection instead of the bags of words).
 Times are CPU time of the benchmark's thread, which leaves out waiting for a core on a shared host;
 wall-clock medians are shown beside them.
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         trainers["current, beta every step"] = _trainer(current, corpora, words, beta_every=1)
         trainers[f"current, {NARROW_PROJECTION}-unit projections"] = _trainer(
             current, corpora, words, {"projection_units": NARROW_PROJECTION})
-        trainers[f"current, embedding encoder, {NARROW_PROJECTION} units (the service's)"] = _trainer(
+        trainers[f"current, embedding encoder, {NARROW_PROJECTION} units"] = _trainer(
             current, corpora, words, {"encoder_input": "embedding", "projection_units": NARROW_PROJECTION})
     touched = {lang: int(np.mean([len(np.unique(b[lang]["bow"].coalesce().indices()[1].numpy())) for b in batches]))
                for lang in corpora}

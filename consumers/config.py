@@ -181,13 +181,13 @@ class ModelSettings(_Section):
     theta_cluster_weight: float = Field(0.5, ge=0, le=1, description=(
         "weight of the softmax cluster memberships mixed into XTRA's theta (0 = theta alone); see bench/README.md"))
     theta_cluster_temperature: float = Field(0.1, gt=0, description="temperature of those memberships (cosine / t)")
-    encoder_input: Literal["bow", "embedding", "both"] = Field("embedding", description=(
+    encoder_input: Literal["bow", "embedding", "both"] = Field("bow", description=(
         "what XTRA's encoder reads: each language's bag of words (the paper), the sentence embedding "
-        "(one projection shared by every language, so theta is as language-neutral as the embedding), or both"))
-    nce_temperature: float = Field(0.1, gt=0, description=(
+        "(one projection shared by every language, so theta is as language-neutral as the embedding), or both; "
+        "with 'embedding' set nce_temperature 0.1 and projection_units 300 (bench/README.md, encoder input)"))
+    nce_temperature: float = Field(1.0, gt=0, description=(
         "temperature of XTRA's InfoNCE between theta and the document's embedding"))
-    projection_units: int = Field(300, ge=8, description=(
-        "width of the layer that feeds XTRA's shared encoder (the paper's BoW encoder: 1000)"))
+    projection_units: int = Field(1000, ge=8, description="width of the layer that feeds XTRA's shared encoder")
     exemplars_per_topic: int = Field(3, ge=1, description="representative documents kept per topic and language")
     kmeans_decay: float = Field(0.999, description="per-batch forgetting of cluster counts (1 = never forget)")
     novelty_quantile: float | None = Field(0.2, gt=0, lt=0.5, description=(

@@ -93,9 +93,9 @@ class OnlineConfig:
     lambda_cluster: float = 5.0
     lambda_beta: float = 7.0
     lambda_nce: float = 80.0
-    nce_temperature: float = 0.1
-    encoder_input: str = "embedding"
-    projection_units: int = 300
+    nce_temperature: float = 1.0
+    encoder_input: str = "bow"
+    projection_units: int = 1000
     min_docs_new_language: int = 32
     exemplars_per_topic: int = 3
     theta_cluster_weight: float = 0.5
