@@ -264,12 +264,13 @@ class ApiClient:
 
 # -- the producer -----------------------------------------------------------------------------------
 class Producer(threading.Thread):
-    """Produces records ``0 .. total-1`` (partition ``n % PARTITIONS``), at most ``AHEAD`` past what
-    ``committed()`` reports; remembers every record's offset and each hostile record's expected reason."""
+    """Produces records ``0 .. total-1`` (partitioned by key), at most ``AHEAD`` past what ``committed()``
+    reports; remembers every record's partition and offset and each hostile record's expected reason."""
 
     def __init__(self, bootstrap: str, total: int, every: int, committed, kinds: list) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.total, self.every, self.committed, self.kinds = bootstrap, total, every, committed, kinds
+        self.partitions = np.zeros(total, dtype=np.int8)
         self.offsets = np.full(total, -1, dtype=np.int64)
         self.reasons: dict[int, str] = {}
         self.sent = 0
@@ -291,8 +292,7 @@ class Producer(threading.Thread):
                 value, key, headers, reason = record(n, texts, kinds, self.every)
                 if reason is not None:
                     self.reasons[n] = reason
-                producer.send(TOPIC, value=value, key=key, headers=headers, partition=n % PARTITIONS).add_callback(
-                    self._delivered, n)
+                producer.send(TOPIC, value=value, key=key, headers=headers).add_callback(self._delivered, n)
                 self.sent = n + 1
                 if n % 10_000 == 9_999:
                     producer.flush()
@@ -303,7 +303,7 @@ class Producer(threading.Thread):
             producer.close()
 
     def _delivered(self, n: int, metadata) -> None:
-        self.offsets[n] = metadata.offset
+        self.partitions[n], self.offsets[n] = metadata.partition, metadata.offset
 
 
 # -- the service ------------------------------------------------------------------------------------
@@ -400,17 +400,16 @@ def verify(bootstrap: str, producer: Producer, committed: dict[int, int]) -> dic
 
     n_assignments = read_outputs(bootstrap, OUTPUTS["assignments"], on_assignment)
     read_outputs(bootstrap, OUTPUTS["dead_letters"], on_dead_letter)
-    idx = np.arange(total)
-    offsets = producer.offsets[:total]
-    limit = np.array([committed.get(int(p), 0) for p in range(PARTITIONS)])[idx % PARTITIONS]
+    offsets, partitions = producer.offsets[:total], producer.partitions[:total]
+    limit = np.array([committed.get(int(p), 0) for p in range(PARTITIONS)])[partitions]
     covered = (offsets >= 0) & (offsets < limit)
     hostile = np.array([n in producer.reasons for n in range(total)]) if total else np.zeros(0, bool)
     clean_covered = covered & ~hostile
     lost = np.flatnonzero(clean_covered & (assigned == 0))
-    lost_reasons = Counter(dead.get((int(n % PARTITIONS), int(offsets[n])), "none") for n in lost)
+    lost_reasons = Counter(dead.get((int(partitions[n]), int(offsets[n])), "none") for n in lost)
     wrong = Counter()
     for n in np.flatnonzero(covered & hostile):
-        got = dead.get((int(n % PARTITIONS), int(offsets[n])), "none")
+        got = dead.get((int(partitions[n]), int(offsets[n])), "none")
         if got != producer.reasons[int(n)]:
             wrong[f"{producer.reasons[int(n)]} -> {got}"] += 1
     return {"records_covered": int(covered.sum()), "clean_covered": int(clean_covered.sum()),
@@ -488,7 +487,8 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     for noisy in ("httpx", "kafka"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)   # refused connections while the service restarts
-    signal.signal(signal.SIGTERM, signal.default_int_handler)   # a stop keeps the partial results
+    for sig in (signal.SIGTERM, signal.SIGINT):   # a stop keeps the partial results (SIGINT too when started with &)
+        signal.signal(sig, signal.default_int_handler)
     faulthandler.register(signal.SIGUSR1, all_threads=True)      # kill -USR1: where is it?
 
     from kafka.admin import KafkaAdminClient, NewTopic
