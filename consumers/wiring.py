@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+from model.allocator import release_freed_memory
 from model.embedding import Embedder, load_embedder
 from model.embedding_process import ProcessEmbedder
 from stream.sinks import JsonlSink, KafkaSink, make_producer, topic_record_limits
@@ -171,6 +172,8 @@ def _assemble_service(settings: Settings, embedder: Embedder, checkpoints: Check
                            start_offsets=start_offsets, role=role, transactions=transactions, **sinks)
     if resumed:
         service.load_state_dict(resumed[1])
+        del resumed   # the decoded checkpoint: its blocks go back to the kernel, not kept as free heap
+        release_freed_memory()
     return service
 
 
