@@ -614,9 +614,10 @@ def markdown(result: dict) -> list[str]:
     """The RESULTS.md section: what ran, the verdict, RSS and disk per sample, the chart."""
     g, check, api = result.get("growth", {}), result.get("check") or {}, result.get("api", {})
     mib = lambda b: round(b / 2**20, 1)   # noqa: E731
-    rows = [[s["records"], s["seconds"], s["rss_service"], s.get("rss_embedder"), s.get("rss_resource_tracker"),
-             s.get("rss_broker"), mib(s["state_bytes"]), mib(s["history_bytes"]), s.get("snapshots_stored"),
-             s["fds"], s["threads"]] for s in result["samples"]]
+    rows = [[s["records"], s["seconds"], sum(k["seconds"] < s["seconds"] for k in result["kills"]), s["rss_service"],
+             s.get("rss_embedder"), s.get("rss_resource_tracker"), s.get("rss_broker"), mib(s["state_bytes"]),
+             mib(s["largest_checkpoint_bytes"]), mib(s["history_bytes"]), s.get("snapshots_stored"), s["fds"],
+             s["threads"]] for s in result["samples"]]
     kills = ", ".join(f"{k['records']:,}" for k in result["kills"]) or "none"
     answers = Counter()
     for key, n in api.items():
@@ -646,9 +647,9 @@ def markdown(result: dict) -> list[str]:
                   f"(reasons: {', '.join(f'{k} {v}' for k, v in sorted(check['hostile_reasons'].items()))}).", ""]
     lines += [f"API answers: {', '.join(f'{k}: {v:,}' for k, v in sorted(answers.items()))} "
               f"({result['api_5xx']} 5xx; `unreachable` = the service down between a kill and its restart).", "",
-              "| records | seconds | service MiB | embedder MiB | tracker MiB | broker MiB | state MiB | history MiB "
-              "| snapshots | fds | threads |", "|---" + "|---:" * 10 + "|"]
-    lines += ["| " + " | ".join("-" if v is None else f"{v:,.0f}" if isinstance(v, float) and v >= 100 else str(v)
+              "| records | seconds | kills so far | service MiB | embedder MiB | tracker MiB | broker MiB | state MiB "
+              "| checkpoint MiB | history MiB | snapshots | fds | threads |", "|---" + "|---:" * 12 + "|"]
+    lines += ["| " + " | ".join("-" if v is None else f"{v:,.0f}" if isinstance(v, float) else f"{v:,}"
                                 for v in row) + " |" for row in rows]
     return lines + ["", "![soak](results/soak.png)", ""]
 
