@@ -35,9 +35,14 @@ which survive restarts, unlike the service's own counters. The verdict (exit sta
 - RSS: for each service-side process, the peak and the last sample from the 200k mark on are at
   most 10% above the sample at that mark (the peak, because a kill resets a process's memory);
 - disk: the state part stays within ``keep + 2`` checkpoints (those kept, one being written, one
-  left by a kill), a checkpoint grows by at most 10% from the 200k mark on, and the snapshot history grows by no more bytes per stored snapshot at the end
-  than 10% over its figure at the 200k mark (it is linear in snapshots, with no retention);
-- no clean record lost, no hostile record un-dead-lettered, no 5xx from the API.
+  left by a kill), a checkpoint grows by at most 10% from the 200k mark on, and the snapshot
+  history holds at most 10% more bytes per stored snapshot at the end than at that mark (it is
+  linear in snapshots by design: the store has no retention);
+- no clean record lost, no hostile record un-dead-lettered, no 5xx from the API, no exit of the
+  service other than the kills.
+
+A run that ends before the 200k mark (``--quick``: 30,000 documents, one kill) reports memory and
+disk but asserts only the last item.
 
 Results are rewritten as JSON (and a PNG chart beside it) at every sample, so a stopped run
 (SIGINT/SIGTERM) keeps what it measured; its verdict then covers the records reached.
@@ -453,7 +458,8 @@ def verdict(result: dict) -> dict:
 # -- the run ----------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="30,000 documents, one kill, samples every 5,000")
+    ap.add_argument("--quick", action="store_true", help="30,000 documents, one kill, samples every 1,500; "
+                                                         "growth is not asserted (it needs the 200k mark)")
     ap.add_argument("--docs", type=int, default=1_000_000, help="clean documents")
     ap.add_argument("--kills", type=int, default=3)
     ap.add_argument("--hostile-every", type=int, default=100, help="one hostile record in this many (0 = none)")
@@ -515,7 +521,7 @@ def main(argv: list[str] | None = None) -> dict:
     api = ApiClient(url, pause=args.api_pause)
     result = {"benchmark": "soak", "status": "running", "documents": args.docs, "records": total,
               "hostile_every": args.hostile_every, "embedder": args.embedder, "threads": args.threads,
-              "kill_points": kills, "kills": [], "unexpected_exits": [], "base_records": min(BASE_DOCS, total // 5),
+              "kill_points": kills, "kills": [], "unexpected_exits": [], "base_records": BASE_DOCS,
               "checkpoint_keep": Settings().checkpoint.keep, "work_dir": str(work),
               "host": f"{os.cpu_count()} cores, shared with other engineers' jobs", "samples": [], "api": {},
               "api_5xx": 0, "check": None}
@@ -605,6 +611,8 @@ def report(result: dict) -> None:
                  "history MiB", "snapshots", "fds", "threads"], rows)
     for name, ok in result["checks"].items():
         print(f"{'ok  ' if ok else 'FAIL'} {name}")
+    if not result["samples"] or result["samples"][-1]["records"] < result["base_records"]:
+        print(f"(memory and disk growth not asserted: the run ended before the {result['base_records']:,} mark)")
     print(f"{'PASS' if result['pass'] else 'FAIL'}: soak {result['status']} at "
           f"{result['samples'][-1]['records'] if result['samples'] else 0:,} committed records", flush=True)
     emit({k: v for k, v in result.items() if k != "samples"})
