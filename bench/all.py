@@ -191,15 +191,9 @@ def stream_section(s: dict) -> list[str]:
 
 
 def soak_section(s: dict) -> list[str]:
-    rows = [[x["documents"], x["seconds"], x["rss_mib"], x["fds"], x["threads"]] for x in s["samples"]]
-    return ["## Soak: memory, file descriptors and threads over a long stream (`bench.soak`)", "",
-            f"{s['documents']:,} synthetic EC-News-vocabulary documents through the service process "
-            f"(embedder `{s['embedder']}`, default model settings), {s['docs_per_second']:,.0f} docs/s. "
-            f"RSS {s['rss_mib_at_base']:,.0f} MiB at {s['base_documents']:,} documents -> "
-            f"{s['rss_mib_at_end']:,.0f} MiB at the end ({s['rss_growth_ratio']:+.1%}); "
-            f"open fds {s['fds_at_base']} -> {s['fds_at_end']}, threads {s['threads_at_base']} -> {s['threads_at_end']}.",
-            "", _table(["documents", "seconds", "RSS MiB", "open fds", "threads"], rows), "",
-            "![soak](results/soak.png)", ""]
+    from bench.soak import markdown
+
+    return markdown(s)
 
 
 def emergence_section(s: dict) -> list[str]:

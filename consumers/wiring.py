@@ -12,6 +12,7 @@ from xtream.consumers.embedding_worker import EmbeddingWorker
 from xtream.consumers.intake import EmbeddedIntake, TextIntake
 from xtream.consumers.metrics import ServiceMetrics
 from xtream.consumers.service import TopicService
+from xtream.model.allocator import release_freed_memory
 from xtream.model.embedding import Embedder, load_embedder
 from xtream.model.embedding_process import ProcessEmbedder
 from xtream.stream.file_source import JsonlFileSource
@@ -173,6 +174,8 @@ def _assemble_service(settings: Settings, embedder: Embedder, checkpoints: Check
                            intake=EmbeddedIntake(embedder.dim) if role == "trainer" else None)
     if resumed:
         service.load_state_dict(resumed[1])
+        del resumed   # the decoded checkpoint: its blocks go back to the kernel, not kept as free heap
+        release_freed_memory()
     return service
 
 

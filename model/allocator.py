@@ -6,8 +6,13 @@ every step page-faults its gradients in again. Raising the mmap threshold to gli
 and the trim threshold to 1 GiB keeps that memory in the heap, as jemalloc or tcmalloc would.
 
 The cost is that resident memory stays near its peak instead of shrinking between steps; the
-service's memory is sized for its peak anyway. This is a process setting, so it is called by the
-programs (service, CLI, benchmarks), never by the model code on import.
+service's memory is sized for its peak anyway. A one-off peak is another matter: restoring a
+checkpoint decodes a copy of the whole state, and with these thresholds its freed blocks would stay
+resident for the life of the process (a restarted service holding more memory than one that never
+stopped). :func:`release_freed_memory` hands such memory back once, after the peak.
+
+These are process settings, so they are called by the programs (service, CLI, benchmarks), never
+by the model code on import.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import ctypes
 import ctypes.util
 import logging
 
-__all__ = ["retain_freed_memory"]
+__all__ = ["release_freed_memory", "retain_freed_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,3 +44,15 @@ def retain_freed_memory() -> bool:
     if not ok:
         logger.warning("mallopt refused the thresholds; freed training buffers go back to the kernel")
     return ok
+
+
+def release_freed_memory() -> bool:
+    """Return the heap's free pages to the kernel now (glibc ``malloc_trim(0)``); False where the C
+    library is not glibc. For after a one-off peak, such as restoring a checkpoint."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
