@@ -18,6 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from xtream.model.online_config import OnlineConfig
+
 __all__ = ["MIN_TOKEN_CHARS", "SASL_MECHANISMS", "Settings"]
 
 logger = logging.getLogger(__name__)
@@ -154,6 +156,10 @@ class BatchSettings(_Section):
         "learns, publishes and checkpoints meanwhile, and offsets still advance only after a batch is learned"))
 
 
+#: The online model's defaults: the model section takes them from here, so there is one set.
+_ONLINE = OnlineConfig()
+
+
 class ModelSettings(_Section):
     embedder: str = Field("use-multilingual-v3",
                           description="'use-multilingual-v3' or a sentence-transformers name/path")
@@ -168,34 +174,38 @@ class ModelSettings(_Section):
         default_factory=lambda: ["ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru",
                                  "th", "tr", "zh"],
         description="accepted languages (others are dead-lettered) and candidates for detection")
-    num_topics: int = 50
-    warmup_docs: int = 2000
-    warmup_steps: int = 200
-    batch_size: int = 128
-    buffer_per_language: int = 4096
-    vocab_max_size: int = 5000
-    vocab_min_df: float = 3
-    vocab_refresh_every: int = 5000
-    vocab_max_df_ratio: float = Field(0.3, gt=0, le=1,
+    num_topics: int = _ONLINE.num_topics
+    warmup_docs: int = _ONLINE.warmup_docs
+    warmup_steps: int = _ONLINE.warmup_steps
+    batch_size: int = _ONLINE.batch_size
+    buffer_per_language: int = _ONLINE.buffer_per_language
+    vocab_max_size: int = _ONLINE.vocab_max_size
+    vocab_min_df: float = _ONLINE.vocab_min_df
+    vocab_refresh_every: int = _ONLINE.vocab_refresh_every
+    vocab_max_df_ratio: float = Field(_ONLINE.vocab_max_df_ratio, gt=0, le=1,
                                       description="words in more than this share of documents are left out")
-    theta_cluster_weight: float = Field(0.5, ge=0, le=1, description=(
+    theta_cluster_weight: float = Field(_ONLINE.theta_cluster_weight, ge=0, le=1, description=(
         "weight of the softmax cluster memberships mixed into XTRA's theta (0 = theta alone); see bench/README.md"))
-    theta_cluster_temperature: float = Field(0.1, gt=0, description="temperature of those memberships (cosine / t)")
-    encoder_input: Literal["bow", "embedding", "both"] = Field("bow", description=(
+    theta_cluster_temperature: float = Field(_ONLINE.theta_cluster_temperature, gt=0,
+        description="temperature of those memberships (cosine / t)")
+    encoder_input: Literal["bow", "embedding", "both"] = Field(_ONLINE.encoder_input, description=(
         "what XTRA's encoder reads: each language's bag of words (the paper), the sentence embedding "
         "(one projection shared by every language, so theta is as language-neutral as the embedding), or both; "
         "with 'embedding' set nce_temperature 0.1 and projection_units 300 (bench/README.md, encoder input)"))
-    nce_temperature: float = Field(1.0, gt=0, description=(
+    nce_temperature: float = Field(_ONLINE.nce_temperature, gt=0, description=(
         "temperature of XTRA's InfoNCE between theta and the document's embedding"))
-    projection_units: int = Field(1000, ge=8, description="width of the layer that feeds XTRA's shared encoder")
-    exemplars_per_topic: int = Field(3, ge=1, description="representative documents kept per topic and language")
-    kmeans_decay: float = Field(0.999, description="per-batch forgetting of cluster counts (1 = never forget)")
-    novelty_quantile: float | None = Field(0.2, gt=0, lt=0.5, description=(
+    projection_units: int = Field(_ONLINE.projection_units, ge=8,
+        description="width of the layer that feeds XTRA's shared encoder")
+    exemplars_per_topic: int = Field(_ONLINE.exemplars_per_topic, ge=1,
+        description="representative documents kept per topic and language")
+    kmeans_decay: float = Field(_ONLINE.kmeans_decay,
+        description="per-batch forgetting of cluster counts (1 = never forget)")
+    novelty_quantile: float | None = Field(_ONLINE.novelty_quantile, gt=0, lt=0.5, description=(
         "documents fitting their centre worse than this running quantile of the stream wait in a "
         "novelty pool; min_novel of them closer to each other than to their centres by novelty_margin "
         "seed a new topic in the weakest cluster (None = off)"))
-    min_novel: int = Field(8, ge=2)
-    novelty_margin: float = 0.1
+    min_novel: int = Field(_ONLINE.min_novel, ge=2)
+    novelty_margin: float = _ONLINE.novelty_margin
     train_every_docs: int = Field(512, description="run a training slice after this many new documents")
     train_steps: int = Field(10, description="gradient steps per slice")
     train_budget_seconds: float = Field(5.0, description="a slice stops early past this, to keep polling")
@@ -210,7 +220,17 @@ class ModelSettings(_Section):
     train_nice: int = Field(19, ge=0, le=19, description=(
         "niceness added to the training thread (Linux), so ingestion gets the CPU first and training "
         "takes what is left (an idle host loses nothing)"))
-    seed: int = 0
+    prevalence_momentum: float = Field(_ONLINE.prevalence_momentum, gt=0, lt=1,
+        description="per-batch momentum of the topic prevalence estimate")
+    lr: float = Field(_ONLINE.lr, gt=0, description="XTRA's Adam learning rate")
+    lr_step: int = Field(_ONLINE.lr_step, ge=1, description="gradient steps between learning-rate halvings")
+    lambda_cluster: float = Field(_ONLINE.lambda_cluster, ge=0, description="weight of XTRA's cluster contrastive loss")
+    lambda_beta: float = Field(_ONLINE.lambda_beta, ge=0, description="weight of XTRA's topic-word alignment loss")
+    lambda_nce: float = Field(_ONLINE.lambda_nce, ge=0,
+        description="weight of XTRA's InfoNCE between theta and the embedding")
+    min_docs_new_language: int = Field(_ONLINE.min_docs_new_language, ge=1,
+        description="documents of a new language before XTRA gives it a decoder")
+    seed: int = _ONLINE.seed
 
 
 class SnapshotSettings(_Section):

@@ -34,7 +34,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,6 +49,7 @@ from xtream.model.network_surgery import (
     refresh_vocabularies,
     restart_topics,
 )
+from xtream.model.online_config import OnlineConfig
 from xtream.model.online_state import dump_state, load_state
 from xtream.model.online_training import TrainedSlice, run_slice
 from xtream.model.prevalence import TopicPrevalence
@@ -70,37 +70,6 @@ class MaintenanceFailed(ModelError):
     """The batch was learned (counted, clustered, buffered), but the network work it made due
     (initialisation, a vocabulary refresh, a new language, a re-seeded topic) failed and is left for
     a later batch. Never learn that batch again: its documents are already counted."""
-
-
-@dataclass
-class OnlineConfig:
-    num_topics: int = 50
-    warmup_docs: int = 2000
-    warmup_steps: int = 200
-    batch_size: int = 128
-    buffer_per_language: int = 4096
-    vocab_max_size: int = 5000
-    vocab_min_df: float = 3
-    vocab_max_df_ratio: float = 0.3
-    vocab_refresh_every: int = 5000
-    kmeans_decay: float = 1.0
-    novelty_quantile: float | None = None
-    min_novel: int = 8
-    novelty_margin: float = 0.1
-    prevalence_momentum: float = 0.99
-    lr: float = 0.002
-    lr_step: int = 5000
-    lambda_cluster: float = 5.0
-    lambda_beta: float = 7.0
-    lambda_nce: float = 80.0
-    nce_temperature: float = 1.0
-    encoder_input: str = "bow"
-    projection_units: int = 1000
-    min_docs_new_language: int = 32
-    exemplars_per_topic: int = 3
-    theta_cluster_weight: float = 0.5
-    theta_cluster_temperature: float = 0.1
-    seed: int = 0
 
 
 class OnlineTopicModel:
