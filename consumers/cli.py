@@ -8,6 +8,7 @@ import shutil
 import signal
 import sys
 import threading
+import tomllib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -147,13 +148,15 @@ def _run_settings(settings, *, input, follow, bootstrap, data_dir, topics, accep
     if accept_model_loss:
         overrides["checkpoint"] = settings.checkpoint.model_copy(update={"accept_model_loss": True})
     if not (bootstrap or settings.kafka.bootstrap_servers or input or settings.input_file):
-        demo = True   # the embedded default: 360 documents, so a small model that warms up quickly
+        from xtream.consumers.wiring import DEMO_PROFILE
+
+        demo = True   # the embedded default, with the demo's profile over the settings
         overrides["data_dir"] = (data_dir or settings.data_dir) / "demo"
-        overrides["model"] = settings.model.model_copy(update=dict(
-            num_topics=topics or 8, warmup_docs=120, warmup_steps=150, batch_size=64, vocab_min_df=2,
-            vocab_refresh_every=60, train_every_docs=30, train_steps=20))
-        overrides["snapshots"] = settings.snapshots.model_copy(update=dict(every_docs=60))
-        overrides["batch"] = settings.batch.model_copy(update=dict(max_records=30))
+        profile = tomllib.loads(DEMO_PROFILE.read_text(encoding="utf-8"))
+        if topics:
+            profile["model"]["num_topics"] = topics
+        for section, values in profile.items():
+            overrides[section] = getattr(settings, section).model_copy(update=values)
     elif topics:
         overrides["model"] = settings.model.model_copy(update={"num_topics": topics})
     return settings.model_copy(update=overrides), demo

@@ -23,12 +23,13 @@ from xtream.stream.snapshot_store import SnapshotStore
 from xtream.stream.sources import Source
 from xtream.stream.transactions import OutputTransactions, covered_by
 
-__all__ = ["DEMO_STREAM", "build_embedding_worker", "build_service", "replay_settings", "service_embedder",
-           "set_threads"]
+__all__ = ["DEMO_PROFILE", "DEMO_STREAM", "build_embedding_worker", "build_service", "replay_settings",
+           "service_embedder", "set_threads"]
 
 logger = logging.getLogger(__name__)
 
 DEMO_STREAM = Path(__file__).resolve().parent / "demo" / "news.jsonl"
+DEMO_PROFILE = Path(__file__).resolve().parent / "demo" / "profile.toml"   # the demo's settings over the defaults
 
 
 def set_threads(n: int) -> None:
