@@ -16,6 +16,8 @@ products. The running statistics are updated as ``nn.BatchNorm1d`` updates them.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -24,7 +26,7 @@ __all__ = ["batchnorm_reconstruction_loss"]
 
 class _BatchNormCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, theta: torch.Tensor, beta: torch.Tensor, bn_bias: torch.Tensor, bn: nn.BatchNorm1d,
+    def forward(ctx: Any, theta: torch.Tensor, beta: torch.Tensor, bn_bias: torch.Tensor, bn: nn.BatchNorm1d,
                 docs: torch.Tensor, words: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         z = theta @ beta
         tracked = bn.num_batches_tracked
@@ -47,7 +49,7 @@ class _BatchNormCrossEntropy(torch.autograd.Function):
         return length * lse - y.new_zeros(len(y)).index_add_(0, docs, picked)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if ctx.spent:
             raise RuntimeError("the reconstruction loss can be back-propagated once (its softmax is reused in place)")
         ctx.spent = True
@@ -73,4 +75,5 @@ def batchnorm_reconstruction_loss(theta: torch.Tensor, beta: torch.Tensor, bn: n
     """
     bow = bow.coalesce()
     docs, words = bow.indices()
-    return _BatchNormCrossEntropy.apply(theta, beta, bn.bias, bn, docs, words, bow.values())
+    loss = _BatchNormCrossEntropy.apply(theta, beta, bn.bias, bn, docs, words, bow.values())  # type: ignore[no-untyped-call]
+    return cast(torch.Tensor, loss)

@@ -13,6 +13,7 @@ checkpoints written by ``torch.optim.Adam`` load into it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -116,7 +117,7 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> float:
 
 
 @torch.no_grad()
-def clip_scale(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+def clip_scale(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
     """What :func:`clip_grad_norm` would divide the gradients by, without touching them.
 
     ``max(1, (norm + 1e-6) / max_norm)`` for the joint L2 norm of the gradients (dense or sparse,

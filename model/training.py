@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -50,7 +51,7 @@ def csr_to_torch(x: sp.csr_matrix) -> torch.Tensor:
 
 
 def build_xtra(corpora: dict[str, LanguageCorpus], num_topics: int = 50,
-               word_embeddings: dict[str, np.ndarray] | None = None, **config) -> XTRA:
+               word_embeddings: dict[str, np.ndarray] | None = None, **config: Any) -> XTRA:
     """An XTRA initialised from the data: prior from cluster sizes, beta from cluster word distributions."""
     sizes = np.zeros(num_topics)
     for c in corpora.values():
@@ -125,7 +126,7 @@ class XTRATrainer:
         self.optimizer = LazyAdam(self.params, lr=self.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=self.lr_step, gamma=self.lr_gamma)
 
-    def load_optimizer_state(self, state: dict) -> bool:
+    def load_optimizer_state(self, state: dict[str, Any]) -> bool:
         """Restore Adam's moments if they fit the parameters; otherwise start Adam afresh.
 
         Moments saved by an older parameter layout (a projection stored (P, V) instead of (V, P))
@@ -166,13 +167,13 @@ class XTRATrainer:
     def end_epoch(self) -> None:
         self.scheduler.step()
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """Everything a resumed :meth:`fit` needs to continue exactly as an uninterrupted one."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "steps": self.steps, "history": list(self.history),
                 "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` into a trainer built for the same data and settings."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -34,12 +34,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xtream.model import xtra_growth
 from xtream.model.reconstruction import batchnorm_reconstruction_loss
 from xtream.model.xtra_parts import (
     Dropout,
@@ -47,7 +49,6 @@ from xtream.model.xtra_parts import (
     WordProjection,
     dirichlet_laplace_prior,
     init_beta_from_clusters,
-    remap_index,
 )
 
 __all__ = ["ENCODER_INPUTS", "XTRA", "Dropout", "WordProjection", "XTRAConfig", "XTRAOutput",
@@ -91,7 +92,7 @@ class XTRAConfig:
         if self.encoder_input not in ENCODER_INPUTS:
             raise ValueError(f"unknown encoder_input {self.encoder_input!r}; one of {ENCODER_INPUTS}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -107,6 +108,9 @@ class XTRAOutput:
 class XTRA(nn.Module):
     """The XTRA network for N >= 1 languages (alignment losses need >= 2)."""
 
+    prior_mu: torch.Tensor
+    prior_var: torch.Tensor
+
     def __init__(self, cfg: XTRAConfig, prior_mu: np.ndarray | None = None, prior_var: np.ndarray | None = None,
                  betas: dict[str, np.ndarray] | None = None,
                  word_embeddings: dict[str, np.ndarray] | None = None, centres: np.ndarray | None = None) -> None:
@@ -114,7 +118,8 @@ class XTRA(nn.Module):
         self.cfg = cfg
         k = cfg.num_topics
         self.projections = nn.ModuleDict({   # none when the encoder reads only sentence embeddings
-            lang: self._word_projection(v) for lang, v in cfg.vocab_sizes.items() if cfg.encoder_input != "embedding"})
+            lang: self.new_word_projection(v) for lang, v in cfg.vocab_sizes.items()
+            if cfg.encoder_input != "embedding"})
         if cfg.encoder_input != "bow":
             self.embedding_projection = nn.Sequential(nn.Linear(cfg.embedding_dim, cfg.projection_units), nn.ReLU(),
                                                       Dropout(cfg.dropout))
@@ -146,9 +151,13 @@ class XTRA(nn.Module):
             self.register_buffer(f"word_embeddings_{lang}", emb_t)
 
     # -- building blocks -----------------------------------------------------------------------
-    def _word_projection(self, vocab_size: int) -> nn.Sequential:
+    def new_word_projection(self, vocab_size: int) -> nn.Sequential:
         cfg = self.cfg
         return nn.Sequential(WordProjection(vocab_size, cfg.projection_units), nn.ReLU(), Dropout(cfg.dropout))
+
+    def decoder_norm(self, lang: str) -> nn.BatchNorm1d:
+        """The decoder's BatchNorm over ``lang``'s vocabulary."""
+        return cast(nn.BatchNorm1d, self.decoder_bn[lang])
 
     def encoder_input(self, bow: torch.Tensor, lang: str, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """What the shared encoder reads (``cfg.encoder_input``): (B, projection_units).
@@ -196,7 +205,7 @@ class XTRA(nn.Module):
         which computes the same loss and its gradient with fewer passes over the (B, V) logits.
         """
         if bow.is_sparse and self.training:
-            return batchnorm_reconstruction_loss(theta, self.betas[lang], self.decoder_bn[lang], bow)
+            return batchnorm_reconstruction_loss(theta, self.betas[lang], self.decoder_norm(lang), bow)
         logits = self.decoder_bn[lang](theta @ self.betas[lang])
         if not bow.is_sparse:
             return -(bow * F.log_softmax(logits, dim=1)).sum(1)
@@ -216,7 +225,7 @@ class XTRA(nn.Module):
         (BatchNorm divides each word's column by its spread). Used for top words, snapshots and
         drift; the beta alignment loss uses :meth:`aligned_topic_word`.
         """
-        bn = self.decoder_bn[lang]
+        bn = self.decoder_norm(lang)
         logits = F.batch_norm(self.betas[lang], bn.running_mean, bn.running_var, bn.weight, bn.bias,
                               training=False, eps=bn.eps)
         return F.softmax(logits, dim=1)
@@ -290,7 +299,7 @@ class XTRA(nn.Module):
         passes 0 or n).
         """
         cfg = self.cfg
-        loss = 0.0
+        loss = self.prior_mu.new_zeros(())
         parts: dict[str, float] = {}
         thetas, clusters, nce = {}, [], []
         encoded = self.encoder.forward_many([self.encoder_input(data["bow"], lang, data.get("embedding"))
@@ -324,77 +333,13 @@ class XTRA(nn.Module):
             raise FloatingPointError(f"XTRA loss is not finite: {parts}")
         return XTRAOutput(loss=loss, parts=parts, theta=thetas)
 
-    # -- growing vocabularies ------------------------------------------------------------------
-    @torch.no_grad()
+    # -- growing vocabularies (model/xtra_growth.py) ---------------------------------------------
     def remap_vocabulary(self, lang: str, old_to_new: np.ndarray, new_size: int,
                          new_word_embeddings: np.ndarray | None = None) -> None:
-        """Follow a vocabulary change of ``lang``: keep surviving words' parameters, start new ones neutral.
+        """Follow a vocabulary change of ``lang`` (:func:`model.xtra_growth.remap_vocabulary`)."""
+        xtra_growth.remap_vocabulary(self, lang, old_to_new, new_size, new_word_embeddings)
 
-        ``old_to_new[i]`` is word i's new index or -1 if retired. Every per-word tensor (projection
-        columns, beta columns, decoder BatchNorm statistics, word embeddings) is rebuilt at
-        ``new_size``. New words start with zero projection weight, the mean beta value of their topic
-        and neutral BN statistics, so adding a word does not perturb existing thetas. Optimizer
-        state for these tensors is invalid afterwards: the trainer rebuilds its optimizer.
-        """
-        old_to_new = np.asarray(old_to_new, dtype=np.int64)
-        keep_old = torch.as_tensor(np.flatnonzero(old_to_new >= 0))
-        keep_new = torch.as_tensor(old_to_new[old_to_new >= 0])
-
-        def remap(t: torch.Tensor, dim: int, fill: torch.Tensor | float) -> torch.Tensor:
-            return remap_index(t, dim, new_size, keep_old, keep_new, fill)
-
-        if lang in self.projections:
-            lin = self.projections[lang][0]
-            new_lin = WordProjection(new_size, lin.out_features).to(lin.word_weight.device)
-            new_lin.word_weight.copy_(remap(lin.word_weight, 0, 0.0))
-            new_lin.bias.copy_(lin.bias)
-            self.projections[lang][0] = new_lin
-        beta = self.betas[lang]
-        self.betas[lang] = nn.Parameter(remap(beta.data, 1, beta.data.mean(1, keepdim=True)))
-        bn = self.decoder_bn[lang]
-        new_bn = nn.BatchNorm1d(new_size).to(beta.device)
-        new_bn.weight.requires_grad_(False)
-        new_bn.bias.copy_(remap(bn.bias.data, 0, 0.0))
-        new_bn.running_mean.copy_(remap(bn.running_mean, 0, float(bn.running_mean.mean())))
-        new_bn.running_var.copy_(remap(bn.running_var, 0, float(bn.running_var.mean())))
-        new_bn.num_batches_tracked.copy_(bn.num_batches_tracked)
-        self.decoder_bn[lang] = new_bn
-        emb = self.word_embeddings(lang)
-        new_emb = remap(emb, 0, 0.0)
-        if new_word_embeddings is not None:
-            fresh = torch.as_tensor(new_word_embeddings, dtype=emb.dtype)
-            if fresh.shape != new_emb.shape:
-                raise ValueError(f"new_word_embeddings must be {tuple(new_emb.shape)}, got {tuple(fresh.shape)}")
-            new_emb = fresh
-        self.register_buffer(f"word_embeddings_{lang}", new_emb)
-        if self.cfg.beta_alignment == "learned_projection":
-            plin = self.beta_projections[lang][0]
-            new_plin = nn.Linear(new_size, plin.out_features).to(plin.weight.device)
-            new_plin.weight.copy_(remap(plin.weight, 1, 0.0))
-            new_plin.bias.copy_(plin.bias)
-            self.beta_projections[lang][0] = new_plin
-        self.cfg.vocab_sizes[lang] = new_size
-
-    @torch.no_grad()
     def add_language(self, lang: str, vocab_size: int, beta: np.ndarray | None = None,
                      word_embeddings: np.ndarray | None = None) -> None:
-        """Give a language first seen after training started its own projection and decoder."""
-        if lang in self.cfg.vocab_sizes:
-            raise ValueError(f"language {lang!r} already exists")
-        cfg = self.cfg
-        device = self.prior_mu.device
-        if cfg.encoder_input != "embedding":
-            self.projections[lang] = self._word_projection(vocab_size).to(device)
-        init = torch.randn(cfg.num_topics, vocab_size) * 0.02 if beta is None else torch.as_tensor(beta).float()
-        self.betas[lang] = nn.Parameter(init.to(device))
-        bn = nn.BatchNorm1d(vocab_size).to(device)
-        bn.weight.requires_grad_(False)
-        self.decoder_bn[lang] = bn
-        if cfg.beta_alignment == "learned_projection":
-            self.beta_projections[lang] = nn.Sequential(nn.Linear(vocab_size, cfg.beta_projection_dim),
-                                                        Dropout(cfg.dropout)).to(device)
-        emb = torch.zeros(vocab_size, cfg.word_embedding_dim) if word_embeddings is None \
-            else torch.as_tensor(word_embeddings).float()
-        self.register_buffer(f"word_embeddings_{lang}", emb.to(device))
-        cfg.vocab_sizes[lang] = vocab_size
-        cfg.languages = sorted(cfg.vocab_sizes)
+        """Give a new language its own decoder (:func:`model.xtra_growth.add_language`)."""
+        xtra_growth.add_language(self, lang, vocab_size, beta, word_embeddings)

@@ -5,6 +5,7 @@ shared by all languages."""
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ def dirichlet_laplace_prior(cluster_sizes: np.ndarray, concentration: float = 1.
     return mu.astype(np.float32), var.astype(np.float32)
 
 
-def init_beta_from_clusters(bow, clusters: np.ndarray, num_topics: int) -> np.ndarray:
+def init_beta_from_clusters(bow: Any, clusters: np.ndarray, num_topics: int) -> np.ndarray:
     """Cluster-wise word distributions, idf-weighted, z-scored per topic (K x V).
 
     ``bow`` is a (n, V) scipy sparse or dense count matrix. Starting beta here makes topic k begin
@@ -69,7 +70,7 @@ class _SparseRowsProduct(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, bow: torch.Tensor, weight: torch.Tensor, sparse_grad: bool) -> torch.Tensor:
+    def forward(ctx: Any, bow: torch.Tensor, weight: torch.Tensor, sparse_grad: bool) -> torch.Tensor:
         rows, cols = bow.indices()
         offsets = torch.searchsorted(rows, torch.arange(bow.shape[0] + 1, device=rows.device))
         ctx.bow = bow   # transposed in backward only: inference never pays for it
@@ -78,7 +79,7 @@ class _SparseRowsProduct(torch.autograd.Function):
                                include_last_offset=True)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
         bow_t = ctx.bow.t().coalesce()
         words, docs = bow_t.indices()
         present, row = torch.unique_consecutive(words, return_inverse=True)
@@ -118,9 +119,10 @@ class WordProjection(nn.Module):
     def forward(self, bow: torch.Tensor) -> torch.Tensor:
         if not bow.is_sparse:
             return bow @ self.word_weight + self.bias
-        return _SparseRowsProduct.apply(bow.coalesce(), self.word_weight, self.sparse_grad) + self.bias
+        product = _SparseRowsProduct.apply(bow.coalesce(), self.word_weight, self.sparse_grad)  # type: ignore[no-untyped-call]
+        return cast(torch.Tensor, product) + self.bias
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Models saved before this layout held an nn.Linear here: ``weight`` is (P, V).
         old = state_dict.pop(prefix + "weight", None)
         if old is not None and prefix + "word_weight" not in state_dict:
