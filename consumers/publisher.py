@@ -199,7 +199,9 @@ class TopicPublisher:
         m.snapshots.inc()
         m.last_snapshot.set(snap.created_at.timestamp())
         if drift and any(t.drift for t in snap.topics):
-            values = np.array([max(t.drift.values()) if t.drift else 0.0 for t in snap.topics])
+            settled = self.tracker.settled_ids()   # a topic just come to life has no words to drift from
+            values = np.array([max(t.drift.values()) if t.drift and t.topic_id in settled else 0.0
+                               for t in snap.topics])
             m.drift_max.set(float(values.max()))
             top = snap.topics[int(values.argmax())]
             m.drift_max_topic_id.set(top.topic_id)

@@ -50,6 +50,7 @@ class _Tracked:
     not_alive_streak: int = 0
     retired: bool = False
     age: int = 0   # snapshots since the id was created
+    lived: int = 0   # snapshots alive since it last came to life
 
 
 @dataclass
@@ -131,7 +132,9 @@ class TopicTracker:
                 if not t.alive:   # first life, or back after dying
                     first = "born" if t.age <= self.birth_horizon else "grew"
                     events.append(LineageEvent("revived" if t.ever_alive else first, tid, words=new_words))
+                    t.lived = 0
                 t.alive, t.ever_alive, t.not_alive_streak = True, True, 0
+                t.lived += 1
             elif t.alive:
                 t.not_alive_streak += 1
                 if t.not_alive_streak >= self.death_horizon:
@@ -142,6 +145,11 @@ class TopicTracker:
     def alive_ids(self) -> list[int]:
         return [i for i in self.slot_ids if self.tracked[i].alive]
 
+    def settled_ids(self) -> set[int]:
+        """Ids alive for more than ``birth_horizon`` snapshots in a row: topics whose words have had
+        time to settle, so their drift means change (a topic that just came to life has none yet)."""
+        return {i for i in self.slot_ids if self.tracked[i].alive and self.tracked[i].lived > self.birth_horizon}
+
     def state_dict(self) -> dict[str, Any]:
         return {"match_threshold": self.match_threshold, "related_threshold": self.related_threshold,
                 "death_horizon": self.death_horizon, "rename_jaccard": self.rename_jaccard,
@@ -149,7 +157,7 @@ class TopicTracker:
                 "next_id": self.next_id, "slot_ids": list(self.slot_ids),
                 "tracked": {str(i): {"vector": t.vector.copy(), "words": list(t.words), "alive": t.alive,
                                      "ever_alive": t.ever_alive, "not_alive_streak": t.not_alive_streak,
-                                     "age": t.age}
+                                     "age": t.age, "lived": t.lived}
                             for i, t in self.tracked.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -163,5 +171,6 @@ class TopicTracker:
         self.tracked = {int(i): _Tracked(vector=np.asarray(t["vector"], dtype=np.float64), words=tuple(t["words"]),
                                          alive=bool(t["alive"]), ever_alive=bool(t["ever_alive"]),
                                          not_alive_streak=int(t["not_alive_streak"]),
-                                         age=int(t.get("age", self.birth_horizon + 1)))
+                                         age=int(t.get("age", self.birth_horizon + 1)),
+                                         lived=int(t.get("lived", self.birth_horizon + 1 if t["alive"] else 0)))
                         for i, t in state["tracked"].items()}

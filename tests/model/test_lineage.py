@@ -118,3 +118,20 @@ def test_a_topic_crossing_the_life_line_late_grew_a_new_one_is_born():
     assert ids[2] == 3
     _, events = tracker.update(reseeded, np.array([True, True, True]), words(3))
     assert [(e.kind, e.topic_id) for e in events] == [("born", 3)]
+
+
+def test_a_topic_is_settled_only_after_birth_horizon_snapshots_alive_in_a_row():
+    tracker = TopicTracker(birth_horizon=2)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(2, 8))
+    words = [("a", "b"), ("c", "d")]
+    settled = []
+    for alive in ([True, False], [True, True], [True, True], [True, True], [True, True]):
+        ids, _ = tracker.update(vectors, np.array(alive), words)
+        settled.append(sorted(tracker.settled_ids()))
+    first, second = ids
+    assert settled == [[], [], [first], [first, second], [first, second]]
+    state = tracker.state_dict()
+    again = TopicTracker()
+    again.load_state_dict(state)
+    assert again.settled_ids() == tracker.settled_ids()
