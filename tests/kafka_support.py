@@ -6,6 +6,7 @@ importable as ``conftest`` shadow each other.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -158,3 +159,21 @@ def run_until_committed(service, bootstrap: str, topic: str, group: str, timeout
         service.stop()
         thread.join(60)
     assert not thread.is_alive()
+
+
+def themed(themes, n: int, tag: str) -> list[dict]:
+    """``n`` demo documents of the given themes, cycled, with ids ``<tag>-<i>``."""
+    pool = [json.loads(line) for line in DEMO.read_text(encoding="utf-8").splitlines()]
+    pool = [d for d in pool if d["metadata"]["theme"] in themes]
+    return [{**pool[i % len(pool)], "id": f"{tag}-{i}"} for i in range(n)]
+
+
+def poll(pred, timeout: float, interval: float = 1.0):
+    """``pred()``'s first truthy value within ``timeout`` seconds, else None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    return None

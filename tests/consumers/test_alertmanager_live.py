@@ -15,14 +15,13 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from kafka_support import DEMO, service_settings
+from kafka_support import poll, service_settings, themed
 
 from xtream.consumers.api import ApiServer
 from xtream.consumers.wiring import build_service
@@ -39,20 +38,6 @@ def _alertmanager_binary() -> str | None:
     return shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 
 
-def themed(themes, n, tag):
-    pool = [json.loads(line) for line in DEMO.read_text(encoding="utf-8").splitlines()]
-    pool = [d for d in pool if d["metadata"]["theme"] in themes]
-    return [{**pool[i % len(pool)], "id": f"{tag}-{i}"} for i in range(n)]
-
-
-def poll(pred, timeout, interval=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
 
 
 class Webhook:

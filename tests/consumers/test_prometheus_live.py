@@ -8,13 +8,12 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from kafka_support import DEMO, service_settings
+from kafka_support import poll, service_settings, themed
 from pydantic import SecretStr
 
 from xtream.consumers.api import ApiServer
@@ -26,20 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "t0ken-for-the-live-test"   # http.token needs at least 16 characters
 
 
-def themed(themes, n, tag):
-    pool = [json.loads(line) for line in DEMO.read_text(encoding="utf-8").splitlines()]
-    pool = [d for d in pool if d["metadata"]["theme"] in themes]
-    return [{**pool[i % len(pool)], "id": f"{tag}-{i}"} for i in range(n)]
-
-
-def poll(pred, timeout, interval=1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
 
 
 @pytest.fixture
