@@ -280,10 +280,23 @@ class Checkpoint:
         self.docs_since = 0
         self.last = time.monotonic()
         self.count = 0
+        self._resumed_offsets: dict[str, int] = {}   # of the checkpoint resumed from, until committed
 
     def learned(self, documents: int) -> None:
         self.docs_since += documents
         self.dirty = True
+
+    def resumed(self, offsets: dict[str, int]) -> None:
+        """The service continues from a checkpoint that covers ``offsets``."""
+        self._resumed_offsets = dict(offsets)
+
+    def recommit(self) -> None:
+        """At least once, on the first assignment after resuming: commit the resumed checkpoint's
+        offsets (the source seeks to them). A kill between a checkpoint's write and its commit
+        leaves the group's offsets behind it, and with nothing new to read no later checkpoint would
+        commit them. Exactly once needs nothing: it only resumes from a checkpoint the group committed."""
+        if self.transactions is None and self._resumed_offsets and self._commit_offsets(self._resumed_offsets):
+            self._resumed_offsets = {}
 
     def expired(self) -> bool:
         """Dirty, and ``every_docs`` documents or ``every_seconds`` seconds since the last one."""
@@ -320,9 +333,9 @@ class Checkpoint:
         if offsets is None:
             return False
         # Step 3
-        self._commit_offsets(offsets)
+        committed = self._commit_offsets(offsets)
         self.metrics.checkpointed()
-        self.dirty = False
+        self.dirty = not committed   # a commit the broker did not take is tried again at the next one
         self.docs_since = 0
         self.last = time.monotonic()
         self.count += 1
@@ -355,8 +368,8 @@ class Checkpoint:
             return None
         return offsets
 
-    def _commit_offsets(self, offsets: dict[str, int]) -> None:
-        """Step 3; a commit the broker did not take is logged (the checkpoint holds the offsets)."""
+    def _commit_offsets(self, offsets: dict[str, int]) -> bool:
+        """Step 3; False (logged) if the broker did not take the commit (the checkpoint holds the offsets)."""
         try:
             with self.metrics.stage_seconds.labels("commit").time():
                 if self.transactions is not None:
@@ -367,3 +380,5 @@ class Checkpoint:
                     self.source().commit(offsets)
         except SourceUnavailable as exc:
             logger.warning("offset commit failed (checkpoint is durable): %s", exc)
+            return False
+        return True

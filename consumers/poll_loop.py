@@ -36,6 +36,9 @@ class PollLoop:
         ``time.monotonic()`` at the start of the last turn (liveness: the loop keeps turning).
     healthy
         The last poll did not fail.
+    reassigned
+        Partitions were assigned since the flag was last cleared: the group's committed offsets for
+        them may lag the checkpoint the service resumed from (a kill between its write and commit).
     """
 
     def __init__(self, source: Callable[[], Source], metrics: ServiceMetrics, stop: threading.Event,
@@ -46,6 +49,7 @@ class PollLoop:
         self.max_wait_ms = max_wait_ms
         self.heartbeat = time.monotonic()
         self.healthy = True
+        self.reassigned = False
         self._rebalances = 0
         self._last_lag = 0.0
 
@@ -78,6 +82,7 @@ class PollLoop:
         if source.rebalances > self._rebalances:
             self.metrics.rebalances.inc(source.rebalances - self._rebalances)
             self._rebalances = source.rebalances
+            self.reassigned = True
         return records
 
     def observe_lag(self) -> None:

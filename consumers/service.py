@@ -144,6 +144,7 @@ class TopicService:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.offsets = dict(state["offsets"])
+        self.checkpoint_due.resumed(self.offsets)
         self.publisher.load_state_dict(state)
         if state.get("intake"):
             self.intake.load_state_dict(state["intake"])
@@ -196,6 +197,9 @@ class TopicService:
             records = self.poller.poll(asked)
             if records is None:
                 continue
+            if self.poller.reassigned:
+                self.poller.reassigned = False
+                self.checkpoint_due.recommit()
             turn_started = time.perf_counter()
             self.poller.observe_lag()
             processed = self._learn_polled(records, asked)

@@ -145,9 +145,15 @@ def test_chaos_50k_documents_20_sigkills_nothing_lost_nothing_twice(kafka_bootst
     data_dir = tmp_path / "data"
     log = open(tmp_path / "service.log", "ab")
     kills, started, learned_at_kill = 0, time.monotonic(), []
+    log_path = tmp_path / "service.log"
     while kills < 20:
+        seen = log_path.stat().st_size
         proc = start(data_dir, env, log)
-        time.sleep(rng.uniform(2.0, 14.0))   # start-up takes ~5 s: some kills land during it
+        if rng.random() < 0.25:   # during start-up (how long it takes depends on the host)
+            time.sleep(rng.uniform(0.5, 5.0))
+        else:                     # mid-stream: a random moment after this process got its partitions
+            assert wait_until(lambda: b"partitions assigned" in log_path.read_bytes()[seen:], timeout=120)
+            time.sleep(rng.uniform(2.0, 10.0))
         if proc.poll() is not None:
             pytest.fail(f"the service exited by itself with {proc.returncode} (see service.log)")
         proc.send_signal(signal.SIGKILL)
@@ -211,6 +217,36 @@ def test_sigterm_finishes_batch_checkpoints_commits_and_exits_zero(kafka_bootstr
     committed, _ = committed_offsets(kafka_bootstrap, topic, group)
     assert committed[0] == ckpt["offsets"][f"{topic}:0"] > 0, "the final checkpoint's offsets were committed"
     assert ckpt["state"]["model"]["n_docs"] == committed[0], "every committed record is in the model"
+
+
+def test_restart_commits_a_checkpoint_the_group_never_committed(kafka_bootstrap, unique_name, produce, tmp_path):
+    """A kill between writing a checkpoint and committing its offsets, with nothing left to read:
+    the restarted service commits the checkpoint's offsets (else the group's lag never clears).
+    A second consumer group over the same data directory stands for the group that missed the commit."""
+    docs = stream_documents(600)
+    env = service_env(kafka_bootstrap, unique_name)
+    topic = f"{unique_name}-in"
+    produce(kafka_bootstrap, topic, [json.dumps(d).encode() for d in docs])
+    data_dir = tmp_path / "data"
+    with open(tmp_path / "service.log", "ab") as log:
+        proc = start(data_dir, env, log)
+        try:
+            assert wait_until(lambda: fully_committed(kafka_bootstrap, topic, f"{unique_name}-g"), 120)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert latest_checkpoint(data_dir)["offsets"][f"{topic}:0"] == len(docs)
+        late_group = f"{unique_name}-late"
+        proc = start(data_dir, env | {"XTREAM_KAFKA__GROUP_ID": late_group}, log)
+        try:
+            assert wait_until(lambda: fully_committed(kafka_bootstrap, topic, late_group), 90), \
+                "the resumed checkpoint's offsets were never committed"
+        finally:
+            proc.kill()
+            proc.wait(10)
+    assert latest_checkpoint(data_dir)["state"]["model"]["n_docs"] == len(docs), "nothing learned twice"
 
 
 @pytest.mark.parametrize("state", ["warming_up", "broker_gone"])
