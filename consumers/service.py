@@ -275,6 +275,8 @@ class TopicService:
         At the end of a finite input (not on SIGTERM, which must stop promptly) the warm-up steps a
         short stream may have left undone are run, so the last snapshot comes from XTRA.
         """
+        if complete_warmup:   # the end of a finite input: the last snapshot too is of a model trained for it
+            self.training.settle()
         self.training.stop()
         self._finishing = True
         if complete_warmup and self.model.is_initialised and not self.model.is_warm:
@@ -353,7 +355,10 @@ class TopicService:
         return self.training.stop_event
 
     def maybe_snapshot(self, force: bool = False) -> TopicSnapshot | None:
-        """A snapshot of what was learned so far, when one is due (:meth:`TopicPublisher.maybe_snapshot`)."""
+        """A snapshot of what was learned so far, when one is due (:meth:`TopicPublisher.maybe_snapshot`),
+        of a model that has run the training steps those documents are owed."""
+        if self.publisher.due(force):
+            self.training.settle()
         snap = self.publisher.maybe_snapshot(self.offsets, self.stream_time, force=force)
         if snap is not None:
             self.stats.snapshots += 1

@@ -103,6 +103,13 @@ class TrainingRunner:
             self._thread.start()
         self._due.set()
 
+    def settle(self) -> None:
+        """Pay what the model is owed now, on the calling thread (before a snapshot): each snapshot
+        then shows a model trained for every document it learned, however the background thread
+        was scheduled, so two snapshots differ by the stream, not by when training happened."""
+        if self.model.is_initialised and not self.stop_event.is_set() and self.debt.steps(self.model) >= 1:
+            self.train_slice(pay_debt=True)
+
     def work(self) -> None:
         """The background thread: a slice whenever one is due and the duty cycle allows, until stopped."""
         nice = self.settings.model.train_nice

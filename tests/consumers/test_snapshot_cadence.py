@@ -121,6 +121,31 @@ def test_the_training_debt_stays_bounded_and_the_warm_up_ends_within_its_documen
     assert sample is not None and sample <= 6 + per_batch
 
 
+def test_each_snapshot_shows_a_model_trained_for_every_document_it_learned(tmp_path):
+    """The trainer starved and the debt's bound out of reach: the loop still pays what is owed
+    before each snapshot, so what a snapshot shows does not depend on the trainer's scheduling."""
+    s = settings(tmp_path, 1000, max_training_debt_steps=1e6, warmup_within_docs=300)
+    service = build_service(s)
+    release = starve_the_trainer(service)
+    owed_at_snapshot = []
+    build = service.publisher._build
+
+    def recording(offsets, stream_time):
+        if service.model.is_initialised:
+            owed_at_snapshot.append(service.debt.steps(service.model))
+        return build(offsets, stream_time)
+
+    service.publisher._build = recording
+    try:
+        service.run()
+    finally:
+        release.set()
+        service.close()
+    assert len(owed_at_snapshot) >= 5
+    assert max(owed_at_snapshot) < 1, owed_at_snapshot
+    assert service.debt.paid_steps >= 30, "the warm-up steps were paid before the snapshots"
+
+
 def test_training_debt_accounts_warm_up_and_steady_steps():
     class Model:
         is_initialised, is_warm, n_docs, warmup_steps_left, training_steps = True, False, 1000, 40, 0
