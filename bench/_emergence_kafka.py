@@ -145,7 +145,7 @@ def run_kafka(work: Path, texts, langs, labels, vectors, quiet: int, every_docs:
             now = time.monotonic()
             story = marks.get("story")
             if story is not None and known_ids is None:
-                known_ids = service.tracker.next_id
+                known_ids = service.publisher.tracker.next_id
             for a in _alerts(prom_api):
                 name = a["labels"]["alertname"]
                 if name not in TOPIC_ALERTS:
