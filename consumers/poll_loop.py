@@ -37,8 +37,7 @@ class PollLoop:
     healthy
         The last poll did not fail.
     reassigned
-        Partitions were assigned since the flag was last cleared: the group's committed offsets for
-        them may lag the checkpoint the service resumed from (a kill between its write and commit).
+        Partitions were assigned since the owner last cleared the flag.
     """
 
     def __init__(self, source: Callable[[], Source], metrics: ServiceMetrics, stop: threading.Event,

@@ -197,7 +197,7 @@ class TopicService:
             records = self.poller.poll(asked)
             if records is None:
                 continue
-            if self.poller.reassigned:
+            if self.poller.reassigned:   # the resumed checkpoint's offsets may not be committed yet
                 self.poller.reassigned = False
                 self.checkpoint_due.recommit()
             turn_started = time.perf_counter()
