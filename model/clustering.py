@@ -203,8 +203,8 @@ class MiniBatchKMeans:
         weakest = int(np.argmin(self.counts))
         centers[weakest] = centre.astype(np.float32)
         self.reseeded.add(weakest)
-        others = np.delete(self.counts, weakest)
-        self.counts[weakest] = others.min() if len(others) else 1.0
+        # The centre stands for its members; those of this batch are counted when it is learned.
+        self.counts[weakest] = max(float(members[: len(pool) - len(poor)].sum()), 1.0)
         self._pool = pool[~members]
         sims[:, weakest] = x @ centers[weakest]
         labels[:] = np.argmax(sims, axis=1)

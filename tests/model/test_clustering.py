@@ -336,6 +336,28 @@ def test_a_burst_far_from_every_centre_becomes_a_cluster_within_a_bounded_number
     assert precision >= 0.7 and recall >= 0.5, (precision, recall)
 
 
+def test_a_seeded_centre_weighs_the_documents_it_stands_for_so_it_follows_its_theme():
+    """The seeded centre is the mean of a group of pooled documents: its count is theirs (plus what
+    it took since), about the new theme's documents seen, so the next ones move it as a
+    running mean would instead of being drowned by a count borrowed from another cluster."""
+    rng = np.random.default_rng(0)
+    themes = _themes(7, 48, rng)
+    km = MiniBatchKMeans(n_clusters=12, decay=0.999, reassign_ratio=None, seed=0, novelty_quantile=0.2)
+    for _ in range(60):
+        km.learn_many(_noisy(themes[:6], rng.integers(6, size=250), rng))
+    new_seen = 0
+    while not km.reseeded:
+        which = rng.integers(6, size=250)
+        which[rng.random(250) < 0.25] = 6
+        km.learn_many(_noisy(themes, which, rng))
+        new_seen += int((which == 6).sum())
+    slot = next(iter(km.reseeded))
+    assert km.min_novel <= km.counts[slot] <= 1.2 * new_seen, (km.counts[slot], new_seen)
+    gap = 1.0 - float(km.centers[slot] @ themes[6])
+    km.learn_many(_noisy(themes, np.full(100, 6), rng))
+    assert 1.0 - float(km.centers[slot] @ themes[6]) < 0.7 * gap
+
+
 def test_without_the_novelty_pool_the_burst_is_absorbed_by_existing_clusters():
     rng = np.random.default_rng(0)
     themes = _themes(7, 48, rng)
