@@ -218,9 +218,11 @@ def emergence_section(s: dict) -> list[str]:
         rows += [["Kafka mode: topic alerts during the quiet phase", ", ".join(k["quiet_topic_alerts"]) or "none", "none"],
                  ["Kafka mode: story's topic born / XtreamTopicEmerged firing (s after the story starts)",
                   f"{fmt(k['story_topic_born_s'], '.0f')} / {fmt(k['XtreamTopicEmerged_firing_s'], '.0f')}"
-                  + (f" ({k['XtreamTopicEmerged_firing_s'] - k['story_topic_born_s']:.0f} s after the birth: "
-                     "the rule's `for: 1m`)" if k["XtreamTopicEmerged_firing_s"] and k["story_topic_born_s"] else ""),
-                  "within two snapshot intervals (300 s each by default)"]]
+                  + (f" ({k['XtreamTopicEmerged_firing_s'] - k['story_topic_born_s']:.0f} s after the birth, "
+                     f"{k['XtreamTopicEmerged_firing_after_born_snapshot_intervals']:.1f} of the run's "
+                     f"{k['snapshot_interval_s']:.0f} s snapshot intervals)"
+                     if k["XtreamTopicEmerged_firing_s"] and k["story_topic_born_s"] else ""),
+                  "within two snapshot intervals"]]
     return ["## A new story in a quiet stream (`bench.emergence`)", "",
             f"EC News, {s['quiet_documents']:,} documents without sports then {s['story_documents']:,} with "
             f"({s['story_sports_documents']:,} sports), through the service; snapshots every {s['every_docs']:,} "
