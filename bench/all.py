@@ -207,7 +207,7 @@ def emergence_section(s: dict) -> list[str]:
             ["quiet phase after warm-up: births / prevalence jumps",
              f"{s['quiet_births_after_warmup']} / {s['quiet_prevalence_jumps_after_warmup']}", "0"],
             [f"quiet phase: largest drift on the alert's gauge (threshold {s['alert_drift_threshold']})",
-             fmt(s["quiet_max_drift"]), f"< {s['alert_drift_threshold']}"],
+             f"{fmt(s['quiet_max_drift'])} (story phase: {fmt(s.get('story_max_drift'))})", f"< {s['alert_drift_threshold']}"],
             ["topic ids unchanged between consecutive snapshots (min)", fmt(s["ids_unchanged_min"]), ">= 0.95"]]
     if "bertopic_topics" in s:
         rows.append(["BERTopic online: topics, lag, best topic precision / recall",
