@@ -200,8 +200,8 @@ def emergence_section(s: dict) -> list[str]:
     """``bench.emergence`` (file mode) and, where present, its Kafka mode (``kafka`` key)."""
     fmt = lambda v, spec=".2f": "-" if v is None else format(v, spec)   # noqa: E731
     rows = [["snapshots per `every_docs` documents", fmt(s["snapshots_per_every_docs"]), ">= 1"],
-            ["sports documents before a topic is >= 70% sports (lag)", fmt(s["topic_lag_sports_documents"], "d")
-             if s["topic_lag_sports_documents"] is not None else "never", "<= 300"],
+            ["sports documents before a topic is >= 70% sports (lag)", fmt(s["topic_lag_new_class_documents"], "d")
+             if s["topic_lag_new_class_documents"] is not None else "never", "<= 300"],
             ["its precision / recall over the last sports documents",
              f"{fmt(s['topic_precision'])} / {fmt(s['topic_recall'])}", ">= 0.7 / >= 0.5"],
             ["quiet phase after warm-up: births / prevalence jumps",
@@ -211,7 +211,7 @@ def emergence_section(s: dict) -> list[str]:
             ["topic ids unchanged between consecutive snapshots (min)", fmt(s["ids_unchanged_min"]), ">= 0.95"]]
     if "bertopic_topics" in s:
         rows.append(["BERTopic online: topics, lag, best topic precision / recall",
-                     f"{s['bertopic_topics']}, {s['bertopic_lag_sports_documents'] or 'never'}, "
+                     f"{s['bertopic_topics']}, {s['bertopic_lag_new_class_documents'] or 'never'}, "
                      f"{fmt(s['bertopic_precision'])} / {fmt(s['bertopic_recall'])}", ""])
     k = s.get("kafka")
     if k:
@@ -225,10 +225,28 @@ def emergence_section(s: dict) -> list[str]:
                   "within two snapshot intervals"]]
     return ["## A new story in a quiet stream (`bench.emergence`)", "",
             f"EC News, {s['quiet_documents']:,} documents without sports then {s['story_documents']:,} with "
-            f"({s['story_sports_documents']:,} sports), through the service; snapshots every {s['every_docs']:,} "
+            f"({s['story_new_class_documents']:,} sports), through the service; snapshots every {s['every_docs']:,} "
             "documents. Method and the Kafka mode in `bench/README.md`.", "",
             _table(["figure", "value", "target"], rows), "",
-            "![prevalence with events](results/emergence_prevalence.png)", ""]
+            "![prevalence with events](results/emergence_prevalence.png)", "", *_other_dataset_emergence()]
+
+
+def _other_dataset_emergence() -> list[str]:
+    """One line per ``emergence_<dataset>*.json`` run of another dataset (``--data``, ``--new-class``)."""
+    lines = []
+    for path in sorted(RESULTS.glob("emergence_*.json")):
+        r = json.loads(path.read_text(encoding="utf-8"))
+        if r.get("dataset") in (None, "ecnews") or "topic_recall" not in r:
+            continue
+        lag = r["topic_lag_new_class_documents"]
+        lines.append(
+            f"- {r['dataset']}, class {r['new_class']} held back ({r['quiet_documents']:,} quiet then "
+            f"{r['story_documents']:,} documents, {r['story_new_class_documents']:,} of the class; `results/{path.name}`): "
+            f"lag {lag if lag is not None else 'never'}, precision / recall {r['topic_precision']:.2f} / "
+            f"{r['topic_recall']:.2f}, quiet births {r['quiet_births_after_warmup']}, quiet drift "
+            f"{r['quiet_max_drift']:.2f}, ids unchanged {r['ids_unchanged_min']:.2f}; BERTopic online "
+            f"{r.get('bertopic_precision', float('nan')):.2f} / {r.get('bertopic_recall', float('nan')):.2f}.")
+    return lines + [""] if lines else []
 
 
 def charts(results: dict, quick: bool) -> None:

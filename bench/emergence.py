@@ -1,11 +1,13 @@
 """A new story in a quiet stream: does it become a topic, and does the quiet stream stay quiet?
 
     python -m bench.emergence [--quick] [--quiet-docs N] [--story-docs N] [--every-docs N]
+    python -m bench.emergence --data ../shared/data/amazon_review --new-class 1
     python -m bench.emergence --mode kafka [--quick] [--rate DOCS_PER_S]
 
-The EC News training stream (English and Chinese interleaved) with sports (label 4) held back for a
-*quiet* phase, then the remaining documents of all six classes in their own order (sports about
-14% of them: the *story*). It runs through the service from a JSONL file (``xtream run --input``),
+The EC News training stream (English and Chinese interleaved) with sports (label 4, the *new
+class*) held back for a *quiet* phase, then the remaining documents of all classes in their own
+order (sports about 14% of them: the *story*). ``--data`` and ``--new-class`` hold back a class of
+another dataset in the same layout (its embeddings cached by ``bench.quality_offline``). It runs through the service from a JSONL file (``xtream run --input``),
 default model settings, with the cached multilingual-USE vectors standing in for the embedder (the
 vectors the embedder would compute; see ``bench/README.md``). Documents carry event times 0.3 s
 apart, so a snapshot every 1,000 documents is 300 s of stream time, the default drift window.
@@ -13,13 +15,13 @@ apart, so a snapshot every 1,000 documents is 300 s of stream time, the default 
 Figures:
 
 - **lag**: documents of the new class seen before some topic holds >= 70% of it (a topic slot whose
-  last 50 documents are >= 70% sports), counted on the assignments' top topic and on their cluster;
-- **precision / recall** of that topic over the last 1,000 sports documents (or half of them when
+  last 50 documents are >= 70% of it), counted on the assignments' top topic and on their cluster;
+- **precision / recall** of that topic over the last 1,000 new-class documents (or half of them when
   fewer): recall = share of those documents it holds; precision = share of its documents, over
-  the same span, that are sports;
+  the same span, that are of the new class;
 - **quiet phase**, after warm-up (XTRA warm + one snapshot): topic births, prevalence jumps, the
   largest per-topic drift and the alert threshold;
-- **story**: the first birth or prevalence jump after the story starts, in sports documents and in
+- **story**: the first birth or prevalence jump after the story starts, in new-class documents and in
   snapshots (what ``XtreamTopicEmerged`` fires on);
 - **churn**: share of topic ids unchanged between consecutive snapshots (minimum and mean);
 - **cadence**: snapshots per ``every_docs`` documents.
@@ -30,7 +32,7 @@ as it ships, and reports when the topic alerts go pending and fire (``bench/_eme
 
 BERTopic online (``bench/_emergence_bertopic.py``) runs on the same stream where ``bertopic`` is
 importable (the ``bench`` extra); ``--no-bertopic`` skips it.
-Prints a table and, last, one JSON line; writes it to ``bench/results/emergence.json``.
+Prints a table and, last, one JSON line; writes it to ``bench/results/emergence.json`` (``emergence_<dataset>.json`` for another dataset).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from bench._common import (
+    DATA,
     RESULTS,
     emit,
     load_stream,
@@ -59,7 +62,7 @@ from xtream.model.embedding import Embedder
 
 logger = logging.getLogger("bench.emergence")
 
-NEW_CLASS = 4          # sports
+SPORTS = 4             # EC News' held-back class
 SHARE = 0.7            # a topic "is" the story when this share of its recent documents are of it
 RECENT = 50            # documents per topic slot that share is measured over
 
@@ -71,12 +74,12 @@ class CachedEmbedder(Embedder):
     name = "use-multilingual-v3"
     dim = 512
 
-    def __init__(self, texts: list[str], vectors: np.ndarray) -> None:
+    def __init__(self, texts: list[str], vectors: np.ndarray, data: Path = DATA) -> None:
         self._vectors = {t[: self.max_chars]: v for t, v in zip(texts, vectors)}
         try:
             from bench._common import VocabularyWordEmbedder
 
-            self._vectors.update(VocabularyWordEmbedder().vectors)
+            self._vectors.update(VocabularyWordEmbedder(data).vectors)
         except FileNotFoundError:
             pass
         self._use = None
@@ -101,14 +104,14 @@ class CachedEmbedder(Embedder):
         return out
 
 
-def build_stream(quiet: int, story: int):
-    """(texts, langs, labels, vectors) of the quiet phase (no sports) followed by the story phase."""
-    s = load_stream()
-    others = np.flatnonzero(s.labels != NEW_CLASS)
+def build_stream(quiet: int, story: int, data: Path = DATA, new_class: int = SPORTS):
+    """(texts, langs, labels, vectors) of the quiet phase (no ``new_class``) followed by the story phase."""
+    s = load_stream(data)
+    others = np.flatnonzero(s.labels != new_class)
     if quiet >= len(others):
         raise ValueError(f"at most {len(others) - 1} quiet documents")
     quiet_idx = others[:quiet]
-    rest = np.arange(quiet_idx[-1] + 1, len(s))[:story]   # the stream from there on, sports included
+    rest = np.arange(quiet_idx[-1] + 1, len(s))[:story]   # the stream from there on, the new class included
     order = np.concatenate([quiet_idx, rest])
     return [s.texts[i] for i in order], [s.langs[i] for i in order], s.labels[order], s.embeddings[order]
 
@@ -121,7 +124,7 @@ def write_jsonl(path: Path, texts, langs, labels, start: datetime, spacing: floa
                                ensure_ascii=False) + "\n")
 
 
-def run_service(work: Path, texts, langs, labels, vectors, every_docs: int):
+def run_service(work: Path, texts, langs, labels, embedder: Embedder, every_docs: int):
     """The service over the JSONL file until it ends; returns (service, seconds)."""
     from xtream.consumers.checkpoint import CheckpointStore
     from xtream.consumers.config import Settings
@@ -133,7 +136,6 @@ def run_service(work: Path, texts, langs, labels, vectors, every_docs: int):
     settings = base.model_copy(update={
         "snapshots": base.snapshots.model_copy(update=dict(every_docs=every_docs, every_seconds=1e9)),
         "http": base.http.model_copy(update=dict(enabled=False))})
-    embedder = CachedEmbedder(texts, vectors)
     service = _assemble_service(settings, embedder, CheckpointStore(work / "data" / "checkpoints"), None, "all")
     service.warm_versions = set()   # versions of the snapshots taken of a warm model (XTRA's words)
     service.drift_gauge = {}   # documents seen -> xtream_topic_drift_max after that snapshot (the alert's view)
@@ -154,7 +156,7 @@ def run_service(work: Path, texts, langs, labels, vectors, every_docs: int):
 
 
 def first_story_topic(order_slots: np.ndarray, is_new: np.ndarray, start: int) -> tuple[int | None, int | None]:
-    """(sports documents seen, slot) when some slot's last RECENT documents first hold >= SHARE sports."""
+    """(new-class documents seen, slot) when some slot's last RECENT documents first hold >= SHARE of it."""
     recent: dict[int, deque] = {}
     seen = 0
     for i in range(start, len(order_slots)):
@@ -182,32 +184,31 @@ def precision_recall(slots: np.ndarray, is_new: np.ndarray, last: int) -> tuple[
     return best
 
 
-def measure(service, settings, labels: np.ndarray, quiet: int) -> dict:
+def measure(service, settings, is_new: np.ndarray, quiet: int) -> dict:
     data = Path(settings.data_dir)
     by_id = {}
     with open(data / "assignments.jsonl", encoding="utf-8") as f:
         for line in f:
             a = json.loads(line)
             by_id[a["document_id"]] = a
-    n = len(labels)
+    n = len(is_new)
     topic = np.array([by_id[f"d{i}"]["topics"][0][0] for i in range(n)])
     cluster = np.array([by_id[f"d{i}"]["cluster"] for i in range(n)])
-    is_new = labels == NEW_CLASS
     snaps = [service.store.get(v) for v in service.store.versions()]
     seen = [s.documents_seen for s in snaps]
     threshold = settings.snapshots.drift_threshold
     figures: dict = {"documents": n, "quiet_documents": quiet, "story_documents": n - quiet,
-                     "story_sports_documents": int(is_new.sum()), "snapshots": len(snaps),
+                     "story_new_class_documents": int(is_new.sum()), "snapshots": len(snaps),
                      "every_docs": settings.snapshots.every_docs,
                      "snapshots_per_every_docs": len(snaps) / (n / settings.snapshots.every_docs),
                      "max_documents_between_snapshots": int(max(np.diff([0] + seen))),
                      "drift_threshold": threshold}
     last = min(1000, int(is_new.sum()) // 2)
-    figures["recall_span_sports_documents"] = last
+    figures["recall_span_new_class_documents"] = last
     for name, slots in (("topic", topic), ("cluster", cluster)):
         lag, slot = first_story_topic(slots, is_new, quiet)
         best, precision, recall = precision_recall(slots, is_new, last)
-        figures[f"{name}_lag_sports_documents"] = lag
+        figures[f"{name}_lag_new_class_documents"] = lag
         figures[f"{name}_precision"] = precision
         figures[f"{name}_recall"] = recall
         figures[f"{name}_same_slot_as_first"] = slot == best
@@ -248,7 +249,7 @@ def measure(service, settings, labels: np.ndarray, quiet: int) -> dict:
     if emerged:
         at = emerged[0]["seen"]
         figures["story_first_emergence"] = emerged[0]["kind"]
-        figures["story_first_emergence_sports_documents"] = int(is_new[quiet:at].sum())
+        figures["story_first_emergence_new_class_documents"] = int(is_new[quiet:at].sum())
         figures["story_first_emergence_snapshots_after_start"] = sum(quiet < s <= at for s in seen)
     else:
         figures["story_first_emergence"] = None
@@ -279,7 +280,7 @@ def alert_drift_threshold() -> float:
     return float(re.search(r">\s*([0-9.]+)", expr).group(1))
 
 
-def bertopic_figures(texts, labels: np.ndarray, vectors: np.ndarray, quiet: int, after: int) -> dict:
+def bertopic_figures(texts, is_new: np.ndarray, vectors: np.ndarray, quiet: int, after: int) -> dict:
     """BERTopic online on the same stream (``bench/_emergence_bertopic.py``): lag, precision/recall
     of its best topic, topics first seen in the quiet phase after ``after`` documents."""
     try:
@@ -290,13 +291,12 @@ def bertopic_figures(texts, labels: np.ndarray, vectors: np.ndarray, quiet: int,
     from bench._emergence_bertopic import run_bertopic
 
     topics, seconds = run_bertopic(texts, vectors)
-    is_new = labels == NEW_CLASS
     lag, _ = first_story_topic(topics, is_new, quiet)
     _, precision, recall = precision_recall(topics, is_new, min(1000, int(is_new.sum()) // 2))
     first_seen = {}
     for i, t in enumerate(topics.tolist()):
         first_seen.setdefault(t, i)
-    return {"bertopic_lag_sports_documents": lag, "bertopic_precision": precision, "bertopic_recall": recall,
+    return {"bertopic_lag_new_class_documents": lag, "bertopic_precision": precision, "bertopic_recall": recall,
             "bertopic_topics": len(first_seen),
             "bertopic_quiet_new_topics": sum(after < i <= quiet for t, i in first_seen.items() if t != -1),
             "bertopic_outlier_share": float((topics == -1).mean()), "bertopic_seconds": seconds}
@@ -308,6 +308,9 @@ def main() -> None:
     ap.add_argument("--quiet-docs", type=int, default=None)
     ap.add_argument("--story-docs", type=int, default=None)
     ap.add_argument("--every-docs", type=int, default=1000)
+    ap.add_argument("--data", type=Path, default=DATA, help="a dataset in the shared data layout (default EC News)")
+    ap.add_argument("--new-class", type=int, default=SPORTS,
+                    help="the label held back in the quiet phase (default 4, EC News' sports)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--keep", type=Path, default=None, help="run in this directory and keep its outputs")
     ap.add_argument("--no-bertopic", action="store_true", help="skip the BERTopic online comparison")
@@ -321,23 +324,27 @@ def main() -> None:
     pin_threads(args.threads)
     quiet = args.quiet_docs or (8000 if args.quick else 24000)
     story = args.story_docs or (6000 if args.quick else 12000)
-    texts, langs, labels, vectors = build_stream(quiet, story)
+    texts, langs, labels, vectors = build_stream(quiet, story, args.data, args.new_class)
+    is_new = labels == args.new_class
+    dataset = args.data.resolve().name
+    suffix = "" if dataset == DATA.resolve().name else f"_{dataset}"
     if args.mode == "kafka":
-        kafka_main(args, texts, langs, labels, vectors, quiet)
+        kafka_main(args, texts, langs, labels, vectors, quiet, suffix)
         return
     with tempfile.TemporaryDirectory(prefix="xtream-emergence-") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        service, settings, seconds = run_service(work, texts, langs, labels, vectors, args.every_docs)
+        service, settings, seconds = run_service(work, texts, langs, labels, CachedEmbedder(texts, vectors, args.data),
+                                                 args.every_docs)
         try:
-            figures = measure(service, settings, labels, quiet)
+            figures = measure(service, settings, is_new, quiet)
         finally:
             service.close()
-    figures["seconds"] = seconds
+    figures |= {"dataset": dataset, "new_class": args.new_class, "seconds": seconds}
     figures["embedder_misses"] = service.embedder.misses
     if not args.no_bertopic:
-        figures.update(bertopic_figures(texts, labels, vectors, quiet, figures["warm_after_documents"] or 0))
-    targets = {"topic_lag_sports_documents": ("<=", 300), "topic_precision": (">=", 0.7),
+        figures.update(bertopic_figures(texts, is_new, vectors, quiet, figures["warm_after_documents"] or 0))
+    targets = {"topic_lag_new_class_documents": ("<=", 300), "topic_precision": (">=", 0.7),
                "topic_recall": (">=", 0.5), "quiet_births_after_warmup": ("<=", 0),
                "quiet_max_drift": ("<", figures["alert_drift_threshold"]), "ids_unchanged_min": (">=", 0.95),
                "snapshots_per_every_docs": (">=", 1.0)}
@@ -349,13 +356,13 @@ def main() -> None:
             ok = value <= target[1] if target[0] == "<=" else value >= target[1] if target[0] == ">=" else value < target[1]
         rows.append([key, value if not isinstance(value, bool) else str(value),
                      "" if target is None else f"{target[0]} {target[1]}", "" if ok is None else ("yes" if ok else "NO")])
-    print_table("bench.emergence (EC News, sports held back then introduced; file mode)",
+    print_table(f"bench.emergence ({dataset}, class {args.new_class} held back then introduced; file mode)",
                 ["figure", "value", "target", "met"], rows)
-    write_json(RESULTS / "emergence.json", figures)
+    write_json(RESULTS / f"emergence{suffix}.json", figures)
     emit(figures)
 
 
-def kafka_main(args, texts, langs, labels, vectors, quiet: int) -> None:
+def kafka_main(args, texts, langs, labels, vectors, quiet: int, suffix: str) -> None:
     from bench._emergence_kafka import run_kafka
 
     for noisy in ("httpx", "kafka"):
@@ -364,12 +371,12 @@ def kafka_main(args, texts, langs, labels, vectors, quiet: int) -> None:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         figures = run_kafka(work, texts, langs, labels, vectors, quiet, args.every_docs, args.rate, args.linger,
-                            CachedEmbedder(texts, vectors))
+                            CachedEmbedder(texts, vectors, args.data))
     figures.update({"documents": len(labels), "quiet_documents": quiet, "every_docs": args.every_docs})
     rows = [[k, json.dumps(v) if isinstance(v, (list, dict)) else v] for k, v in figures.items()]
     print_table("bench.emergence (Kafka mode, live Prometheus on deploy/prometheus/alerts.yml)",
                 ["figure", "value"], rows)
-    write_json(RESULTS / ("emergence_kafka_quick.json" if args.quick else "emergence_kafka.json"), figures)
+    write_json(RESULTS / f"emergence{suffix}_kafka{'_quick' if args.quick else ''}.json", figures)
     emit(figures)
 
 
