@@ -149,7 +149,7 @@ def main() -> None:
         else:
             settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"delivery": args.delivery})})
             figures["delivery"] = args.delivery
-            service = _run_single(settings, len(docs), figures)
+            service = _run_single(settings, len(docs), figures, broker.pid)
         trainer = service.model.trainer   # None when the stream was too short to initialise XTRA
         figures["train_steps"] = trainer.steps if trainer is not None else 0
         figures["train_max_share"] = settings.model.train_max_share
@@ -197,8 +197,23 @@ def main() -> None:
     print(json.dumps(figures))
 
 
-def _run_single(settings, n_docs: int, figures: dict):
-    """The service in this process until it has learned every document; returns it (stopped)."""
+def _cpu_split(pids: dict[str, int | None]) -> dict[str, float]:
+    """CPU seconds so far of each named live process (``None`` or gone: skipped)."""
+    out = {}
+    for name, pid in pids.items():
+        try:
+            out[name] = _cpu_seconds(pid) if pid else 0.0
+        except OSError:
+            out[name] = 0.0
+    return out
+
+
+def _run_single(settings, n_docs: int, figures: dict, broker_pid: int | None = None):
+    """The service in this process until it has learned every document; returns it (stopped).
+
+    Also records the CPU seconds the service leg cost each process on the host (this process, its
+    training thread, the embedder process, the broker), so the ratio can be read as a CPU budget.
+    """
     from tqdm.auto import tqdm
 
     from xtream.consumers.wiring import build_service
@@ -209,6 +224,8 @@ def _run_single(settings, n_docs: int, figures: dict):
     rss = lambda: rss_mib() + (rss_mib(child) if child else 0.0)  # noqa: E731
     rss_peak = [rss()]
     thread = threading.Thread(target=service.run, daemon=True)
+    pids = {"service": os.getpid(), "embedder": child, "broker": broker_pid}
+    cpu_before = _cpu_split(pids)
     started = time.perf_counter()
     thread.start()
     first = None   # (seconds, documents) when the first batch was learned: start-up is behind us
@@ -224,6 +241,16 @@ def _run_single(settings, n_docs: int, figures: dict):
                 rss_peak.append(rss())
                 last_sample = now
     processing = time.perf_counter() - started   # until the last document was learned (to 50 ms)
+    cpu_after = _cpu_split(pids)
+    for name in pids:
+        figures[f"cpu_seconds_{name}"] = cpu_after[name] - cpu_before[name]
+    trainer = getattr(service.training, "_thread", None)
+    if trainer is not None and trainer.native_id is not None:
+        try:
+            figures["cpu_seconds_service_training_thread"] = _cpu_seconds(os.getpid(), trainer.native_id)
+        except OSError:
+            pass
+    figures["cpu_cores_busy_during_service"] = sum(cpu_after[n] - cpu_before[n] for n in pids) / processing
     figures["embedder_process_peak_rss_mb"] = embedder_process_peak_mib(service)
     service.stop()
     thread.join()
@@ -285,9 +312,10 @@ def _run_both_deliveries(settings, n_docs: int, work: Path, figures: dict):
     return service
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of a live process (or of one of its threads), from /proc (Linux)."""
+    path = Path(f"/proc/{pid}/stat") if tid is None else Path(f"/proc/{pid}/task/{tid}/stat")
+    fields = path.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
