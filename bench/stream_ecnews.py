@@ -242,15 +242,15 @@ def _run_single(settings, n_docs: int, figures: dict, broker_pid: int | None = N
                 last_sample = now
     processing = time.perf_counter() - started   # until the last document was learned (to 50 ms)
     cpu_after = _cpu_split(pids)
-    for name in pids:
-        figures[f"cpu_seconds_{name}"] = cpu_after[name] - cpu_before[name]
+    spent = {name: cpu_after[name] - cpu_before[name] for name in pids}
+    figures |= {f"cpu_seconds_{name}": seconds for name, seconds in spent.items()}
     trainer = getattr(service.training, "_thread", None)
     if trainer is not None and trainer.native_id is not None:
         try:
             figures["cpu_seconds_service_training_thread"] = _cpu_seconds(os.getpid(), trainer.native_id)
         except OSError:
             pass
-    figures["cpu_cores_busy_during_service"] = sum(cpu_after[n] - cpu_before[n] for n in pids) / processing
+    figures["cpu_cores_busy_during_service"] = sum(spent.values()) / processing
     figures["embedder_process_peak_rss_mb"] = embedder_process_peak_mib(service)
     service.stop()
     thread.join()

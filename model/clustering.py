@@ -204,7 +204,7 @@ class MiniBatchKMeans:
         centers[weakest] = centre.astype(np.float32)
         self.reseeded.add(weakest)
         # The centre stands for its members; those of this batch are counted when it is learned.
-        self.counts[weakest] = max(float(members[: len(pool) - len(poor)].sum()), 1.0)
+        self.counts[weakest] = max(float(members[: max(len(pool) - len(poor), 0)].sum()), 1.0)
         self._pool = pool[~members]
         sims[:, weakest] = x @ centers[weakest]
         labels[:] = np.argmax(sims, axis=1)
