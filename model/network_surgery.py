@@ -4,7 +4,8 @@ The online model (:mod:`xtream.model.online`) calls these under both of its lock
 
 - :func:`initialise` builds the network at the end of the warm-up from the held documents;
 - :func:`admit_new_languages` and :func:`refresh_vocabularies` decide which languages join and
-  whose vocabulary changed, and reset the optimizer when the network's shape changes;
+  whose vocabulary changed, and rebuild the optimizer when the network's shape changes (Adam's
+  moments follow the parameters they belong to);
 - :func:`restart_topics` gives a re-seeded cluster a fresh topic (its beta row from its documents);
 - :func:`add_language` joins a language the network has not seen (beta from its clusters);
 - :func:`remap_vocabulary` follows a vocabulary refresh (words admitted and retired) in the network
@@ -27,6 +28,7 @@ from xtream.model.replay_buffer import ReplayBuffer
 from xtream.model.training import LanguageCorpus, XTRATrainer, build_xtra
 from xtream.model.vocabulary import Vocabulary, VocabularyChange
 from xtream.model.xtra import XTRA, init_beta_from_clusters
+from xtream.model.xtra_growth import MomentRemap
 
 if TYPE_CHECKING:
     from xtream.model.online import OnlineTopicModel
@@ -109,20 +111,21 @@ def admit_new_languages(model: OnlineTopicModel) -> None:
         add_language(xtra, model.buffer, lang, vocab, vocab.transform([t for t, _ in held]), emb,
                      model.kmeans.predict_many(emb),
                      None if model._words is None else model._words.zeros(lang, vocab.words))
-        trainer.reset_optimizer()
+        trainer.reset_optimizer(keep=trainer.moments_by_name())
         model._shape_generation += 1
 
 def refresh_vocabularies(model: OnlineTopicModel) -> None:
     """Admit/retire words in every language XTRA knows; the network and buffer follow."""
     xtra, trainer = live_network(model)
-    changes = {}
+    changes, moments = {}, trainer.moments_by_name()
+    remaps: dict[str, MomentRemap] = {}
     for lang in list(xtra.cfg.vocab_sizes):
         change = model.vocabs[lang].refresh()
         if change.changed:
-            remap_vocabulary(xtra, model.buffer, lang, change, model.vocabs[lang].words, model._words)
+            remaps |= remap_vocabulary(xtra, model.buffer, lang, change, model.vocabs[lang].words, model._words)
             changes[lang] = (len(change.added), len(change.removed))
     if changes:
-        trainer.reset_optimizer()
+        trainer.reset_optimizer(keep=moments, remaps=remaps)
         model._shape_generation += 1
         logger.info("vocabulary refresh: %s", changes)
     model._since_refresh = 0
@@ -158,17 +161,19 @@ def add_language(xtra: XTRA, buffer: ReplayBuffer, lang: str, vocab: Vocabulary,
 
 
 def remap_vocabulary(xtra: XTRA, buffer: ReplayBuffer, lang: str, change: VocabularyChange, words: list[str],
-                     queue: WordEmbeddingQueue | None) -> None:
+                     queue: WordEmbeddingQueue | None) -> dict[str, MomentRemap]:
     """Follow a refresh of ``lang``'s vocabulary (now ``words``) in the network and the buffer; the
-    admitted words' embedding rows are zero and queued in ``queue`` (None: the network has none)."""
+    admitted words' embedding rows are zero and queued in ``queue`` (None: the network has none).
+    Returns the remap of each rebuilt parameter's optimizer moments (see ``XTRATrainer.reset_optimizer``)."""
     new_emb = None
     if queue is not None:
         new_emb = np.zeros((len(words), xtra.cfg.word_embedding_dim), np.float32)
         kept = change.new_to_old >= 0
         new_emb[kept] = xtra.word_embeddings(lang).numpy()[change.new_to_old[kept]]
         new_emb[~kept] = queue.zeros(lang, change.added)
-    xtra.remap_vocabulary(lang, change.old_to_new, len(words), new_emb)
+    remaps = xtra.remap_vocabulary(lang, change.old_to_new, len(words), new_emb)
     buffer.remap_vocabulary(lang, change.old_to_new, len(words))
+    return remaps
 
 
 class WordEmbeddingQueue:

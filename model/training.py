@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,6 +18,7 @@ import torch
 
 from xtream.model.sparse_adam import LazyAdam, clip_scale
 from xtream.model.xtra import XTRA, WordProjection, XTRAConfig, dirichlet_laplace_prior, init_beta_from_clusters
+from xtream.model.xtra_growth import MomentRemap
 
 __all__ = ["LanguageCorpus", "XTRATrainer", "build_xtra", "csr_to_torch", "infer_theta"]
 
@@ -105,6 +107,8 @@ class XTRATrainer:
     beta_every: int = 4
     steps: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    optimizer: LazyAdam = field(init=False)
+    scheduler: torch.optim.lr_scheduler.StepLR = field(init=False)
 
     def __post_init__(self) -> None:
         if self.beta_every < 1:
@@ -114,17 +118,41 @@ class XTRATrainer:
         torch.manual_seed(self.seed)
         self.reset_optimizer()
 
-    def reset_optimizer(self) -> None:
+    def reset_optimizer(self, keep: Mapping[str, dict[str, Any]] | None = None,
+                        remaps: Mapping[str, MomentRemap] | None = None) -> None:
         """(Re)create Adam; needed after the vocabulary changes the parameter shapes.
 
         Parameters are taken in name order, not registration order: a model rebuilt from a
         checkpoint registers a late-joining language's tensors elsewhere than the original did, and
         both Adam's saved state (by position) and the clipping norm (a sum in list order) must not
         depend on that history.
+
+        ``keep`` (from :meth:`moments_by_name`, taken before the reshape) carries Adam's moments
+        and the schedule over: a parameter named in ``remaps`` gets its moments passed through that
+        function (the vocabulary remap its values went through), a parameter of unchanged shape
+        keeps them as they were, and any other (a new language's) starts afresh.
         """
-        self.params = [p for _, p in sorted(self.model.named_parameters()) if p.requires_grad]
+        named = sorted((n, p) for n, p in self.model.named_parameters() if p.requires_grad)
+        self.params = [p for _, p in named]
         self.optimizer = LazyAdam(self.params, lr=self.lr)
+        schedule = None if keep is None else self.scheduler.state_dict()
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=self.lr_step, gamma=self.lr_gamma)
+        if keep is None:
+            return
+        self.scheduler.load_state_dict(cast(dict[str, Any], schedule))
+        for name, p in named:
+            old = keep.get(name)
+            if not old:
+                continue
+            remap = (remaps or {}).get(name)
+            moments = {k: remap(t) if remap is not None else t for k, t in old.items() if k != "step"}
+            if all(t.shape == p.shape for t in moments.values()):
+                self.optimizer.state[p] = {"step": old["step"].clone(), **moments}
+
+    def moments_by_name(self) -> dict[str, dict[str, Any]]:
+        """Adam's state of each parameter, by the parameter's name (for :meth:`reset_optimizer`)."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return {names[id(p)]: dict(state) for p, state in self.optimizer.state.items() if id(p) in names}
 
     def load_optimizer_state(self, state: dict[str, Any]) -> bool:
         """Restore Adam's moments if they fit the parameters; otherwise start Adam afresh.

@@ -43,6 +43,7 @@ from torch import nn
 
 from xtream.model import xtra_growth
 from xtream.model.reconstruction import batchnorm_reconstruction_loss
+from xtream.model.xtra_growth import MomentRemap
 from xtream.model.xtra_parts import (
     Dropout,
     SharedEncoder,
@@ -335,9 +336,9 @@ class XTRA(nn.Module):
 
     # -- growing vocabularies (model/xtra_growth.py) ---------------------------------------------
     def remap_vocabulary(self, lang: str, old_to_new: np.ndarray, new_size: int,
-                         new_word_embeddings: np.ndarray | None = None) -> None:
+                         new_word_embeddings: np.ndarray | None = None) -> dict[str, MomentRemap]:
         """Follow a vocabulary change of ``lang`` (:func:`model.xtra_growth.remap_vocabulary`)."""
-        xtra_growth.remap_vocabulary(self, lang, old_to_new, new_size, new_word_embeddings)
+        return xtra_growth.remap_vocabulary(self, lang, old_to_new, new_size, new_word_embeddings)
 
     def add_language(self, lang: str, vocab_size: int, beta: np.ndarray | None = None,
                      word_embeddings: np.ndarray | None = None) -> None:

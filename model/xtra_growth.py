@@ -1,11 +1,12 @@
 """Growing an XTRA network: a language's vocabulary remapped, a new language added.
 
-Both rebuild per-word tensors in place; the optimizer state for them is invalid afterwards, so the
-trainer rebuilds its optimizer.
+Both rebuild per-word tensors in place; the trainer then rebuilds its optimizer, carrying the
+moments of a remapped tensor through the same remap (:func:`remap_vocabulary` returns them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -17,19 +18,24 @@ from xtream.model.xtra_parts import Dropout, WordProjection, remap_index
 if TYPE_CHECKING:
     from xtream.model.xtra import XTRA
 
-__all__ = ["add_language", "remap_vocabulary"]
+__all__ = ["MomentRemap", "add_language", "remap_vocabulary"]
+
+#: Remaps a tensor shaped like a parameter before a vocabulary change to its shape after.
+MomentRemap = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
 def remap_vocabulary(net: XTRA, lang: str, old_to_new: np.ndarray, new_size: int,
-                     new_word_embeddings: np.ndarray | None = None) -> None:
+                     new_word_embeddings: np.ndarray | None = None) -> dict[str, MomentRemap]:
     """Follow a vocabulary change of ``lang``: keep surviving words' parameters, start new ones neutral.
 
     ``old_to_new[i]`` is word i's new index or -1 if retired. Every per-word tensor (projection
     columns, beta columns, decoder BatchNorm statistics, word embeddings) is rebuilt at
     ``new_size``. New words start with zero projection weight, the mean beta value of their topic
-    and neutral BN statistics, so adding a word does not perturb existing thetas. Optimizer
-    state for these tensors is invalid afterwards: the trainer rebuilds its optimizer.
+    and neutral BN statistics, so adding a word does not perturb existing thetas.
+
+    Returns, for each trainable parameter rebuilt, by its name in ``net``, the function that remaps
+    a tensor of its old shape the same way (zero for new words): Adam's moments follow their words.
     """
     old_to_new = np.asarray(old_to_new, dtype=np.int64)
     keep_old = torch.as_tensor(np.flatnonzero(old_to_new >= 0))
@@ -38,12 +44,18 @@ def remap_vocabulary(net: XTRA, lang: str, old_to_new: np.ndarray, new_size: int
     def remap(t: torch.Tensor, dim: int, fill: torch.Tensor | float) -> torch.Tensor:
         return remap_index(t, dim, new_size, keep_old, keep_new, fill)
 
+    def moments(dim: int) -> MomentRemap:
+        return lambda t: remap(t, dim, 0.0)
+
+    remaps = {f"betas.{lang}": moments(1), f"decoder_bn.{lang}.bias": moments(0)}
+
     if lang in net.projections:
         lin = cast(WordProjection, cast(nn.Sequential, net.projections[lang])[0])
         new_lin = WordProjection(new_size, lin.out_features).to(lin.word_weight.device)
         new_lin.word_weight.copy_(remap(lin.word_weight, 0, 0.0))
         new_lin.bias.copy_(lin.bias)
         cast(nn.Sequential, net.projections[lang])[0] = new_lin
+        remaps[f"projections.{lang}.0.word_weight"] = moments(0)
     beta = net.betas[lang]
     net.betas[lang] = nn.Parameter(remap(beta.data, 1, beta.data.mean(1, keepdim=True)))
     bn, new_bn = net.decoder_norm(lang), nn.BatchNorm1d(new_size).to(beta.device)
@@ -68,7 +80,9 @@ def remap_vocabulary(net: XTRA, lang: str, old_to_new: np.ndarray, new_size: int
         new_plin.weight.copy_(remap(plin.weight, 1, 0.0))
         new_plin.bias.copy_(plin.bias)
         cast(nn.Sequential, net.beta_projections[lang])[0] = new_plin
+        remaps[f"beta_projections.{lang}.0.weight"] = moments(1)
     net.cfg.vocab_sizes[lang] = new_size
+    return remaps
 
 
 @torch.no_grad()

@@ -382,6 +382,29 @@ def test_training_continues_after_a_vocabulary_remap():
     assert not torch.equal(net.betas["ja"], before)
 
 
+def test_a_vocabulary_remap_carries_adams_moments_with_their_words():
+    net = model()
+    trainer = XTRATrainer(net, seed=0)
+    for step in range(3):
+        trainer.step(random_batch(VOCABS, seed=step))
+    moments = trainer.moments_by_name()
+    before = {name: {k: t.clone() for k, t in state.items()} for name, state in moments.items()}
+    v = VOCABS["ja"]
+    old_to_new = np.r_[-1, np.arange(v - 1)]   # word 0 retired, the others move down one place
+    remaps = net.remap_vocabulary("ja", old_to_new, v + 1)   # two new words at the end
+    trainer.reset_optimizer(keep=moments, remaps=remaps)
+    after = trainer.moments_by_name()
+    for name, dim in (("betas.ja", 1), ("projections.ja.0.word_weight", 0), ("decoder_bn.ja.bias", 0)):
+        assert after[name]["step"] == before[name]["step"] == 3
+        for k in ("exp_avg", "exp_avg_sq"):
+            old, new = before[name][k], after[name][k]
+            assert old.narrow(dim, 1, v - 1).any()
+            assert torch.equal(new.narrow(dim, 0, v - 1), old.narrow(dim, 1, v - 1)), (name, k)
+            assert not new.narrow(dim, v - 1, 2).any(), (name, k)
+    torch.testing.assert_close(after["betas.en"]["exp_avg"], before["betas.en"]["exp_avg"])
+    assert math.isfinite(trainer.step(random_batch(dict(VOCABS, ja=v + 1), seed=5))["total"])
+
+
 def test_add_language_gives_a_new_language_its_own_parameters_and_training_continues():
     net = model()
     trainer = XTRATrainer(net, seed=0)
