@@ -233,6 +233,13 @@ def service_defaults() -> dict:
             "train_every_docs": m.train_every_docs, "train_steps": m.train_steps}
 
 
+def warmup_within(model, docs: int, share: float):
+    """``model`` (the service's model settings) with XTRA's warm-up at most ``share`` of a ``docs``-
+    document stream, so that a benchmark stream shorter than a few warm-ups measures a trained
+    model; streams long enough keep the service's own warm-up."""
+    return model.model_copy(update={"warmup_docs": min(model.warmup_docs, max(1, int(docs * share)))})
+
+
 def split_by_script(topic_word: np.ndarray, vocab: list[str],
                     langs: tuple[str, str] = ("en", "zh")) -> dict[str, tuple[np.ndarray, list[str]]]:
     """A topic-word matrix over one shared vocabulary -> ``{langs[0]: ..., langs[1]: ...}`` by script:

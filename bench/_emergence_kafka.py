@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from bench._common import warmup_within
+
 logger = logging.getLogger("bench.emergence")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +62,8 @@ def _start_prometheus(work: Path, target: str) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}/api/v1"
 
 
-def _settings(work: Path, bootstrap: str, every_docs: int, rate: float):
+def _settings(work: Path, bootstrap: str, every_docs: int, rate: float, quiet: int):
+    from bench.emergence import WARMUP_SHARE
     from xtream.consumers.config import Settings
 
     base = Settings(data_dir=work / "data")
@@ -70,6 +73,7 @@ def _settings(work: Path, bootstrap: str, every_docs: int, rate: float):
                  embedded_topic="emergence.emb")
     return base.model_copy(update={
         "kafka": base.kafka.model_copy(update=kafka),
+        "model": warmup_within(base.model, quiet, WARMUP_SHARE),
         # Stream time is the records' (wall) time here: the drift window is one snapshot interval,
         # as the 300 s window is in file mode (documents 0.3 s apart, a snapshot every 1,000).
         "snapshots": base.snapshots.model_copy(update=dict(every_docs=every_docs, every_seconds=1e9,
@@ -126,7 +130,7 @@ def run_kafka(work: Path, texts, langs, labels, vectors, quiet: int, every_docs:
     broker = LocalKafkaBroker.start_new(work / "kafka")
     prom = api = service = thread = None
     try:
-        settings = _settings(work, broker.bootstrap, every_docs, rate)
+        settings = _settings(work, broker.bootstrap, every_docs, rate, quiet)
         _create_topics(settings)
         service = _assemble_service(settings, embedder, CheckpointStore(work / "data" / "checkpoints"), None, "all")
         api = ApiServer(service).start()

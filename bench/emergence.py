@@ -56,6 +56,7 @@ from bench._common import (
     pin_threads,
     print_table,
     setup_logging,
+    warmup_within,
     write_json,
 )
 from xtream.model.embedding import Embedder
@@ -65,6 +66,7 @@ logger = logging.getLogger("bench.emergence")
 SPORTS = 4             # EC News' held-back class
 SHARE = 0.7            # a topic "is" the story when this share of its recent documents are of it
 RECENT = 50            # documents per topic slot that share is measured over
+WARMUP_SHARE = 1 / 3   # XTRA's warm-up ends within the first third of the quiet phase
 
 
 class CachedEmbedder(Embedder):
@@ -124,7 +126,7 @@ def write_jsonl(path: Path, texts, langs, labels, start: datetime, spacing: floa
                                ensure_ascii=False) + "\n")
 
 
-def run_service(work: Path, texts, langs, labels, embedder: Embedder, every_docs: int):
+def run_service(work: Path, texts, langs, labels, embedder: Embedder, every_docs: int, quiet: int):
     """The service over the JSONL file until it ends; returns (service, seconds)."""
     from xtream.consumers.checkpoint import CheckpointStore
     from xtream.consumers.config import Settings
@@ -134,6 +136,7 @@ def run_service(work: Path, texts, langs, labels, embedder: Embedder, every_docs
     write_jsonl(path, texts, langs, labels, datetime(2026, 1, 1, tzinfo=timezone.utc), 0.3)
     base = Settings(data_dir=work / "data", input_file=path)
     settings = base.model_copy(update={
+        "model": warmup_within(base.model, quiet, WARMUP_SHARE),
         "snapshots": base.snapshots.model_copy(update=dict(every_docs=every_docs, every_seconds=1e9)),
         "http": base.http.model_copy(update=dict(enabled=False))})
     service = _assemble_service(settings, embedder, CheckpointStore(work / "data" / "checkpoints"), None, "all")
@@ -335,7 +338,7 @@ def main() -> None:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         service, settings, seconds = run_service(work, texts, langs, labels, CachedEmbedder(texts, vectors, args.data),
-                                                 args.every_docs)
+                                                 args.every_docs, quiet)
         try:
             figures = measure(service, settings, is_new, quiet)
         finally:

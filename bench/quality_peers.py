@@ -19,7 +19,8 @@ Systems (all see the cached multilingual-USE embeddings where they use embedding
 
 ``xtream_stream``    one pass of the interleaved training stream through ``OnlineTopicModel`` with
                      the service's defaults (batches of 256, 10 XTRA steps every 512 documents after
-                     a 2,000-document warm-up), then ``predict_many`` theta for train and test
+                     an 8,000-document warm-up; a quarter of the stream if that is less, as with
+                     ``--quick``), then ``predict_many`` theta for train and test
                      (blended with the cluster memberships, as the service serves it). Its
                      vocabularies are the ones it grew online (at most 5,000 words per language).
 ``xtream_stream_stepsN`` the same with N gradient steps per 512-document slice instead of the
@@ -99,6 +100,8 @@ logger = logging.getLogger("bench.quality_peers")
 SYSTEMS = ("raw_embeddings", "kmeans", "xtream_stream", "xtream_offline", "bertopic_online", "infoctm")
 QUICK_TRAIN, QUICK_TEST = 3000, 1000   # documents per language with --quick
 NUM_TOPICS = 50
+#: A stream shorter than four of the service's warm-ups (``--quick``) warms up within its first quarter.
+STREAM_WARMUP_SHARE = 0.25
 
 
 class SystemSkipped(Exception):
@@ -182,6 +185,7 @@ def run_xtream_stream(data: Data, args) -> dict:
     d = service_defaults()
     s, tokenizer = data.stream, Tokenizer()
     tokens = tokenizer.tokenize_many(s.texts, s.langs)
+    d["online"].warmup_docs = min(d["online"].warmup_docs, int(len(tokens) * STREAM_WARMUP_SHARE))
     model = OnlineTopicModel(d["online"], 512, embed_words=VocabularyWordEmbedder(data.root))
     batch, every, steps = d["batch"], d["train_every_docs"], d["train_steps"]
     since = 0
@@ -206,6 +210,7 @@ def run_xtream_stream(data: Data, args) -> dict:
             "vocab": {lang: model.vocabs[lang].words for lang in data.langs}, "theta": theta,
             "fit_seconds": seconds, "docs_per_s": len(tokens) / seconds, "steps_per_slice": steps,
             "train_every_docs": every, "train_steps": model.trainer.steps if model.trainer else 0,
+            "warmup_docs": model.cfg.warmup_docs,
             "vocab_size": {lang: len(model.vocabs[lang]) for lang in data.langs},
             "centres": model.kmeans.centers.copy(),
             "theta_kind": "predict_many: XTRA encoder theta" + (

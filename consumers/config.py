@@ -175,7 +175,10 @@ class ModelSettings(_Section):
                                  "th", "tr", "zh"],
         description="accepted languages (others are dead-lettered) and candidates for detection")
     num_topics: int = _ONLINE.num_topics
-    warmup_docs: int = _ONLINE.warmup_docs
+    warmup_docs: int = Field(_ONLINE.warmup_docs, ge=1, description=(
+        "documents clustered (and their clusters' words served) before XTRA is built from them: its "
+        "vocabularies and initial topic words come from this sample, and a small one gives near-duplicate "
+        "topics (bench/README.md, warm-up sample)"))
     warmup_steps: int = _ONLINE.warmup_steps
     batch_size: int = _ONLINE.batch_size
     buffer_per_language: int = _ONLINE.buffer_per_language

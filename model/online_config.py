@@ -14,7 +14,7 @@ class OnlineConfig:
     takes its defaults from here; ``consumers.config.ModelSettings`` documents each)."""
 
     num_topics: int = 50
-    warmup_docs: int = 2000
+    warmup_docs: int = 8000
     warmup_steps: int = 200
     batch_size: int = 128
     buffer_per_language: int = 4096
