@@ -226,7 +226,8 @@ class ModelSettings(_Section):
     prevalence_momentum: float = Field(_ONLINE.prevalence_momentum, gt=0, lt=1,
         description="per-batch momentum of the topic prevalence estimate")
     lr: float = Field(_ONLINE.lr, gt=0, description="XTRA's Adam learning rate")
-    lr_step: int = Field(_ONLINE.lr_step, ge=1, description="gradient steps between learning-rate halvings")
+    lr_step: int = Field(_ONLINE.lr_step, ge=1, description=(
+        "StepLR period kept in checkpoints; the stream never steps the schedule, so its learning rate stays lr"))
     lambda_cluster: float = Field(_ONLINE.lambda_cluster, ge=0, description="weight of XTRA's cluster contrastive loss")
     lambda_beta: float = Field(_ONLINE.lambda_beta, ge=0, description="weight of XTRA's topic-word alignment loss")
     lambda_nce: float = Field(_ONLINE.lambda_nce, ge=0,
