@@ -34,7 +34,7 @@ class OnlineConfig:
     lambda_nce: float = 80.0
     nce_temperature: float = 1.0
     encoder_input: Literal["bow", "embedding", "both"] = "bow"
-    projection_units: int = 1000
+    projection_units: int = 300
     min_docs_new_language: int = 32
     exemplars_per_topic: int = 3
     theta_cluster_weight: float = 0.5
