@@ -233,11 +233,20 @@ def service_defaults() -> dict:
             "train_every_docs": m.train_every_docs, "train_steps": m.train_steps}
 
 
+#: A benchmark stream shorter than four of the service's warm-ups warms up within its first quarter.
+STREAM_WARMUP_SHARE = 0.25
+
+
 def warmup_within(model, docs: int, share: float):
-    """``model`` (the service's model settings) with XTRA's warm-up at most ``share`` of a ``docs``-
-    document stream, so that a benchmark stream shorter than a few warm-ups measures a trained
-    model; streams long enough keep the service's own warm-up."""
-    return model.model_copy(update={"warmup_docs": min(model.warmup_docs, max(1, int(docs * share)))})
+    """``model`` (the service's model settings, or an ``OnlineConfig``) with XTRA's warm-up at most
+    ``share`` of a ``docs``-document stream, so that a benchmark stream shorter than a few warm-ups
+    measures a trained model; streams long enough keep the service's own warm-up."""
+    import dataclasses
+
+    warmup = min(model.warmup_docs, max(1, int(docs * share)))
+    if dataclasses.is_dataclass(model):
+        return dataclasses.replace(model, warmup_docs=warmup)
+    return model.model_copy(update={"warmup_docs": warmup})
 
 
 def split_by_script(topic_word: np.ndarray, vocab: list[str],

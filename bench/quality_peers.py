@@ -79,6 +79,7 @@ import scipy.sparse as sp
 from bench._common import (
     DATA,
     RESULTS,
+    STREAM_WARMUP_SHARE,
     VocabularyWordEmbedder,
     discover_languages,
     emit,
@@ -92,6 +93,7 @@ from bench._common import (
     service_defaults,
     setup_logging,
     split_by_script,
+    warmup_within,
     write_json,
 )
 
@@ -100,8 +102,6 @@ logger = logging.getLogger("bench.quality_peers")
 SYSTEMS = ("raw_embeddings", "kmeans", "xtream_stream", "xtream_offline", "bertopic_online", "infoctm")
 QUICK_TRAIN, QUICK_TEST = 3000, 1000   # documents per language with --quick
 NUM_TOPICS = 50
-#: A stream shorter than four of the service's warm-ups (``--quick``) warms up within its first quarter.
-STREAM_WARMUP_SHARE = 0.25
 
 
 class SystemSkipped(Exception):
@@ -185,8 +185,8 @@ def run_xtream_stream(data: Data, args) -> dict:
     d = service_defaults()
     s, tokenizer = data.stream, Tokenizer()
     tokens = tokenizer.tokenize_many(s.texts, s.langs)
-    d["online"].warmup_docs = min(d["online"].warmup_docs, int(len(tokens) * STREAM_WARMUP_SHARE))
-    model = OnlineTopicModel(d["online"], 512, embed_words=VocabularyWordEmbedder(data.root))
+    cfg = warmup_within(d["online"], len(tokens), STREAM_WARMUP_SHARE)
+    model = OnlineTopicModel(cfg, 512, embed_words=VocabularyWordEmbedder(data.root))
     batch, every, steps = d["batch"], d["train_every_docs"], d["train_steps"]
     since = 0
     started = time.perf_counter()

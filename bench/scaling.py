@@ -33,6 +33,7 @@ import numpy as np
 
 from bench._common import (
     RESULTS,
+    STREAM_WARMUP_SHARE,
     VocabularyWordEmbedder,
     cpu_seconds,
     emit,
@@ -42,6 +43,7 @@ from bench._common import (
     rss_mib,
     service_defaults,
     setup_logging,
+    warmup_within,
     write_json,
 )
 
@@ -67,7 +69,8 @@ def worker(docs: int, k: int, train: bool, noise: float, threads: int, seed: int
     tokens = Tokenizer().tokenize_many(base_stream.texts, base_stream.langs)
     emb, langs = base_stream.embeddings, np.asarray(base_stream.langs)
     d = service_defaults()
-    cfg = replace(d["online"], num_topics=k, **({} if train else {"warmup_steps": 0}))
+    cfg = warmup_within(replace(d["online"], num_topics=k, **({} if train else {"warmup_steps": 0})), docs,
+                        STREAM_WARMUP_SHARE)
     batch, every, steps = d["batch"], d["train_every_docs"], d["train_steps"]
     model = OnlineTopicModel(cfg, emb.shape[1], embed_words=VocabularyWordEmbedder())
     rng = np.random.default_rng(seed)
