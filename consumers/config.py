@@ -194,11 +194,11 @@ class ModelSettings(_Section):
     encoder_input: Literal["bow", "embedding", "both"] = Field(_ONLINE.encoder_input, description=(
         "what XTRA's encoder reads: each language's bag of words (the paper), the sentence embedding "
         "(one projection shared by every language, so theta is as language-neutral as the embedding), or both; "
-        "with 'embedding' set nce_temperature 0.1 and projection_units 300 (bench/README.md, encoder input)"))
+        "with 'embedding' set nce_temperature 0.1 (bench/README.md, encoder input)"))
     nce_temperature: float = Field(_ONLINE.nce_temperature, gt=0, description=(
         "temperature of XTRA's InfoNCE between theta and the document's embedding"))
     projection_units: int = Field(_ONLINE.projection_units, ge=8,
-        description="width of the layer that feeds XTRA's shared encoder")
+        description="width of the layer that feeds XTRA's shared encoder (the paper's: 1,000; bench/README.md)")
     exemplars_per_topic: int = Field(_ONLINE.exemplars_per_topic, ge=1,
         description="representative documents kept per topic and language")
     kmeans_decay: float = Field(_ONLINE.kmeans_decay,
