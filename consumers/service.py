@@ -202,7 +202,7 @@ class TopicService:
                 self.checkpoint_due.recommit()
             turn_started = time.perf_counter()
             self.poller.observe_lag()
-            processed = self._learn_polled(records, asked)
+            processed = self._learn_polled(records, asked, sizing.budget)
             idle = 0 if records or processed else idle + 1
             if idle and not self._prefetching() and not self.outbox:
                 self._advance_past_markers()
@@ -218,7 +218,7 @@ class TopicService:
         self.finish(complete_warmup=not self._stop.is_set())
         return self.stats
 
-    def _learn_polled(self, records: list[Record], asked: int) -> int:
+    def _learn_polled(self, records: list[Record], asked: int, budget_seconds: float) -> int:
         """Learn ``records`` now, or hand them to the prefetch worker and learn what it prepared;
         returns the records learned (with prefetch, polled turns earlier)."""
         if self._prefetch is None:
@@ -226,15 +226,19 @@ class TopicService:
                 self.process_batch(records)
             return len(records)
         processed = 0
+        started = time.perf_counter()
         if records:
             self._prefetch.submit(records)
         # A full poll means more is waiting: keep batches embedding while the loop learns
         # the one before (more than one, so that a long turn, e.g. a checkpoint, does not
         # idle the embedder). A short poll means the stream is caught up: finish what is in
-        # flight now rather than at the next poll, which may wait up to max_wait_ms.
+        # flight now rather than at the next poll, which may wait up to max_wait_ms, but only
+        # for the turn's budget: past it the next poll is due (max.poll.interval.ms).
         keep = self.settings.batch.prefetch_batches if len(records) >= asked else 0
         while self._prefetching() > keep:
             processed += self._process_prefetched()
+            if not keep and time.perf_counter() - started >= budget_seconds:
+                break
             if self._prefetching() > keep:   # the cadences count batches, not turns
                 self._run_due_work()
         return processed
