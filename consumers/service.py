@@ -225,15 +225,13 @@ class TopicService:
             if records:
                 self.process_batch(records)
             return len(records)
-        processed = 0
-        started = time.perf_counter()
+        processed, started = 0, time.perf_counter()
         if records:
             self._prefetch.submit(records)
-        # A full poll means more is waiting: keep batches embedding while the loop learns
-        # the one before (more than one, so that a long turn, e.g. a checkpoint, does not
-        # idle the embedder). A short poll means the stream is caught up: finish what is in
-        # flight now rather than at the next poll, which may wait up to max_wait_ms, but only
-        # for the turn's budget: past it the next poll is due (max.poll.interval.ms).
+        # A full poll means more is waiting: keep batches embedding while the loop learns the one
+        # before (more than one, so that a long turn, e.g. a checkpoint, does not idle the
+        # embedder). A short poll means the stream is caught up: finish what is in flight now
+        # rather than at the next poll (up to max_wait_ms away), for the turn's budget at most.
         keep = self.settings.batch.prefetch_batches if len(records) >= asked else 0
         while self._prefetching() > keep:
             processed += self._process_prefetched()
