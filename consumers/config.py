@@ -69,6 +69,9 @@ class KafkaSettings(_Section):
     on_offset_regression: Literal["relearn", "skip"] = Field("relearn", description=(
         "a partition's offsets going backwards (topic recreated, offsets reset): relearn from the new "
         "position, or skip records below what was already learned; either way it is logged and counted"))
+    reconnect_backoff_max_ms: int = Field(1000, ge=50, description=(
+        "ceiling of the exponential wait between attempts to reconnect to a broker; the service notices "
+        "a broker's return at most this late (the Java client's default; kafka-python's own is 30 s)"))
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -135,8 +138,10 @@ class KafkaSettings(_Section):
         return self.bootstrap_servers
 
     def client_config(self) -> dict[str, Any]:
-        """kafka-python keyword arguments for security; the password is revealed only here."""
-        cfg: dict[str, Any] = {"security_protocol": self.security_protocol}
+        """kafka-python keyword arguments every client of the service gets: reconnection and security
+        (the password is revealed only here)."""
+        cfg: dict[str, Any] = {"security_protocol": self.security_protocol,
+                               "reconnect_backoff_max_ms": self.reconnect_backoff_max_ms}
         if self.sasl_mechanism:
             cfg |= {"sasl_mechanism": self.sasl_mechanism, "sasl_plain_username": self.sasl_username,
                     "sasl_plain_password": self._password()}
@@ -199,6 +204,10 @@ class ModelSettings(_Section):
         "temperature of XTRA's InfoNCE between theta and the document's embedding"))
     projection_units: int = Field(_ONLINE.projection_units, ge=8,
         description="width of the layer that feeds XTRA's shared encoder (the paper's: 1,000; bench/README.md)")
+    product_precision: Literal["auto", "float32", "bfloat16"] = Field(_ONLINE.product_precision, description=(
+        "XTRA's products over the vocabulary (decoder, beta alignment) in bfloat16 with float32 sums, or "
+        "float32; 'auto' takes bfloat16 where the CPU multiplies it natively (avx512_bf16, AMX), where it "
+        "halves their cost (bench/README.md)"))
     exemplars_per_topic: int = Field(_ONLINE.exemplars_per_topic, ge=1,
         description="representative documents kept per topic and language")
     kmeans_decay: float = Field(_ONLINE.kmeans_decay,

@@ -141,7 +141,8 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0
 def test_client_config_carries_tls_and_scram_settings(secure):
     cfg = secure.settings.client_config()
     assert cfg == {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": USER,
-                   "sasl_plain_password": PASSWORD, "ssl_cafile": str(secure.pki.ca), "ssl_check_hostname": True}
+                   "sasl_plain_password": PASSWORD, "ssl_cafile": str(secure.pki.ca), "ssl_check_hostname": True,
+                   "reconnect_backoff_max_ms": 1000}
     with pytest.raises(ValueError, match="not both"):
         KafkaSettings(sasl_password=SecretStr("x"), sasl_password_file=Path("/dev/null"))
 
