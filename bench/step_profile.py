@@ -1,6 +1,6 @@
 """What one XTRA training step costs, by component, today's step against an earlier commit's.
 
-    python -m bench.step_profile [--baseline 9d831f1] [--steps 20] [--repeats 5] [--threads 1]
+    python -m bench.step_profile [--baseline 9d831f1] [--steps 16] [--repeats 8] [--threads 1]
                                  [--ablations] [--out bench/results/step_profile.json]
 
 The service's training set-up on EC News: two languages (en, zh) x 5,000-word vocabularies, K=50,
@@ -11,8 +11,10 @@ step computes (the shapes do) and running the embedder would cost minutes.
 
 One table, two kinds of rows. *Step*: the whole ``XTRATrainer.step`` of the baseline commit (``--baseline``, loaded
 from git by :mod:`bench._baseline`) and of today's code, timed in alternating blocks of ``--steps``
-steps on the same batches, ``--repeats`` times; the median ms per step of each and their ratio
-(``--ablations`` adds today's step with dense row updates, with the beta alignment every step,
+steps on the same batches, ``--repeats`` times; the median over blocks of the mean ms per step of
+each (a block holds whole cycles of the every-n-th-step beta alignment) and their ratio
+(``--ablations`` adds today's step with dense row updates, with float32 products over the
+vocabulary where the service's ``auto`` precision takes bfloat16, with the beta alignment every step,
 with the paper's 1,000-unit word projections instead of the service's width (``OnlineConfig``,
 300), and with the encoder reading the sentence embedding through a 300-unit projection instead
 of the bags of words). Today's step is the service's: its projection width, not the paper's.
@@ -104,7 +106,15 @@ def _median_ms(fn, n: int) -> float:
 
 
 def time_steps(trainers: dict, batches: list[dict], steps: int, repeats: int) -> tuple[dict, dict]:
-    """CPU and wall ms of every step of each trainer, in blocks of ``steps`` steps alternating between them."""
+    """Mean CPU and wall ms per step of each block of ``steps`` steps, blocks alternating between trainers.
+
+    A block is the unit because steps differ: a trainer with ``beta_every = n`` computes the beta
+    alignment on every n-th step only, so the median of single steps would be a step without it.
+    ``steps`` must be a multiple of every trainer's ``beta_every`` (each block then holds whole cycles).
+    """
+    for name, tr in trainers.items():
+        if steps % getattr(tr, "beta_every", 1):
+            raise ValueError(f"--steps {steps} is not a multiple of {name}'s beta_every ({tr.beta_every})")
     per: dict[str, list[float]] = {name: [] for name in trainers}
     wall: dict[str, list[float]] = {name: [] for name in trainers}
     for name, tr in trainers.items():   # warm-up: allocator, BLAS buffers, optimizer state
@@ -114,11 +124,11 @@ def time_steps(trainers: dict, batches: list[dict], steps: int, repeats: int) ->
         order = list(trainers) if r % 2 == 0 else list(reversed(trainers))
         for name in order:
             tr = trainers[name]
+            t, w = time.thread_time(), time.perf_counter()
             for i in range(steps):
-                t, w = time.thread_time(), time.perf_counter()
                 tr.step(batches[(r * steps + i) % len(batches)])
-                per[name].append(1e3 * (time.thread_time() - t))
-                wall[name].append(1e3 * (time.perf_counter() - w))
+            per[name].append(1e3 * (time.thread_time() - t) / steps)
+            wall[name].append(1e3 * (time.perf_counter() - w) / steps)
     return per, wall
 
 
@@ -201,8 +211,9 @@ def profile_components(trainer, batch: dict, n: int) -> dict[str, float]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", default=BASELINE, help="git commit whose step is the reference")
-    p.add_argument("--steps", type=int, default=20, help="steps per timed block and runs per component")
-    p.add_argument("--repeats", type=int, default=5, help="alternating blocks per trainer")
+    p.add_argument("--steps", type=int, default=16,
+                   help="steps per timed block (a multiple of beta_every) and runs per component")
+    p.add_argument("--repeats", type=int, default=8, help="alternating blocks per trainer")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ablations", action="store_true",
                    help="also time today's step with dense row updates, and with the beta alignment every step")
@@ -222,10 +233,13 @@ def main(argv: list[str] | None = None) -> dict:
     words = _word_embeddings()
     batches = _batches(current.training, corpora, 2 * args.steps)
     from xtream.model.online_config import OnlineConfig
-    service = {"projection_units": OnlineConfig().projection_units}   # the service's XTRA, not the paper's
+    online = OnlineConfig()   # the service's XTRA, not the paper's
+    service = {"projection_units": online.projection_units, "product_precision": online.product_precision}
     trainers = {"baseline": _trainer(baseline, corpora, words), "current": _trainer(current, corpora, words, service)}
     if args.ablations:
         trainers["current, dense rows"] = _trainer(current, corpora, words, service, sparse_rows=False)
+        trainers["current, float32 products"] = _trainer(current, corpora, words,
+                                                         {**service, "product_precision": "float32"})
         trainers["current, beta every step"] = _trainer(current, corpora, words, service, beta_every=1)
         trainers[f"current, {PAPER_PROJECTION}-unit projections"] = _trainer(
             current, corpora, words, {"projection_units": PAPER_PROJECTION})
@@ -244,8 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
     names = list(dict.fromkeys([c for comp in components.values() for c in comp]))
     rows = [[c, components["baseline"].get(c), components["current"].get(c)] for c in names]
     rows.append(["sum of the components", sum(components["baseline"].values()), sum(components["current"].values())])
-    rows.append(["whole step (median)", step_ms["baseline"], step_ms["current"]])
-    rows.append(["whole step, wall clock (median)", wall_ms["baseline"], wall_ms["current"]])
+    rows.append(["whole step (median of block means)", step_ms["baseline"], step_ms["current"]])
+    rows.append(["whole step, wall clock (median of block means)", wall_ms["baseline"], wall_ms["current"]])
     print_table(f"one XTRA step, CPU ms, {args.threads} thread(s): baseline {args.baseline} vs current",
                 ["component", "baseline", "current"], rows)
     for name in trainers:
@@ -254,7 +268,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"step CPU time current/baseline = {ratio:.3f} ({step_ms['baseline']:.1f} -> {step_ms['current']:.1f} ms); "
           f"wall clock {wall_ms['current'] / wall_ms['baseline']:.3f}")
     payload = {"baseline": args.baseline, "beta_every": getattr(trainers["current"], "beta_every", 1),
-               "sparse_rows": getattr(trainers["current"], "sparse_rows", False), "threads": args.threads, "batch": BATCH, "vocab": VOCAB, "topics": K,
+               "sparse_rows": getattr(trainers["current"], "sparse_rows", False),
+               "bf16_products": trainers["current"].model.bf16_products, "threads": args.threads, "batch": BATCH, "vocab": VOCAB, "topics": K,
                "words_touched_per_batch": touched, "step_cpu_ms": step_ms, "ratio": ratio,
                "step_wall_ms": wall_ms, "wall_ratio": wall_ms["current"] / wall_ms["baseline"],
                "step_cpu_ms_all": per, "components_ms": components}

@@ -80,7 +80,8 @@ def _initialise_from_pending(model: OnlineTopicModel) -> None:
                            word_embeddings=_word_embeddings(model, corpora),
                            lambda_cluster=model.cfg.lambda_cluster, lambda_beta=model.cfg.lambda_beta,
                            lambda_nce=model.cfg.lambda_nce, nce_temperature=model.cfg.nce_temperature,
-                           encoder_input=model.cfg.encoder_input, projection_units=model.cfg.projection_units)
+                           encoder_input=model.cfg.encoder_input, projection_units=model.cfg.projection_units,
+                           product_precision=model.cfg.product_precision)
     model.trainer = XTRATrainer(model.xtra, lr=model.cfg.lr, lr_step=model.cfg.lr_step,
                                batch_size=model.cfg.batch_size, seed=model.cfg.seed)
     for lang in corpora:

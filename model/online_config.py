@@ -35,6 +35,7 @@ class OnlineConfig:
     nce_temperature: float = 1.0
     encoder_input: Literal["bow", "embedding", "both"] = "bow"
     projection_units: int = 300
+    product_precision: Literal["auto", "float32", "bfloat16"] = "auto"
     min_docs_new_language: int = 32
     exemplars_per_topic: int = 3
     theta_cluster_weight: float = 0.5

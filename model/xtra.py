@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xtream.model import xtra_growth
+from xtream.model.precision import matmul, uses_bf16
 from xtream.model.reconstruction import batchnorm_reconstruction_loss
 from xtream.model.xtra_growth import MomentRemap
 from xtream.model.xtra_parts import (
@@ -81,6 +82,7 @@ class XTRAConfig:
     anchor_temperature: float = 0.1           # embedding encoders: mu adds cos(embedding, topic centre) / this
     beta_projection_dim: int = 384
     word_embedding_dim: int = 512
+    product_precision: str = "auto"           # one of model.precision.PRECISIONS
     languages: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -92,6 +94,7 @@ class XTRAConfig:
             raise ValueError(f"unknown beta_alignment {self.beta_alignment!r}")
         if self.encoder_input not in ENCODER_INPUTS:
             raise ValueError(f"unknown encoder_input {self.encoder_input!r}; one of {ENCODER_INPUTS}")
+        uses_bf16(self.product_precision)   # validates
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +120,9 @@ class XTRA(nn.Module):
                  word_embeddings: dict[str, np.ndarray] | None = None, centres: np.ndarray | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        #: bfloat16 products over the vocabulary (``cfg.product_precision`` resolved on this machine)
+        self.bf16_products = uses_bf16(cfg.product_precision)
+        self._bf16_word_embeddings: dict[str, tuple[torch.Tensor, int, torch.Tensor]] = {}
         k = cfg.num_topics
         self.projections = nn.ModuleDict({   # none when the encoder reads only sentence embeddings
             lang: self.new_word_projection(v) for lang, v in cfg.vocab_sizes.items()
@@ -206,7 +212,8 @@ class XTRA(nn.Module):
         which computes the same loss and its gradient with fewer passes over the (B, V) logits.
         """
         if bow.is_sparse and self.training:
-            return batchnorm_reconstruction_loss(theta, self.betas[lang], self.decoder_norm(lang), bow)
+            return batchnorm_reconstruction_loss(theta, self.betas[lang], self.decoder_norm(lang), bow,
+                                                 bf16=self.bf16_products)
         logits = self.decoder_bn[lang](theta @ self.betas[lang])
         if not bow.is_sparse:
             return -(bow * F.log_softmax(logits, dim=1)).sum(1)
@@ -275,7 +282,18 @@ class XTRA(nn.Module):
     def _topic_vectors(self, lang: str) -> torch.Tensor:
         if self.cfg.beta_alignment == "learned_projection":
             return self.beta_projections[lang](self.betas[lang])
+        if self.bf16_products:
+            return matmul(self.aligned_topic_word(lang), self._word_embeddings_bf16(lang), bf16=True)
         return self.aligned_topic_word(lang) @ self.word_embeddings(lang)
+
+    def _word_embeddings_bf16(self, lang: str) -> torch.Tensor:
+        """``lang``'s word embeddings rounded to bfloat16, kept until the buffer is replaced or changed."""
+        words = self.word_embeddings(lang)
+        cached = self._bf16_word_embeddings.get(lang)
+        if cached is None or cached[0] is not words or cached[1] != words._version:
+            cached = (words, words._version, words.to(torch.bfloat16))
+            self._bf16_word_embeddings[lang] = cached
+        return cached[2]
 
     def beta_loss(self) -> torch.Tensor:
         """Topic k in language a vs topic k in language b, symmetric InfoNCE over all pairs."""

@@ -67,3 +67,37 @@ def test_a_second_backward_through_the_same_graph_is_refused():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="once"):
         loss.backward()
+
+
+def test_a_batchnorm_weight_other_than_one_scales_the_normalised_logits():
+    theta, beta, bn, bow = decoder(4)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(V, generator=torch.Generator().manual_seed(4)) + 0.5)
+    theta_ref, beta_ref, bn_ref = theta.detach().clone().requires_grad_(), beta.detach().clone().requires_grad_(), \
+        copy.deepcopy(bn)
+    loss = batchnorm_reconstruction_loss(theta, beta, bn, bow.to_sparse())
+    expected = reference(theta_ref, beta_ref, bn_ref, bow)
+    loss.sum().backward()
+    expected.sum().backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(beta.grad, beta_ref.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_products_stay_close_to_float32_and_are_repeatable():
+    runs = {}
+    for bf16 in (False, True, True):
+        theta, beta, bn, bow = decoder(5)
+        loss = batchnorm_reconstruction_loss(theta, beta, bn, bow.to_sparse(), bf16=bf16)
+        loss.mean().backward()
+        got = (loss.detach(), theta.grad, beta.grad, bn.bias.grad, bn.running_var)
+        if bf16 in runs:
+            for a, b in zip(runs[bf16], got):
+                assert torch.equal(a, b)
+        runs[bf16] = got
+    exact, rounded = runs[False], runs[True]
+    assert not torch.equal(exact[0], rounded[0])   # the rounding did happen
+    torch.testing.assert_close(rounded[0], exact[0], rtol=5e-3, atol=0.0)
+    for a, b in zip(exact[1:3], rounded[1:3]):
+        assert float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)) > 0.999
+    torch.testing.assert_close(rounded[3], exact[3], rtol=0.05, atol=1e-3)
+    torch.testing.assert_close(rounded[4], exact[4])   # batch statistics are float32 either way

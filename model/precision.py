@@ -1,0 +1,50 @@
+"""The precision of XTRA's products over the vocabulary (decoder and beta alignment).
+
+Those products hold most of a training step's arithmetic. In ``bfloat16`` their inputs are rounded
+to 8 significant bits and the sums accumulate in float32 (oneDNN); on a CPU that multiplies
+bfloat16 natively (``avx512_bf16`` or AMX) that halves their cost, elsewhere it is emulated and
+slower, so ``auto`` chooses by the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import torch
+
+__all__ = ["PRECISIONS", "cpu_multiplies_bf16", "has_native_bf16", "matmul", "uses_bf16"]
+
+#: The values of ``XTRAConfig.product_precision``.
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+_NATIVE_BF16 = re.compile(r"\b(avx512_bf16|amx_bf16)\b")
+
+
+def has_native_bf16(cpuinfo: str) -> bool:
+    """Whether ``/proc/cpuinfo``'s text lists a bfloat16 dot-product instruction set."""
+    return _NATIVE_BF16.search(cpuinfo) is not None
+
+
+@functools.cache
+def cpu_multiplies_bf16() -> bool:
+    """:func:`has_native_bf16` of this machine (False where ``/proc/cpuinfo`` cannot be read)."""
+    try:
+        return has_native_bf16(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return False
+
+
+def uses_bf16(precision: str) -> bool:
+    """Whether ``precision`` (one of :data:`PRECISIONS`) means bfloat16 products on this machine."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown product precision {precision!r}; one of {PRECISIONS}")
+    return precision == "bfloat16" or (precision == "auto" and cpu_multiplies_bf16())
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """``a @ b`` in float32; with ``bf16`` the inputs (and the result) are rounded to bfloat16."""
+    if not bf16:
+        return a @ b
+    return (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).float()
