@@ -156,7 +156,7 @@ class BatchSettings(_Section):
     max_records: int = Field(256, ge=1, description="records per processing batch")
     max_wait_ms: int = Field(500, ge=1, description="longest wait to fill a batch")
     max_record_bytes: int = Field(1_000_000, ge=1024)
-    prefetch_batches: int = Field(2, ge=0, le=16, description=(
+    prefetch_batches: int = Field(8, ge=0, le=16, description=(
         "polled batches the embedder may work on ahead of the loop (0 = embed in the loop); the loop "
         "learns, publishes and checkpoints meanwhile, and offsets still advance only after a batch is learned"))
 
