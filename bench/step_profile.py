@@ -13,8 +13,8 @@ One table, two kinds of rows. *Step*: the whole ``XTRATrainer.step`` of the base
 from git by :mod:`bench._baseline`) and of today's code, timed in alternating blocks of ``--steps``
 steps on the same batches, ``--repeats`` times; the median over blocks of the mean ms per step of
 each (a block holds whole cycles of the every-n-th-step beta alignment) and their ratio
-(``--ablations`` adds today's step with dense row updates, with float32 products over the
-vocabulary where the service's ``auto`` precision takes bfloat16, with the beta alignment every step,
+(``--ablations`` adds today's step with dense row updates, with every product over the
+vocabulary in float32 and in bfloat16 (``model.precision``), with the beta alignment every step,
 with the paper's 1,000-unit word projections instead of the service's width (``OnlineConfig``,
 300), and with the encoder reading the sentence embedding through a 300-unit projection instead
 of the bags of words). Today's step is the service's: its projection width, not the paper's.
@@ -238,8 +238,9 @@ def main(argv: list[str] | None = None) -> dict:
     trainers = {"baseline": _trainer(baseline, corpora, words), "current": _trainer(current, corpora, words, service)}
     if args.ablations:
         trainers["current, dense rows"] = _trainer(current, corpora, words, service, sparse_rows=False)
-        trainers["current, float32 products"] = _trainer(current, corpora, words,
-                                                         {**service, "product_precision": "float32"})
+        for precision in ("float32", "bfloat16"):
+            trainers[f"current, {precision} products"] = _trainer(current, corpora, words,
+                                                                  {**service, "product_precision": precision})
         trainers["current, beta every step"] = _trainer(current, corpora, words, service, beta_every=1)
         trainers[f"current, {PAPER_PROJECTION}-unit projections"] = _trainer(
             current, corpora, words, {"projection_units": PAPER_PROJECTION})
@@ -269,7 +270,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"wall clock {wall_ms['current'] / wall_ms['baseline']:.3f}")
     payload = {"baseline": args.baseline, "beta_every": getattr(trainers["current"], "beta_every", 1),
                "sparse_rows": getattr(trainers["current"], "sparse_rows", False),
-               "bf16_products": trainers["current"].model.bf16_products, "threads": args.threads, "batch": BATCH, "vocab": VOCAB, "topics": K,
+               "bf16_alignment": trainers["current"].model.bf16_alignment,
+               "bf16_decoder": trainers["current"].model.bf16_decoder, "threads": args.threads, "batch": BATCH, "vocab": VOCAB, "topics": K,
                "words_touched_per_batch": touched, "step_cpu_ms": step_ms, "ratio": ratio,
                "step_wall_ms": wall_ms, "wall_ratio": wall_ms["current"] / wall_ms["baseline"],
                "step_cpu_ms_all": per, "components_ms": components}

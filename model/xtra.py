@@ -94,7 +94,7 @@ class XTRAConfig:
             raise ValueError(f"unknown beta_alignment {self.beta_alignment!r}")
         if self.encoder_input not in ENCODER_INPUTS:
             raise ValueError(f"unknown encoder_input {self.encoder_input!r}; one of {ENCODER_INPUTS}")
-        uses_bf16(self.product_precision)   # validates
+        uses_bf16(self.product_precision, "decoder")   # validates
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,8 +120,10 @@ class XTRA(nn.Module):
                  word_embeddings: dict[str, np.ndarray] | None = None, centres: np.ndarray | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        #: bfloat16 products over the vocabulary (``cfg.product_precision`` resolved on this machine)
-        self.bf16_products = uses_bf16(cfg.product_precision)
+        #: bfloat16 products (``cfg.product_precision`` resolved on this machine) in the beta
+        #: alignment and in the decoder
+        self.bf16_alignment = uses_bf16(cfg.product_precision, "alignment")
+        self.bf16_decoder = uses_bf16(cfg.product_precision, "decoder")
         self._bf16_word_embeddings: dict[str, tuple[torch.Tensor, int, torch.Tensor]] = {}
         k = cfg.num_topics
         self.projections = nn.ModuleDict({   # none when the encoder reads only sentence embeddings
@@ -213,7 +215,7 @@ class XTRA(nn.Module):
         """
         if bow.is_sparse and self.training:
             return batchnorm_reconstruction_loss(theta, self.betas[lang], self.decoder_norm(lang), bow,
-                                                 bf16=self.bf16_products)
+                                                 bf16=self.bf16_decoder)
         logits = self.decoder_bn[lang](theta @ self.betas[lang])
         if not bow.is_sparse:
             return -(bow * F.log_softmax(logits, dim=1)).sum(1)
@@ -282,7 +284,7 @@ class XTRA(nn.Module):
     def _topic_vectors(self, lang: str) -> torch.Tensor:
         if self.cfg.beta_alignment == "learned_projection":
             return self.beta_projections[lang](self.betas[lang])
-        if self.bf16_products:
+        if self.bf16_alignment:
             return matmul(self.aligned_topic_word(lang), self._word_embeddings_bf16(lang), bf16=True)
         return self.aligned_topic_word(lang) @ self.word_embeddings(lang)
 
