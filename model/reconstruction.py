@@ -63,8 +63,7 @@ class _BatchNormCrossEntropy(torch.autograd.Function):
         exp = y.sub_(top).exp_()             # y is not needed again: its buffer holds exp(y - max)
         total = exp.sum(dim=1)
         lse = top.squeeze(1) + total.log()
-        ctx.save_for_backward(beta, centred, cov, cov_beta, var, scale, weights, exp, total, length, flat, counts,
-                              docs)
+        ctx.save_for_backward(beta, centred, cov_beta, var, scale, weights, exp, total, length, flat, counts, docs)
         ctx.eps, ctx.bf16, ctx.spent = bn.eps, bf16, False
         return length * lse - y.new_zeros(n).index_add_(0, docs, picked)
 
@@ -73,7 +72,7 @@ class _BatchNormCrossEntropy(torch.autograd.Function):
         if ctx.spent:
             raise RuntimeError("the reconstruction loss can be back-propagated once (its softmax is reused in place)")
         ctx.spent = True
-        beta, centred, cov, cov_beta, var, scale, weights, exp, total, length, flat, counts, docs = ctx.saved_tensors
+        beta, centred, cov_beta, var, scale, weights, exp, total, length, flat, counts, docs = ctx.saved_tensors
         grad_y = exp.mul_((grad * length / total)[:, None])   # n * softmax(y), scaled by the incoming gradient
         grad_y.view(-1).index_add_(0, flat, (grad.index_select(0, docs) * counts).neg_())
         grad_bias = grad_y.sum(dim=0) if ctx.needs_input_grad[2] else None
