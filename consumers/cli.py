@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from xtream.consumers.log_repeats import RepeatedRecords
+
 app = typer.Typer(help="xtream: streaming cross-lingual topic modelling (XTRA) over Kafka.",
                   no_args_is_help=True, add_completion=False)
 console = Console()
@@ -51,6 +53,7 @@ def _configure_logging(level: str, json_logs: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     plain = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(_JsonFormatter() if json_logs else plain)
+    handler.addFilter(RepeatedRecords("kafka"))   # a broker outage would log each reconnection attempt
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     for noisy in ("kafka", "sentence_transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
