@@ -128,8 +128,17 @@ class KafkaSource(Source):
 
         poll() does not fail while the broker is down or stalled: it returns nothing. The
         heartbeats (every ``heartbeat_interval_ms``, from kafka-python's IO thread) do stop being
-        answered, and that tells a dead or frozen broker from a quiet topic.
+        answered, and that tells a dead or frozen broker from a quiet topic. kafka-python's
+        ``last-heartbeat-seconds-ago`` metric counts from the last heartbeat *sent*, and attempts
+        go on while the broker is gone, so the answers are read from its heartbeat state, with the
+        metric as the fallback of a client that lacks it.
         """
+        heartbeat = getattr(getattr(self._consumer, "_coordinator", None), "heartbeat", None)
+        answered = getattr(heartbeat, "last_receive", None)
+        if answered is not None:
+            ago = time.monotonic() - max(answered, getattr(heartbeat, "last_reset", answered))
+            self._reachable = ago < HEARTBEAT_SILENCE_SECONDS
+            return self._reachable
         try:
             ago = self._consumer.metrics()["consumer-coordinator-metrics"]["last-heartbeat-seconds-ago"]
         except (KeyError, TypeError):
