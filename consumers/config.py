@@ -207,7 +207,7 @@ class ModelSettings(_Section):
     product_precision: Literal["auto", "float32", "bfloat16"] = Field(_ONLINE.product_precision, description=(
         "XTRA's products over the vocabulary in bfloat16 (float32 sums) or float32: 'auto' rounds the beta "
         "alignment's where the CPU multiplies bfloat16 natively (avx512_bf16, AMX), halving their cost; "
-        "'bfloat16' rounds the decoder's too (cheaper still, ~0.01 lower cross-lingual accuracy; bench/README.md)"))
+        "'bfloat16' rounds the decoder's too (cheaper still, at a cost in quality measured in bench/README.md)"))
     exemplars_per_topic: int = Field(_ONLINE.exemplars_per_topic, ge=1,
         description="representative documents kept per topic and language")
     kmeans_decay: float = Field(_ONLINE.kmeans_decay,

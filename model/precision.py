@@ -5,9 +5,9 @@ Those products hold most of a training step's arithmetic. In bfloat16 their inpu
 natively (``avx512_bf16`` or AMX) that halves their cost, elsewhere it is emulated and slower.
 
 - ``auto``: the beta alignment in bfloat16 where the CPU multiplies it natively, the decoder in
-  float32. The alignment compares topic vectors that average the whole vocabulary's embeddings, so
-  rounding them costs no measured quality; rounding the decoder's products lowered cross-lingual
-  accuracy towards Chinese by about 0.01 on EC News (bench/README.md, the step profile).
+  float32. The alignment compares topic vectors that average the whole vocabulary's embeddings,
+  where rounding averages out; the decoder's products feed every document's reconstruction
+  directly (bench/README.md, the step profile, compares the two on quality).
 - ``bfloat16``: both, on any CPU.
 - ``float32``: neither.
 """
