@@ -100,4 +100,6 @@ def test_bfloat16_products_stay_close_to_float32_and_are_repeatable():
     for a, b in zip(exact[1:3], rounded[1:3]):
         assert float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)) > 0.999
     torch.testing.assert_close(rounded[3], exact[3], rtol=0.05, atol=1e-3)
-    torch.testing.assert_close(rounded[4], exact[4])   # batch statistics are float32 either way
+    # the batch variances come from the rounded product, accumulated in float32
+    torch.testing.assert_close(rounded[4], exact[4], rtol=5e-3, atol=1e-6)
+    assert not torch.equal(rounded[4], exact[4])
