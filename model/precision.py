@@ -1,15 +1,15 @@
-"""The precision of XTRA's products over the vocabulary: the beta alignment's and the decoder's.
+"""The precision of XTRA's largest products: the beta alignment's, the decoder's and the encoder's.
 
 Those products hold most of a training step's arithmetic. In bfloat16 their inputs are rounded to
 8 significant bits and the sums accumulate in float32 (oneDNN); on a CPU that multiplies bfloat16
 natively (``avx512_bf16`` or AMX) that halves their cost, elsewhere it is emulated and slower.
 
-- ``auto``: the beta alignment in bfloat16 where the CPU multiplies it natively, the decoder in
-  float32. The alignment compares topic vectors that average the whole vocabulary's embeddings,
-  where rounding averages out; the decoder's products feed every document's reconstruction
-  directly (bench/README.md, the step profile, compares the two on quality).
-- ``bfloat16``: both, on any CPU.
-- ``float32``: neither.
+- ``auto``: the beta alignment in bfloat16 where the CPU multiplies it natively, the decoder and
+  the encoder in float32. The alignment compares topic vectors that average the whole vocabulary's
+  embeddings, where rounding averages out; the decoder's products feed every document's
+  reconstruction directly (bench/README.md, the step profile, compares the choices on quality).
+- ``bfloat16``: all three (the encoder's two hidden layers), on any CPU.
+- ``float32``: none.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["PRECISIONS", "cpu_multiplies_bf16", "has_native_bf16", "matmul", "uses_bf16"]
+__all__ = ["PRECISIONS", "cpu_multiplies_bf16", "has_native_bf16", "linear", "matmul", "uses_bf16"]
 
 #: The values of ``XTRAConfig.product_precision``.
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -43,7 +45,7 @@ def cpu_multiplies_bf16() -> bool:
         return False
 
 
-def uses_bf16(precision: str, part: Literal["alignment", "decoder"]) -> bool:
+def uses_bf16(precision: str, part: Literal["alignment", "decoder", "encoder"]) -> bool:
     """Whether ``precision`` (one of :data:`PRECISIONS`) rounds ``part``'s products on this machine."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown product precision {precision!r}; one of {PRECISIONS}")
@@ -57,3 +59,12 @@ def matmul(a: torch.Tensor, b: torch.Tensor, bf16: bool) -> torch.Tensor:
     if not bf16:
         return a @ b
     return (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).float()
+
+
+def linear(x: torch.Tensor, layer: nn.Linear, bf16: bool) -> torch.Tensor:
+    """``layer(x)``; with ``bf16`` the input and the weight are rounded to bfloat16, the bias is
+    added in float32 to the widened product."""
+    if not bf16:
+        return cast(torch.Tensor, layer(x))
+    out = F.linear(x.to(torch.bfloat16), layer.weight.to(torch.bfloat16)).float()
+    return out if layer.bias is None else out + layer.bias

@@ -137,7 +137,8 @@ class XTRA(nn.Module):
             with torch.no_grad():
                 self.topic_centres.weight.copy_(torch.zeros(k, cfg.embedding_dim) if centres is None
                                                 else torch.as_tensor(centres).float() / cfg.anchor_temperature)
-        self.encoder = SharedEncoder(cfg.projection_units, cfg.encoder_units, cfg.num_topics, cfg.dropout)
+        self.encoder = SharedEncoder(cfg.projection_units, cfg.encoder_units, cfg.num_topics, cfg.dropout,
+                                     bf16=uses_bf16(cfg.product_precision, "encoder"))
         self.betas = nn.ParameterDict({
             lang: nn.Parameter(torch.as_tensor(betas[lang]).float().clone() if betas and lang in betas
                                else torch.randn(k, v) * 0.02)
@@ -261,17 +262,22 @@ class XTRA(nn.Module):
         return kl
 
     def cluster_loss(self, theta: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
-        """Supervised contrastive loss on normalised thetas; anchors without a positive are skipped."""
-        z = F.normalize(theta, dim=1)
-        logits = z @ z.T / self.cfg.temperature
-        self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
-        logits = logits.masked_fill(self_mask, float("-inf"))
-        positives = (clusters[:, None] == clusters[None, :]) & ~self_mask
-        has_pos = positives.any(1)
-        if not has_pos.any():
+        """Supervised contrastive loss on normalised thetas; anchors without a positive are skipped.
+
+        Anchor i's term is ``log sum_{j != i} exp(s_ij / t) - log sum_{j positive} exp(s_ij / t)``
+        with ``s`` the cosines. Both sums are taken from one ``exp((s - 1) / t)``: a cosine is at
+        most 1 (the diagonal's), so that is the row's maximum taken out, as ``logsumexp`` does.
+        """
+        same = clusters[:, None] == clusters[None, :]
+        has_pos = same.sum(dim=1) > 1
+        if not bool(has_pos.any()):
             return theta.new_zeros(())
-        log_all = torch.logsumexp(logits, dim=1)
-        log_pos = torch.logsumexp(logits.masked_fill(~positives, float("-inf")), dim=1)
+        z = F.normalize(theta, dim=1)
+        scaled = torch.exp((z @ z.T - 1.0) / self.cfg.temperature)
+        scaled = scaled.masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), 0.0)
+        tiny = torch.finfo(scaled.dtype).tiny   # an anchor's sums underflow only at a tiny temperature
+        log_all = scaled.sum(dim=1).clamp_min(tiny).log()
+        log_pos = (scaled * same).sum(dim=1).clamp_min(tiny).log()
         return (log_all - log_pos)[has_pos].mean()
 
     def infonce_loss(self, theta: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:

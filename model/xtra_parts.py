@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xtream.model.precision import linear
+
 __all__ = ["Dropout", "SharedEncoder", "WordProjection", "dirichlet_laplace_prior", "init_beta_from_clusters",
            "remap_index"]
 
@@ -159,10 +161,15 @@ class Dropout(nn.Dropout):
 
 
 class SharedEncoder(nn.Module):
-    """Projected BoW (B, P) -> (mu, logvar), each (B, K), batch-normalised as in ProdLDA."""
+    """Projected BoW (B, P) -> (mu, logvar), each (B, K), batch-normalised as in ProdLDA.
 
-    def __init__(self, in_features: int, units: int, num_topics: int, dropout: float) -> None:
+    ``bf16`` (an attribute, not state) rounds the inputs of the two hidden layers' products to
+    bfloat16 (:func:`model.precision.linear`); the outputs are float32.
+    """
+
+    def __init__(self, in_features: int, units: int, num_topics: int, dropout: float, bf16: bool = False) -> None:
         super().__init__()
+        self.bf16 = bf16   # the hidden layers' products in bfloat16 (model.precision)
         self.fc1 = nn.Linear(in_features, units)
         self.fc2 = nn.Linear(units, units)
         self.drop = Dropout(dropout)
@@ -173,8 +180,13 @@ class SharedEncoder(nn.Module):
         for bn in (self.mu_bn, self.logvar_bn):
             bn.weight.requires_grad_(False)   # scale fixed at 1: BN only centres, as in ProdLDA
 
+    def hidden(self, h: torch.Tensor) -> torch.Tensor:
+        """The two softplus layers and dropout; their products in bfloat16 when ``self.bf16``."""
+        h = F.softplus(linear(F.softplus(linear(h, self.fc1, self.bf16)), self.fc2, self.bf16))
+        return cast(torch.Tensor, self.drop(h))
+
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.drop(F.softplus(self.fc2(F.softplus(self.fc1(h)))))
+        h = self.hidden(h)
         return self.mu_bn(self.mu(h)), self.logvar_bn(self.logvar(h))
 
     def forward_many(self, hs: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -182,7 +194,7 @@ class SharedEncoder(nn.Module):
         products), the BatchNorms on each batch apart, in order, as separate calls would."""
         if len(hs) == 1:
             return [self(hs[0])]
-        h = self.drop(F.softplus(self.fc2(F.softplus(self.fc1(torch.cat(hs))))))
+        h = self.hidden(torch.cat(hs))
         mus, logvars = self.mu(h).split([len(x) for x in hs]), self.logvar(h).split([len(x) for x in hs])
         return [(self.mu_bn(mu), self.logvar_bn(logvar)) for mu, logvar in zip(mus, logvars)]
 

@@ -24,7 +24,7 @@ def test_auto_rounds_only_the_alignment_and_only_on_a_native_cpu(monkeypatch, na
     monkeypatch.setattr(precision, "cpu_multiplies_bf16", lambda: native)
     assert precision.uses_bf16("auto", "alignment") is native
     assert not precision.uses_bf16("auto", "decoder")
-    for part in ("alignment", "decoder"):
+    for part in ("alignment", "decoder", "encoder"):
         assert precision.uses_bf16("bfloat16", part) and not precision.uses_bf16("float32", part)
     vocabs = {"vocab_sizes": {"en": 20, "zh": 30}, "num_topics": 4, "embedding_dim": 8, "word_embedding_dim": 8}
     net = XTRA(XTRAConfig(**vocabs))
@@ -58,3 +58,23 @@ def test_bfloat16_beta_alignment_is_close_and_follows_a_changed_vocabulary():
             net.word_embeddings_zh.mul_(-1.0)
     assert float(exact.beta_loss().detach()) != pytest.approx(before, rel=0.05)
     assert float(rounded.beta_loss().detach()) == pytest.approx(float(exact.beta_loss().detach()), rel=5e-3)
+
+
+def test_bfloat16_encoder_layers_are_close_to_float32_in_value_and_gradient():
+    cfg = {"vocab_sizes": {"en": 50}, "num_topics": 6, "embedding_dim": 8, "projection_units": 64,
+           "encoder_units": 32, "dropout": 0.0}
+    torch.manual_seed(0)
+    exact = XTRA(XTRAConfig(product_precision="float32", **cfg))
+    rounded = XTRA(XTRAConfig(product_precision="bfloat16", **cfg))
+    rounded.load_state_dict(exact.state_dict())
+    assert rounded.encoder.bf16 and not exact.encoder.bf16
+    h = torch.randn(16, 64, generator=torch.Generator().manual_seed(3))
+    outputs, grads = [], []
+    for net in (exact, rounded):
+        mu, logvar = net.encoder(h)
+        (mu.square().sum() + logvar.sum()).backward()
+        outputs.append(torch.cat([mu, logvar], dim=1).detach())
+        grads.append(net.encoder.fc1.weight.grad.flatten())
+    assert not torch.equal(*outputs)   # the rounding did happen
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0.0, atol=0.05)
+    assert float(torch.nn.functional.cosine_similarity(*grads, dim=0)) > 0.999

@@ -197,6 +197,25 @@ def test_cluster_loss_matches_the_formula_on_a_hand_computed_case():
     assert float(net.cluster_loss(theta, clusters)) == pytest.approx(expected, rel=1e-6)
 
 
+def test_cluster_loss_and_its_gradient_equal_the_logsumexp_formula():
+    net = model(temperature=0.2)
+    g = torch.Generator().manual_seed(7)
+    theta = torch.softmax(3 * torch.randn(40, K, generator=g), dim=1).requires_grad_()
+    clusters = torch.randint(0, 12, (40,), generator=g)
+    clusters[0] = 99   # an anchor without a positive
+    z = F.normalize(theta, dim=1)
+    eye = torch.eye(40, dtype=torch.bool)
+    logits = (z @ z.T / 0.2).masked_fill(eye, float("-inf"))
+    pos = (clusters[:, None] == clusters[None, :]) & ~eye
+    terms = torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~pos, float("-inf")), 1)
+    expected = terms[pos.any(1)].mean()
+    (want,) = torch.autograd.grad(expected, theta)
+    loss = net.cluster_loss(theta, clusters)
+    (got,) = torch.autograd.grad(loss, theta)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(got, want)
+
+
 def test_cluster_loss_is_large_when_clusters_are_mixed_up():
     net = model()
     theta, clusters = separated_thetas()
