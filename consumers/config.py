@@ -205,9 +205,9 @@ class ModelSettings(_Section):
     projection_units: int = Field(_ONLINE.projection_units, ge=8,
         description="width of the layer that feeds XTRA's shared encoder (the paper's: 1,000; bench/README.md)")
     product_precision: Literal["auto", "float32", "bfloat16"] = Field(_ONLINE.product_precision, description=(
-        "XTRA's products over the vocabulary in bfloat16 (float32 sums) or float32: 'auto' rounds the beta "
-        "alignment's where the CPU multiplies bfloat16 natively (avx512_bf16, AMX), halving their cost; "
-        "'bfloat16' rounds the decoder's too (cheaper still, at a cost in quality measured in bench/README.md)"))
+        "XTRA's largest products (beta alignment, decoder, encoder) in bfloat16 (float32 sums) or float32: "
+        "'auto' is bfloat16 where the CPU multiplies it natively (avx512_bf16, AMX), float32 elsewhere, "
+        "where bfloat16 is emulated and slower; quality compared in bench/README.md"))
     exemplars_per_topic: int = Field(_ONLINE.exemplars_per_topic, ge=1,
         description="representative documents kept per topic and language")
     kmeans_decay: float = Field(_ONLINE.kmeans_decay,

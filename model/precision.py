@@ -3,12 +3,11 @@
 Those products hold most of a training step's arithmetic. In bfloat16 their inputs are rounded to
 8 significant bits and the sums accumulate in float32 (oneDNN); on a CPU that multiplies bfloat16
 natively (``avx512_bf16`` or AMX) that halves their cost, elsewhere it is emulated and slower.
+Everything between the products (softmaxes, batch statistics, losses, the optimizer) stays float32.
 
-- ``auto``: the beta alignment in bfloat16 where the CPU multiplies it natively, the decoder and
-  the encoder in float32. The alignment compares topic vectors that average the whole vocabulary's
-  embeddings, where rounding averages out; the decoder's products feed every document's
-  reconstruction directly (bench/README.md, the step profile, compares the choices on quality).
-- ``bfloat16``: all three (the encoder's two hidden layers), on any CPU.
+- ``auto``: all three in bfloat16 where the CPU multiplies it natively, float32 elsewhere
+  (bench/README.md, the step profile, compares the choices on quality).
+- ``bfloat16``: all three, on any CPU.
 - ``float32``: none.
 """
 
@@ -28,6 +27,7 @@ __all__ = ["PRECISIONS", "cpu_multiplies_bf16", "has_native_bf16", "linear", "ma
 #: The values of ``XTRAConfig.product_precision``.
 PRECISIONS = ("auto", "float32", "bfloat16")
 
+_PARTS = ("alignment", "decoder", "encoder")
 _NATIVE_BF16 = re.compile(r"\b(avx512_bf16|amx_bf16)\b")
 
 
@@ -50,7 +50,7 @@ def uses_bf16(precision: str, part: Literal["alignment", "decoder", "encoder"]) 
     if precision not in PRECISIONS:
         raise ValueError(f"unknown product precision {precision!r}; one of {PRECISIONS}")
     if precision == "auto":
-        return part == "alignment" and cpu_multiplies_bf16()
+        return part in _PARTS and cpu_multiplies_bf16()
     return precision == "bfloat16"
 
 

@@ -20,17 +20,18 @@ def test_native_bfloat16_is_read_from_the_cpus_flags():
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_rounds_only_the_alignment_and_only_on_a_native_cpu(monkeypatch, native):
+def test_auto_rounds_only_on_a_cpu_that_multiplies_bfloat16(monkeypatch, native):
     monkeypatch.setattr(precision, "cpu_multiplies_bf16", lambda: native)
-    assert precision.uses_bf16("auto", "alignment") is native
-    assert not precision.uses_bf16("auto", "decoder")
     for part in ("alignment", "decoder", "encoder"):
+        assert precision.uses_bf16("auto", part) is native
         assert precision.uses_bf16("bfloat16", part) and not precision.uses_bf16("float32", part)
     vocabs = {"vocab_sizes": {"en": 20, "zh": 30}, "num_topics": 4, "embedding_dim": 8, "word_embedding_dim": 8}
     net = XTRA(XTRAConfig(**vocabs))
-    assert (net.bf16_alignment, net.bf16_decoder) == (native, False)
+    assert (net.bf16_alignment, net.bf16_decoder, net.encoder.bf16) == (native, native, native)
     net = XTRA(XTRAConfig(product_precision="bfloat16", **vocabs))
-    assert (net.bf16_alignment, net.bf16_decoder) == (True, True)
+    assert (net.bf16_alignment, net.bf16_decoder, net.encoder.bf16) == (True, True, True)
+    net = XTRA(XTRAConfig(product_precision="float32", **vocabs))
+    assert (net.bf16_alignment, net.bf16_decoder, net.encoder.bf16) == (False, False, False)
 
 
 def test_an_unknown_precision_is_refused():
