@@ -14,7 +14,7 @@ from git by :mod:`bench._baseline`) and of today's code, timed in alternating bl
 steps on the same batches, ``--repeats`` times; the median over blocks of the mean ms per step of
 each (a block holds whole cycles of the every-n-th-step beta alignment) and their ratio
 (``--ablations`` adds today's step with dense row updates, with every product over the
-vocabulary in float32 and in bfloat16 (``model.precision``), with the beta alignment every step,
+vocabulary in float32 and in bfloat16 (``model.precision``), with the beta alignment every step and every 8th,
 with the paper's 1,000-unit word projections instead of the service's width (``OnlineConfig``,
 300), and with the encoder reading the sentence embedding through a 300-unit projection instead
 of the bags of words). Today's step is the service's: its projection width, not the paper's.
@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
             trainers[f"current, {precision} products"] = _trainer(current, corpora, words,
                                                                   {**service, "product_precision": precision})
         trainers["current, beta every step"] = _trainer(current, corpora, words, service, beta_every=1)
+        trainers["current, beta every 8th step"] = _trainer(current, corpora, words, service, beta_every=8)
         trainers[f"current, {PAPER_PROJECTION}-unit projections"] = _trainer(
             current, corpora, words, {"projection_units": PAPER_PROJECTION})
         trainers[f"current, embedding encoder, {NARROW_PROJECTION} units"] = _trainer(
