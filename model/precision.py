@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PRECISIONS", "cpu_multiplies_bf16", "has_native_bf16", "linear", "matmul", "uses_bf16"]
+__all__ = ["PRECISIONS", "cpu_multiplies_bf16", "has_native_bf16", "linear", "matmul", "operand", "uses_bf16"]
 
 #: The values of ``XTRAConfig.product_precision``.
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -54,11 +54,14 @@ def uses_bf16(precision: str, part: Literal["alignment", "decoder", "encoder"]) 
     return precision == "bfloat16"
 
 
+def operand(t: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """``t`` as a product's operand: rounded to bfloat16 with ``bf16``, as it is otherwise."""
+    return t.to(torch.bfloat16) if bf16 else t
+
+
 def matmul(a: torch.Tensor, b: torch.Tensor, bf16: bool) -> torch.Tensor:
     """``a @ b`` in float32; with ``bf16`` the inputs (and the result) are rounded to bfloat16."""
-    if not bf16:
-        return a @ b
-    return (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).float()
+    return (operand(a, bf16) @ operand(b, bf16)).float()
 
 
 def linear(x: torch.Tensor, layer: nn.Linear, bf16: bool) -> torch.Tensor:
@@ -66,5 +69,5 @@ def linear(x: torch.Tensor, layer: nn.Linear, bf16: bool) -> torch.Tensor:
     added in float32 to the widened product."""
     if not bf16:
         return cast(torch.Tensor, layer(x))
-    out = F.linear(x.to(torch.bfloat16), layer.weight.to(torch.bfloat16)).float()
+    out = F.linear(operand(x, True), operand(layer.weight, True)).float()
     return out if layer.bias is None else out + layer.bias

@@ -22,6 +22,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from xtream.model.precision import operand
+
 __all__ = ["batchnorm_reconstruction_loss"]
 
 
@@ -37,10 +39,6 @@ def _update_running_statistics(bn: nn.BatchNorm1d, mean: torch.Tensor, var: torc
     bn.running_var.mul_(1.0 - factor).add_(var, alpha=factor * n / max(n - 1, 1))
 
 
-def _operand(t: torch.Tensor, bf16: bool) -> torch.Tensor:
-    return t.to(torch.bfloat16) if bf16 else t
-
-
 def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` in float32 (bfloat16 operands accumulate in float32; the result is widened)."""
     return (a @ b).float()
@@ -52,8 +50,8 @@ class _BatchNormCrossEntropy(torch.autograd.Function):
                 docs: torch.Tensor, words: torch.Tensor, counts: torch.Tensor, bf16: bool) -> torch.Tensor:
         n = len(theta)
         mean_theta = theta.mean(dim=0)
-        centred = _operand(theta - mean_theta, bf16)
-        beta_op = _operand(beta, bf16)
+        centred = operand(theta - mean_theta, bf16)
+        beta_op = operand(beta, bf16)
         u = _product(centred, beta_op)
         var = u.square().mean(dim=0)
         _update_running_statistics(bn, mean_theta @ beta, var, n)
@@ -84,7 +82,7 @@ class _BatchNormCrossEntropy(torch.autograd.Function):
             return None, None, grad_bias, None, None, None, None, None
         # y = u * s + b, s = w * (var + eps)^-1/2, var = mean_b u^2
         grad_var = (grad_y * u).sum(dim=0).mul_(scale).div_(var + ctx.eps).mul_(-0.5)
-        grad_u = _operand(grad_y.mul_(scale).addcmul_(u, grad_var, value=2.0 / len(u)), ctx.bf16)
+        grad_u = operand(grad_y.mul_(scale).addcmul_(u, grad_var, value=2.0 / len(u)), ctx.bf16)
         grad_beta = _product(centred.T, grad_u) if ctx.needs_input_grad[1] else None
         grad_theta = None
         if ctx.needs_input_grad[0]:

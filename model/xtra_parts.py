@@ -169,7 +169,7 @@ class SharedEncoder(nn.Module):
 
     def __init__(self, in_features: int, units: int, num_topics: int, dropout: float, bf16: bool = False) -> None:
         super().__init__()
-        self.bf16 = bf16   # the hidden layers' products in bfloat16 (model.precision)
+        self.bf16 = bf16
         self.fc1 = nn.Linear(in_features, units)
         self.fc2 = nn.Linear(units, units)
         self.drop = Dropout(dropout)
