@@ -190,8 +190,11 @@ def profile_components(trainer, batch: dict, n: int) -> dict[str, float]:
             loss().backward()
         return run
     out["cluster contrastive loss"] = _median_ms(fresh(lambda: model.cluster_loss(all_theta, clusters)), n)
-    out["InfoNCE (theta -> embedding)"] = _median_ms(
-        fresh(lambda: sum(model.infonce_loss(theta[lang], batch[lang]["embedding"]) for lang in langs)), n)
+    def infonce():
+        if hasattr(model, "infonce_many"):   # the languages' batches at once
+            return model.infonce_many([theta[lang] for lang in langs], [batch[lang]["embedding"] for lang in langs])
+        return sum(model.infonce_loss(theta[lang], batch[lang]["embedding"]) for lang in langs)
+    out["InfoNCE (theta -> embedding)"] = _median_ms(fresh(infonce), n)
     out["beta alignment (per step: cost / beta_every)"] = \
         _median_ms(fresh(model.beta_loss), n) / getattr(trainer, "beta_every", 1)
 

@@ -282,10 +282,22 @@ class XTRA(nn.Module):
 
     def infonce_loss(self, theta: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         """Each document's projected theta should be closest to its own sentence embedding."""
-        p = F.normalize(self.theta_to_embedding(theta), dim=1)
-        e = F.normalize(embeddings, dim=1)
-        logits = p @ e.T / self.cfg.nce_temperature
-        return F.cross_entropy(logits, torch.arange(len(p), device=p.device))
+        return self.infonce_many([theta], [embeddings])
+
+    def infonce_many(self, thetas: list[torch.Tensor], embeddings: list[torch.Tensor]) -> torch.Tensor:
+        """The sum over batches (one per language) of :meth:`infonce_loss`: the documents of a batch
+        are each other's negatives. The projection runs once on the batches stacked, and batches of
+        one size share one batched product of their logits."""
+        sizes = [len(t) for t in thetas]
+        p = F.normalize(self.theta_to_embedding(torch.cat(thetas)), dim=1)
+        e = F.normalize(torch.cat(embeddings), dim=1)
+        t, n, batches = self.cfg.nce_temperature, sizes[0], len(sizes)
+        if sizes != [n] * batches:
+            return torch.stack([F.cross_entropy(a @ b.T / t, torch.arange(len(a), device=a.device))
+                                for a, b in zip(torch.split(p, sizes), torch.split(e, sizes))]).sum()
+        logits = torch.bmm(p.view(batches, n, -1), e.view(batches, n, -1).transpose(1, 2)) / t
+        target = torch.arange(n, device=p.device).repeat(batches)
+        return F.cross_entropy(logits.view(-1, n), target, reduction="none").view(batches, n).mean(dim=1).sum()
 
     def _topic_vectors(self, lang: str) -> torch.Tensor:
         if self.cfg.beta_alignment == "learned_projection":
@@ -341,14 +353,14 @@ class XTRA(nn.Module):
             thetas[lang] = theta
             clusters.append(data["cluster"])
             if cfg.lambda_nce > 0 and "embedding" in data:
-                nce.append(self.infonce_loss(theta, data["embedding"]))
+                nce.append((theta, data["embedding"]))
         all_theta = torch.cat(list(thetas.values()))
         if cfg.lambda_cluster > 0:
             l_cluster = self.cluster_loss(all_theta, torch.cat(clusters))
             loss = loss + cfg.lambda_cluster * l_cluster
             parts["cluster"] = float(l_cluster.detach())
         if nce:
-            l_nce = torch.stack(nce).sum()
+            l_nce = self.infonce_many([t for t, _ in nce], [e for _, e in nce])
             loss = loss + cfg.lambda_nce * l_nce
             parts["infonce"] = float(l_nce.detach())
         if cfg.lambda_beta > 0 and beta_weight > 0:

@@ -244,6 +244,27 @@ def test_infonce_is_low_when_each_projected_theta_points_at_its_own_embedding():
     assert float(matched) < 0.01 < math.log(K) < float(mismatched)
 
 
+@pytest.mark.parametrize("sizes", [(6, 6, 6), (6, 4, 5)])
+def test_infonce_of_several_batches_at_once_is_the_sum_of_each_alone(sizes):
+    """Stacked batches (one product for equal sizes, a loop otherwise) give each batch's own loss,
+    with each batch's documents the only negatives, and the same gradients."""
+    net = model(nce_temperature=0.3).eval()   # no dropout: the two computations see the same projection
+    g = torch.Generator().manual_seed(0)
+    thetas = [torch.softmax(torch.randn(n, K, generator=g), 1).requires_grad_() for n in sizes]
+    embeddings = [torch.randn(n, net.cfg.embedding_dim, generator=g) for n in sizes]
+    together = net.infonce_many(thetas, embeddings)
+    grads = torch.autograd.grad(together, thetas)
+    alone = [net.infonce_loss(t, e) for t, e in zip(thetas, embeddings)]
+    expected = torch.autograd.grad(sum(alone), thetas)
+    assert together.item() == pytest.approx(sum(a.item() for a in alone), rel=1e-6)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():   # a batch's negatives are its own documents: moving another batch changes only that one's term
+        moved = [embeddings[0], embeddings[1].flip(0), embeddings[2]]
+        others = net.infonce_many(thetas, moved) - net.infonce_loss(thetas[1], moved[1])
+    assert others.item() == pytest.approx(alone[0].item() + alone[2].item(), rel=1e-5)
+
+
 def test_kl_is_zero_at_the_prior_and_positive_away_from_it():
     mu, var = dirichlet_laplace_prior(np.array([1.0, 2.0, 3.0]))
     net = XTRA(config(), prior_mu=mu, prior_var=var)
