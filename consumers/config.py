@@ -225,13 +225,16 @@ class ModelSettings(_Section):
     max_training_debt_steps: float = Field(40.0, gt=0, description=(
         "gradient steps the trainer may owe (train_steps per train_every_docs documents learned); past "
         "this the loop trains itself and intake waits, so training keeps up whatever the host's load"))
-    warmup_within_docs: int = Field(2000, ge=1, description=(
+    warmup_within_docs: int = Field(8000, ge=1, description=(
         "documents after XTRA's initialisation by which its warm-up steps are done, even during a backlog"))
     train_max_share: float = Field(1.0, gt=0, le=1, description=(
         "most of the wall time training may take (a duty cycle); below 1 it leaves CPU to ingestion"))
     train_nice: int = Field(19, ge=0, le=19, description=(
         "niceness added to the training thread (Linux), so ingestion gets the CPU first and training "
         "takes what is left (an idle host loses nothing)"))
+    train_batch_scheduling: bool = Field(True, description=(
+        "schedule the training thread as a batch job (Linux SCHED_BATCH): the CPU share its niceness "
+        "gives, but it does not preempt the threads and the embedder process that wake up to ingest"))
     prevalence_momentum: float = Field(_ONLINE.prevalence_momentum, gt=0, lt=1,
         description="per-batch momentum of the topic prevalence estimate")
     lr: float = Field(_ONLINE.lr, gt=0, description="XTRA's Adam learning rate")

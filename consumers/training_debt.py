@@ -12,8 +12,10 @@ The debt makes the trainer's share independent of how busy the host is. Once XTR
 
 The debt is what is owed minus the steps done since. When it passes ``max_steps``, or the warm-up is
 overdue, the loop itself trains (at the loop's priority, while intake waits) until nothing is owed:
-intake slows exactly as much as training needs. On an idle host the background thread keeps the
-debt near zero and the loop never pays.
+intake slows exactly as much as training needs. While the background thread is inside a slice it is
+paying already, and the loop does not queue behind it unless the warm-up is late or, once the model
+is warm, the debt is past twice its bound. On an idle host the background thread keeps the debt
+near zero and the loop never pays.
 
 The origin is taken when this process first sees an initialised model; a restarted process starts
 a fresh account from the checkpoint's state (including the warm-up steps it still had to run).
@@ -68,13 +70,14 @@ class TrainingDebt:
         owed = warmup0 * min(1.0, docs / self.warmup_within_docs) + self.steps_per_doc * docs
         return owed - (done - steps0)
 
-    def overdue(self, model: OnlineTopicModel) -> bool:
-        """The debt passed its bound, or the warm-up outlived ``warmup_within_docs`` documents."""
-        debt = self.steps(model)
-        if debt > self.max_steps:
-            return True
-        late = self._origin is not None and model.n_docs - self._origin[0] >= self.warmup_within_docs
-        return late and not model.is_warm and debt > 0
+    def overdue(self, model: OnlineTopicModel, factor: float = 1.0) -> bool:
+        """The debt passed ``factor`` times its bound, or the warm-up is :meth:`late`."""
+        return self.steps(model) > factor * self.max_steps or self.late(model)
+
+    def late(self, model: OnlineTopicModel) -> bool:
+        """The warm-up outlived ``warmup_within_docs`` documents with steps still owed."""
+        started = self._origin is not None and model.n_docs - self._origin[0] >= self.warmup_within_docs
+        return started and not model.is_warm and self.steps(model) > 0
 
     def pay(self, model: OnlineTopicModel, stop: Callable[[], bool]) -> int:
         """Train on the calling thread until nothing is owed (or ``stop()``); returns the steps run."""

@@ -1,10 +1,10 @@
 """The trainer: when and where the model's gradient steps run.
 
 Every ``train_every_docs`` documents a bounded training slice is due. With ``train_in_background``
-it runs on a worker thread at a lower priority (``train_nice``) and within a duty cycle
-(``train_max_share``), so that ingestion gets the CPU first; slices requested while one runs
-coalesce. When that thread falls behind, the loop pays the training debt itself
-(:mod:`consumers.training_debt`).
+it runs on a worker thread at a lower priority (``train_nice``), as a batch job
+(``train_batch_scheduling``) and within a duty cycle (``train_max_share``), so that ingestion gets
+the CPU first; slices requested while one runs coalesce. When that thread falls behind, the loop
+pays the training debt itself (:mod:`consumers.training_debt`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from xtream.consumers.training_debt import TrainingDebt
 from xtream.errors import ModelError
 from xtream.model.online import OnlineTopicModel
 
-__all__ = ["TrainingRunner", "observe_model"]
+__all__ = ["TrainingRunner", "observe_model", "yield_to_ingestion"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,23 @@ def observe_model(metrics: ServiceMetrics, model: OnlineTopicModel, steps: int) 
         m.vocabulary_words.labels(lang).set(words)
     m.model_version.set(model.version)
     m.model_documents.set(model.n_docs)
+
+
+def yield_to_ingestion(nice: int, batch_scheduling: bool) -> None:
+    """Lower the calling thread's claim on the CPU (Linux; per thread, as the thread id names the
+    thread): ``nice`` more niceness, and with ``batch_scheduling`` the SCHED_BATCH policy, under which
+    the thread keeps its share but is not scheduled ahead of threads that wake up. A refusal is logged."""
+    tid = threading.get_native_id()
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+        except (OSError, AttributeError) as exc:
+            logger.warning("cannot lower the training thread's priority: %s", exc)
+    if batch_scheduling:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+        except (OSError, AttributeError) as exc:
+            logger.warning("cannot schedule the training thread as a batch job: %s", exc)
 
 
 class TrainingRunner:
@@ -88,7 +105,10 @@ class TrainingRunner:
         m = self.settings.model
         self.metrics.training_debt.set(self.debt.steps(self.model))
         if self.model.is_initialised and self.debt.overdue(self.model):   # the trainer fell behind
-            self.train_slice(pay_debt=True)
+            # A running slice is paying already: intake queues behind it only when the warm-up is late
+            # or, once the model is warm, the debt is past twice its bound.
+            far = self.debt.overdue(self.model, factor=2.0) if self.model.is_warm else self.debt.late(self.model)
+            self.train_slice(pay_debt=True, wait=far)
             return
         if not self.model.is_initialised or self.docs_since_train < m.train_every_docs:
             return
@@ -105,19 +125,17 @@ class TrainingRunner:
 
     def settle(self) -> None:
         """Pay what the model is owed now, on the calling thread (before a snapshot): each snapshot
-        then shows a model trained for every document it learned, however the background thread
-        was scheduled, so two snapshots differ by the stream, not by when training happened."""
-        if self.model.is_initialised and not self.stop_event.is_set() and self.debt.steps(self.model) >= 1:
+        of XTRA's topics then shows a model trained for every document it learned, however the
+        background thread was scheduled, so two snapshots differ by the stream, not by when training
+        happened. During the warm-up a snapshot shows the clusters' topics, which owe nothing to
+        training: the warm-up's steps are left to the background thread and to the debt's bound."""
+        if self.model.is_warm and not self.stop_event.is_set() and self.debt.steps(self.model) >= 1:
             self.train_slice(pay_debt=True)
 
     def work(self) -> None:
         """The background thread: a slice whenever one is due and the duty cycle allows, until stopped."""
-        nice = self.settings.model.train_nice
-        if nice:
-            try:   # per thread on Linux: the thread id names the thread, not the process
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
-            except (OSError, AttributeError) as exc:
-                logger.warning("cannot lower the training thread's priority: %s", exc)
+        m = self.settings.model
+        yield_to_ingestion(m.train_nice, m.train_batch_scheduling)
         while not self.stop_event.is_set():
             rest = self._duty.wait_seconds(time.monotonic())
             if rest > 0:
@@ -137,23 +155,29 @@ class TrainingRunner:
             self._thread.join(60)
             self._thread = None
 
-    def train_slice(self, pay_debt: bool = False) -> None:
+    def train_slice(self, pay_debt: bool = False, wait: bool = True) -> None:
         """``train_steps`` steps, cut short past ``train_budget_seconds`` or at shutdown.
 
         The model locks itself per step and serves inference from its last published copy, so
         this does not hold the service lock: the loop keeps consuming while gradients are computed.
         With ``pay_debt`` (the loop's own thread, the trainer having fallen behind) the slice runs
         until the training debt is paid, with no time budget: intake waits (:mod:`consumers.training_debt`).
+        One slice runs at a time; without ``wait`` nothing runs if another slice is running.
         """
         m = self.settings.model
-        with self._lock, self.metrics.stage_seconds.labels("train").time():
-            started = time.monotonic()
-            deadline = started + m.train_budget_seconds
-            if pay_debt:
-                done = self.debt.pay(self.model, stop=lambda: self._stopping() or self.stop_event.is_set())
-            else:
-                done = self.model.train(m.train_steps,
-                                        stop=lambda: time.monotonic() >= deadline or self.stop_event.is_set()).steps
+        if not self._lock.acquire(blocking=wait):
+            return
+        try:
+            with self.metrics.stage_seconds.labels("train").time():
+                started = time.monotonic()
+                deadline = started + m.train_budget_seconds
+                if pay_debt:
+                    done = self.debt.pay(self.model, stop=lambda: self._stopping() or self.stop_event.is_set())
+                else:
+                    done = self.model.train(m.train_steps,
+                                            stop=lambda: time.monotonic() >= deadline or self.stop_event.is_set()).steps
+        finally:
+            self._lock.release()
         self._on_slice(done)
         if not pay_debt:
             self._duty.ran(started, time.monotonic())

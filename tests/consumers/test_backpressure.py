@@ -57,7 +57,7 @@ def test_a_full_share_never_waits():
     assert duty.ready(5.0)
 
 
-def test_the_training_thread_runs_niced_so_ingestion_gets_the_cpu_first(tmp_path):
+def test_the_training_thread_runs_niced_and_as_a_batch_job_so_ingestion_gets_the_cpu_first(tmp_path):
     import os
     import threading
 
@@ -69,11 +69,13 @@ def test_the_training_thread_runs_niced_so_ingestion_gets_the_cpu_first(tmp_path
         num_topics=6, warmup_docs=120, warmup_steps=2, batch_size=32, vocab_min_df=1, train_every_docs=60,
         train_steps=1, train_in_background=True, train_nice=5))})
     service = build_service(s)
-    seen = []
+    seen, policies = [], []
     train = service.model.train
 
     def recording(*args, **kwargs):
-        seen.append((threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        tid = threading.get_native_id()
+        seen.append((tid, os.getpriority(os.PRIO_PROCESS, tid)))
+        policies.append((tid, os.sched_getscheduler(tid)))
         return train(*args, **kwargs)
 
     service.model.train = recording
@@ -87,3 +89,26 @@ def test_the_training_thread_runs_niced_so_ingestion_gets_the_cpu_first(tmp_path
     # the loop's own thread (which finishes an incomplete warm-up at the end of a finite input) is untouched
     assert all(nice == base for tid, nice in seen if tid == loop)
     assert os.getpriority(os.PRIO_PROCESS, loop) == base
+    # and as a batch job (SCHED_BATCH), which the loop's thread is not
+    assert {policy for tid, policy in policies if tid != loop} == {os.SCHED_BATCH}
+    assert os.sched_getscheduler(loop) == os.SCHED_OTHER
+
+
+@pytest.mark.parametrize("batch_scheduling", [True, False])
+def test_batch_scheduling_is_the_training_threads_own_and_can_be_turned_off(batch_scheduling):
+    import os
+    import threading
+
+    from xtream.consumers.training_runner import yield_to_ingestion
+
+    seen = []
+
+    def trainer():
+        yield_to_ingestion(0, batch_scheduling)
+        seen.append(os.sched_getscheduler(threading.get_native_id()))
+
+    thread = threading.Thread(target=trainer)
+    thread.start()
+    thread.join()
+    assert seen == [os.SCHED_BATCH if batch_scheduling else os.SCHED_OTHER]
+    assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER   # this thread is untouched

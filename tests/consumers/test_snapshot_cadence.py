@@ -5,11 +5,13 @@ when the background trainer gets no CPU at all."""
 import json
 import random
 import threading
+from types import SimpleNamespace
 
 import pytest
 
 from xtream.consumers.config import Settings
 from xtream.consumers.training_debt import TrainingDebt
+from xtream.consumers.training_runner import TrainingRunner
 from xtream.consumers.wiring import build_service
 
 THEMES = {
@@ -121,18 +123,21 @@ def test_the_training_debt_stays_bounded_and_the_warm_up_ends_within_its_documen
     assert sample is not None and sample <= 6 + per_batch
 
 
-def test_each_snapshot_shows_a_model_trained_for_every_document_it_learned(tmp_path):
+def test_each_snapshot_of_xtra_shows_a_model_trained_for_every_document_it_learned(tmp_path):
     """The trainer starved and the debt's bound out of reach: the loop still pays what is owed
-    before each snapshot, so what a snapshot shows does not depend on the trainer's scheduling."""
+    before each snapshot of XTRA's topics, so what it shows does not depend on the trainer's
+    scheduling. Snapshots during the warm-up show the clusters' topics and do not wait for it."""
     s = settings(tmp_path, 1000, max_training_debt_steps=1e6, warmup_within_docs=300)
     service = build_service(s)
     release = starve_the_trainer(service)
-    owed_at_snapshot = []
+    owed_at_snapshot, during_warm_up = [], []
     build = service.publisher._build
 
     def recording(offsets, stream_time):
-        if service.model.is_initialised:
+        if service.model.is_warm:
             owed_at_snapshot.append(service.debt.steps(service.model))
+        elif service.model.is_initialised:
+            during_warm_up.append(service.debt.steps(service.model))
         return build(offsets, stream_time)
 
     service.publisher._build = recording
@@ -143,7 +148,8 @@ def test_each_snapshot_shows_a_model_trained_for_every_document_it_learned(tmp_p
         service.close()
     assert len(owed_at_snapshot) >= 5
     assert max(owed_at_snapshot) < 1, owed_at_snapshot
-    assert service.debt.paid_steps >= 30, "the warm-up steps were paid before the snapshots"
+    assert during_warm_up and max(during_warm_up) >= 1, "the warm-up's snapshots did not pay its steps"
+    assert service.debt.paid_steps >= 30, "the loop paid the warm-up when it was overdue"
 
 
 def test_training_debt_accounts_warm_up_and_steady_steps():
@@ -202,3 +208,53 @@ def test_the_prevalence_detectors_resume_from_the_checkpoint(tmp_path):
         resumed.close()
     assert after["windows"] == before["windows"]
     assert [list(h) for h in after["history"]] == [list(h) for h in before["history"]]
+
+
+class OwingModel:
+    """An initialised, warm model whose gradient steps are counted, not computed."""
+
+    is_initialised = is_warm = True
+    warmup_steps_left, version, last_losses = 0, 1, {}
+
+    def __init__(self) -> None:
+        self.n_docs = self.training_steps = 0
+
+    def train(self, steps, stop=None):
+        done = 0
+        while done < steps and not (stop is not None and stop()):
+            self.training_steps += 1
+            done += 1
+        return SimpleNamespace(steps=done)
+
+    def sizes(self):
+        return {"buffer": {}, "vocabulary": {}}
+
+
+def test_the_loop_queues_behind_a_running_slice_only_when_the_debt_is_far_overdue(tmp_path):
+    """While the background trainer is inside a slice, it is paying already: the loop, finding the
+    debt past its bound but not past twice it, goes on learning; past twice the bound it waits for
+    the slice to end and pays the rest."""
+    s = settings(tmp_path, 10, max_training_debt_steps=10, train_every_docs=100, train_steps=10)
+    model = OwingModel()
+    runner = TrainingRunner(s, model, build_service(s).metrics, stopping=lambda: False, on_slice=lambda n: None)
+    assert runner.debt.steps(model) == 0   # the account opens here
+
+    def maybe_train_in_a_thread() -> threading.Thread:
+        call = threading.Thread(target=runner.maybe_train, daemon=True)
+        call.start()
+        return call
+
+    with runner._lock:   # the background trainer's slice
+        model.n_docs = 150   # 15 steps owed: past the bound of 10, not past 20
+        call = maybe_train_in_a_thread()
+        call.join(2.0)
+        assert not call.is_alive(), "the loop waited behind the running slice"
+        assert model.training_steps == 0
+        model.n_docs = 250   # 25 steps owed: past twice the bound
+        call = maybe_train_in_a_thread()
+        call.join(0.3)
+        assert call.is_alive(), "far overdue, the loop waits for the slice to end"
+    call.join(2.0)
+    assert not call.is_alive() and model.training_steps == 25
+    assert runner.debt.steps(model) <= 0
+
