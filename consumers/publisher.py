@@ -142,7 +142,8 @@ class TopicPublisher:
                 model.bump_version()
             sizes = model.cluster_sizes
             alive = sizes >= s.alive_share * sizes.sum() / max(len(sizes), 1)
-            signature = [tuple(w for lang in model.languages for w in model.topic_words(lang, 5)[0][k])
+            top = {lang: model.topic_words(lang, 5)[0] for lang in model.languages}
+            signature = [tuple(w for lang in model.languages for w in top[lang][k])
                          for k in range(model.cfg.num_topics)]
             previous_ids = list(self.tracker.slot_ids)
             centers = model.cluster_centers

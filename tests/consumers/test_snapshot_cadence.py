@@ -258,3 +258,32 @@ def test_the_loop_queues_behind_a_running_slice_only_when_the_debt_is_far_overdu
     assert not call.is_alive() and model.training_steps == 25
     assert runner.debt.steps(model) <= 0
 
+
+def test_a_snapshot_reads_each_languages_topic_words_once_for_its_ids_and_once_for_its_topics(tmp_path):
+    """The topic signature that keeps ids stable and the snapshot's words come from one read of each
+    language's topic-word distributions each, not one read per topic."""
+    service = build_service(settings(tmp_path, 600))
+    reads: dict[str, int] = {}
+    per_snapshot = []
+    distribution, publish = service.model.topic_word_distribution, service.publisher.maybe_snapshot
+
+    def counting(lang):
+        reads[lang] = reads.get(lang, 0) + 1
+        return distribution(lang)
+
+    def observed(*args, **kwargs):
+        reads.clear()
+        snap = publish(*args, **kwargs)
+        if snap is not None:
+            per_snapshot.append((snap.languages, dict(reads)))
+        return snap
+
+    service.model.topic_word_distribution = counting
+    service.publisher.maybe_snapshot = observed
+    try:
+        service.run()
+    finally:
+        service.close()
+    assert len(per_snapshot) >= 3
+    for languages, counts in per_snapshot:
+        assert counts == dict.fromkeys(languages, 2), counts
