@@ -7,8 +7,11 @@ warm-up, for as long as the backlog lasts.
 
 The debt makes the trainer's share independent of how busy the host is. Once XTRA is initialised:
 
-- every document learned owes ``steps_per_doc`` steps (``train_steps / train_every_docs``);
-- the warm-up steps are owed over the next ``warmup_within_docs`` documents.
+- the warm-up steps are owed over the next ``warmup_within_docs`` documents;
+- every document learned after those owes ``steps_per_doc`` steps (``train_steps /
+  train_every_docs``); a model already warm when the account opens owes them from the start. The
+  warm-up's own steps train on the documents of its window, so a trainer that finishes the warm-up
+  late is not asked, on top, for the steady steps of the documents that arrived meanwhile.
 
 The debt is what is owed minus the steps done since. When it passes ``max_steps``, or the warm-up is
 overdue, the loop itself trains (at the loop's priority, while intake waits) until nothing is owed:
@@ -67,7 +70,8 @@ class TrainingDebt:
             self._origin = (model.n_docs, done, model.warmup_steps_left)
         docs0, steps0, warmup0 = self._origin
         docs = model.n_docs - docs0
-        owed = warmup0 * min(1.0, docs / self.warmup_within_docs) + self.steps_per_doc * docs
+        steady = max(0, docs - self.warmup_within_docs) if warmup0 else docs
+        owed = warmup0 * min(1.0, docs / self.warmup_within_docs) + self.steps_per_doc * steady
         return owed - (done - steps0)
 
     def overdue(self, model: OnlineTopicModel, factor: float = 1.0) -> bool:

@@ -159,12 +159,19 @@ def test_training_debt_accounts_warm_up_and_steady_steps():
     debt = TrainingDebt(steps_per_doc=0.1, warmup_within_docs=200, max_steps=15)
     model = Model()
     assert debt.steps(model) == 0.0 and not debt.overdue(model)
-    model.n_docs += 100                     # half the warm-up + 10 steady steps
-    assert debt.steps(model) == pytest.approx(30.0) and debt.overdue(model)
+    model.n_docs += 100                     # half the warm-up; no steady steps inside its window
+    assert debt.steps(model) == pytest.approx(20.0) and debt.overdue(model)
     model.training_steps = 25
-    assert debt.steps(model) == pytest.approx(5.0) and not debt.overdue(model)
-    model.n_docs += 100                     # warm-up fully owed and overdue while not warm
-    assert debt.steps(model) == pytest.approx(35.0) and debt.overdue(model)
+    assert debt.steps(model) == pytest.approx(-5.0) and not debt.overdue(model)
+    model.n_docs += 100                     # warm-up fully owed, and overdue while not warm
+    assert debt.steps(model) == pytest.approx(15.0) and debt.overdue(model)
+    model.n_docs += 100                     # the steady steps count after the window
+    assert debt.steps(model) == pytest.approx(25.0)
+    warm = TrainingDebt(steps_per_doc=0.1, warmup_within_docs=200, max_steps=15)
+    model.warmup_steps_left, model.is_warm = 0, True   # an account opened on a warm model
+    assert warm.steps(model) == 0.0
+    model.n_docs += 100
+    assert warm.steps(model) == pytest.approx(10.0)   # steady steps from the first document
     with pytest.raises(ValueError):
         TrainingDebt(0.1, 0, 1)
 
