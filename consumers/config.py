@@ -225,7 +225,7 @@ class ModelSettings(_Section):
     max_training_debt_steps: float = Field(40.0, gt=0, description=(
         "gradient steps the trainer may owe (train_steps per train_every_docs documents learned); past "
         "this the loop trains itself and intake waits, so training keeps up whatever the host's load"))
-    warmup_within_docs: int = Field(8000, ge=1, description=(
+    warmup_within_docs: int = Field(4000, ge=1, description=(
         "documents after XTRA's initialisation by which its warm-up steps are done, even during a backlog"))
     train_max_share: float = Field(1.0, gt=0, le=1, description=(
         "most of the wall time training may take (a duty cycle); below 1 it leaves CPU to ingestion"))
