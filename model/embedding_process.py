@@ -23,6 +23,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import weakref
 from multiprocessing.connection import Connection
@@ -211,6 +212,7 @@ def _load(conn: Connection, spec: str, threads: int, batch_size: int, device: st
         pin_threads(threads, torch=False)
         embedder = load_embedder(spec, threads=threads, batch_size=batch_size, device=device)
         pin_threads(threads, torch=False)   # a sentence-transformers model has loaded torch now
+        embedder.encode(["ready"])   # models load their weights on first use: not on the first batch
     except Exception as exc:   # reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return None
@@ -271,3 +273,8 @@ def _serve(conn: Connection, spec: str, threads: int, batch_size: int, device: s
         pass
     for shm in attached.values():
         shm.close()
+    # Nothing is left to flush or release: skip the interpreter's teardown of the model, which
+    # the parent's close() would otherwise wait for.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
