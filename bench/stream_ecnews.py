@@ -105,10 +105,7 @@ def main() -> None:
     embedder = load_embedder(spec, threads=args.threads, batch_size=64)
     figures["embedder"] = embedder.name
     embedder.encode(texts[:64])   # warm
-    started = time.perf_counter()
-    train_emb = np.concatenate([embedder.encode(texts[i:i + 256])
-                                for i in tqdm(range(0, len(texts), 256), desc="embedder alone", unit="batch")])
-    figures["embedder_docs_per_s"] = len(docs) / (time.perf_counter() - started)
+    train_emb, figures["embedder_docs_per_s"] = _embedder_alone(embedder, texts, "embedder alone")
 
     # 2. The service end to end from Kafka.
     work = Path(tempfile.mkdtemp(prefix="xtream-bench-"))
@@ -158,6 +155,14 @@ def main() -> None:
         figures["train_steps_per_1000_docs"] = 1000 * figures["train_steps"] / len(docs)
     finally:
         broker.stop()
+    if args.topology == "single" and args.delivery != "both":
+        # The host's speed drifts over a run: the embedder alone again, after the service, and the
+        # ratios over the mean of both legs beside the first leg's.
+        _, figures["embedder_after_docs_per_s"] = _embedder_alone(embedder, texts, "embedder alone, again")
+        both = (figures["embedder_docs_per_s"] + figures["embedder_after_docs_per_s"]) / 2
+        figures["service_over_embedder_both_legs"] = figures["service_docs_per_s"] / both
+        if "service_steady_docs_per_s" in figures:
+            figures["service_steady_over_embedder_both_legs"] = figures["service_steady_docs_per_s"] / both
     # This process's peak plus the embedder process's (the broker, also a child, is not counted).
     figures["peak_rss_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                               + figures.get("embedder_process_peak_rss_mb", 0.0))
@@ -195,6 +200,16 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures))
+
+
+def _embedder_alone(embedder, texts: list[str], desc: str) -> tuple[np.ndarray, float]:
+    """The embedder on ``texts`` in the service's batch size: (embeddings, documents per second)."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    emb = np.concatenate([embedder.encode(texts[i:i + 256])
+                          for i in tqdm(range(0, len(texts), 256), desc=desc, unit="batch")])
+    return emb, len(texts) / (time.perf_counter() - started)
 
 
 def _cpu_split(pids: dict[str, int | None]) -> dict[str, float]:
@@ -256,6 +271,11 @@ def _run_single(settings, n_docs: int, figures: dict, broker_pid: int | None = N
     thread.join()
     service.close()
     elapsed = time.perf_counter() - started
+    stats = getattr(service.embedder, "stats", None)
+    if stats:   # the embedder process: how busy it was, and how fast it encoded beside the service
+        figures["embedder_process_busy_share"] = stats["encode_seconds"] / stats["wall_seconds"]
+        figures["embedder_process_texts"] = stats["texts"]
+        figures["embedder_process_encode_seconds"] = stats["encode_seconds"]
     figures["service_docs_per_s"] = n_docs / elapsed
     figures["service_seconds"] = elapsed
     figures["service_shutdown_seconds"] = elapsed - processing

@@ -66,6 +66,9 @@ class ProcessEmbedder(Embedder):
         self._args = (spec, threads, batch_size, device)
         self.start_timeout = start_timeout
         self.restarts = 0
+        #: How the last child spent its life, once :meth:`close` has heard from it: ``texts``,
+        #: ``encode_seconds``, ``wall_seconds`` (from ready to the close), ``cpu_seconds``.
+        self.stats: dict[str, float] | None = None
         self._proc: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._request: SharedMemory | None = None
@@ -180,6 +183,7 @@ class ProcessEmbedder(Embedder):
                 conn.send(None)
                 if conn.poll(2.0):
                     _, stats = conn.recv()
+                    self.stats = stats
                     logger.info("embedder process %s: %d texts in %.1f s of encoding (%.0f/s), busy %.0f%% of "
                                 "%.1f s, CPU %.1f s", self.pid, stats["texts"], stats["encode_seconds"],
                                 stats["texts"] / max(stats["encode_seconds"], 1e-9),
